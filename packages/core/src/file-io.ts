@@ -1,0 +1,125 @@
+import { open, type FileHandle } from 'node:fs/promises';
+import { IcError, type ErrorCode } from './errors.js';
+import { checkRange, MAX_IO_LENGTH, type BlockIO } from './io.js';
+
+function codeForSystemError(error: unknown): ErrorCode {
+  const code = (error as { code?: string } | null)?.code;
+  if (code === 'ENOENT' || code === 'ENOTDIR') return 'NOT_FOUND';
+  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EFBIG') return 'NO_SPACE';
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS' || code === 'EISDIR') return 'INVALID';
+  return 'IO';
+}
+
+export function systemError(error: unknown, path: string, step: string): IcError {
+  const detail = (error as { code?: string; message?: string } | null)?.code ?? String(error);
+  return new IcError(codeForSystemError(error), `${path}: ${step} failed (${detail})`, { path, step, cause: error });
+}
+
+/**
+ * A BlockIO on a local file. After a failed flush every later call fails: Linux may have dropped the
+ * dirty pages, so a second flush that "succeeds" would be a lie (reliability.md R6).
+ */
+export class FileIO implements BlockIO {
+  private failed: IcError | undefined;
+
+  private constructor(
+    private readonly handle: FileHandle,
+    readonly name: string,
+    readonly writable: boolean,
+  ) {}
+
+  static async open(path: string, options: { writable?: boolean } = {}): Promise<FileIO> {
+    const writable = options.writable ?? false;
+    try {
+      const handle = await open(path, writable ? 'r+' : 'r');
+      const stat = await handle.stat();
+      if (!stat.isFile()) {
+        await handle.close();
+        throw new IcError('INVALID', `${path}: not a regular file`, { path });
+      }
+      return new FileIO(handle, path, writable);
+    } catch (error) {
+      if (error instanceof IcError) throw error;
+      throw systemError(error, path, 'open');
+    }
+  }
+
+  /** Creates (or truncates to zero) a file for writing. */
+  static async create(path: string): Promise<FileIO> {
+    try {
+      return new FileIO(await open(path, 'w+'), path, true);
+    } catch (error) {
+      throw systemError(error, path, 'create');
+    }
+  }
+
+  private guard(): void {
+    if (this.failed) throw this.failed;
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    this.guard();
+    checkRange(offset, length, 'read');
+    const out = new Uint8Array(length);
+    let done = 0;
+    try {
+      while (done < length) {
+        const chunk = Math.min(length - done, MAX_IO_LENGTH);
+        const { bytesRead } = await this.handle.read(out, done, chunk, offset + done);
+        if (bytesRead === 0) break; // past EOF: the rest stays zero
+        done += bytesRead;
+      }
+    } catch (error) {
+      throw systemError(error, this.name, `read at ${offset}`);
+    }
+    return out;
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.guard();
+    checkRange(offset, data.length, 'write');
+    if (!this.writable) throw new IcError('IO', `${this.name} is open read-only`, { path: this.name });
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const { bytesWritten } = await this.handle.write(data, done, Math.min(data.length - done, MAX_IO_LENGTH), offset + done);
+        done += bytesWritten;
+      }
+    } catch (error) {
+      throw systemError(error, this.name, `write at ${offset}`);
+    }
+  }
+
+  async size(): Promise<number> {
+    this.guard();
+    try {
+      return (await this.handle.stat()).size;
+    } catch (error) {
+      throw systemError(error, this.name, 'stat');
+    }
+  }
+
+  async truncate(size: number): Promise<void> {
+    this.guard();
+    checkRange(size, 0, 'truncate');
+    try {
+      await this.handle.truncate(size);
+    } catch (error) {
+      throw systemError(error, this.name, 'truncate');
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.guard();
+    try {
+      await this.handle.datasync();
+    } catch (error) {
+      this.failed = systemError(error, this.name, 'flush');
+      throw this.failed;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
