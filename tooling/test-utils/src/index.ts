@@ -1,0 +1,2 @@
+export * from './qemu.ts';
+export * from './files.ts';
