@@ -7,3 +7,5 @@ export * from './driver.js';
 export * from './registry.js';
 export * from './options.js';
 export * from './read.js';
+export * from './convert-types.js';
+export * from './convert.js';

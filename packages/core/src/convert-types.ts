@@ -1,0 +1,60 @@
+import type { Driver, OpenOptions, OptionValues } from './driver.js';
+import type { BlockIO, IoStats } from './io.js';
+
+export type ConversionPhase = 'validate' | 'plan' | 'relocate' | 'build' | 'commit' | 'verify' | 'cleanup';
+
+export interface ProgressEvent {
+  phase: ConversionPhase;
+  /** Work done and total in this phase, in bytes or items; total 0 means "no measure". */
+  done: number;
+  total: number;
+}
+
+export interface ConvertInPlaceRequest {
+  /** The image file, opened writable (read-only is enough for a dry run). */
+  io: BlockIO;
+  /** Driver of the image's current format. */
+  source: Driver;
+  /** Driver of the format to convert to. */
+  target: Driver;
+  /** -o options for the target, validated against target.options. */
+  targetOptions?: OptionValues;
+  /** Plan and report without writing anything. */
+  dryRun?: boolean;
+  /** Options for opening the source (untrusted mode, decompressor, backing image for relocations). */
+  openOptions?: OpenOptions;
+  onProgress?: (event: ProgressEvent) => void;
+}
+
+/** What a conversion did, or would do (dry run). Also the JSON of `ic convert-inplace --output=json`. */
+export interface ConversionReport {
+  sourceFormat: string;
+  targetFormat: string;
+  dryRun: boolean;
+  virtualSize: number;
+  sourceClusterSize: number;
+  targetClusterSize: number;
+  /** Why the target cluster size was chosen. */
+  geometryReason: string;
+  /** Target clusters whose data stays where it is. */
+  clustersKept: number;
+  /** Target clusters whose data is copied to new space before the commit. */
+  clustersRelocated: number;
+  bytesRelocated: number;
+  zeroClusters: number;
+  unallocatedClusters: number;
+  /** Bytes of target metadata written outside the header region. */
+  metadataBytes: number;
+  /** Bytes written at offset 0 by the commit. */
+  headerBytes: number;
+  fileSizeBefore: number;
+  fileSizeAfter: number;
+  /** Measured (a dry run reports 0). */
+  io: IoStats;
+  durationMs: number;
+  /** How the header was switched: one sector, or the region tail first and sector 0 last. */
+  commit: 'single-sector' | 'tail-then-sector-0' | 'none';
+  verified: boolean;
+}
+
+export type { Driver, BlockIO };
