@@ -9,3 +9,6 @@ export * from './options.js';
 export * from './read.js';
 export * from './convert-types.js';
 export * from './convert.js';
+export * from './allocator.js';
+export * from './planner.js';
+export * from './build-image.js';

@@ -1,1 +1,2 @@
-export {};
+export { rawDriver, RAW_CONVERSION_CLUSTER_SIZE } from './driver.js';
+export { default } from './driver.js';

@@ -1,0 +1,103 @@
+/**
+ * A deliberately tiny format for testing the engine without any real driver.
+ *   header (at 0): magic[4] | u32 clusterSize | u64 virtualSize | u64 tableOffset | u32 headerClusters
+ *   table: one u64 per guest cluster: 0 unallocated, 1 zero, otherwise the host offset of the data cluster.
+ * Two toy formats with different magics and header sizes convert into each other through the engine.
+ */
+import {
+  alignUp,
+  ByteView,
+  DRIVER_API_VERSION,
+  IcError,
+  pushExtent,
+  readExtents,
+  type BlockIO,
+  type Driver,
+  type Extent,
+  type Image,
+} from '../src/index.js';
+
+const HEADER_LENGTH = 28;
+
+export function makeToyDriver(name: string, magic: string, headerClusters: number, clusterSizes = { min: 512, max: 1 << 21 }): Driver {
+  const magicBytes = new TextEncoder().encode(magic);
+
+  async function open(io: BlockIO): Promise<Image> {
+    const head = new ByteView(await io.read(0, HEADER_LENGTH));
+    if (head.text(0, 4) !== magic) throw new IcError('WRONG_FORMAT', `${name}: bad magic`);
+    const clusterSize = head.u32le(4);
+    const virtualSize = head.u64le(8);
+    const tableOffset = head.u64le(16);
+    const clusters = Math.ceil(virtualSize / clusterSize);
+    if (clusters > 1 << 20) throw new IcError('LIMIT', `${name}: too many clusters`);
+    const table = new ByteView(await io.read(tableOffset, clusters * 8));
+    const extents: Extent[] = [];
+    for (let index = 0; index < clusters; index++) {
+      const entry = table.u64le(index * 8);
+      const guestOffset = index * clusterSize;
+      const length = Math.min(clusterSize, virtualSize - guestOffset);
+      if (entry === 0) pushExtent(extents, { kind: 'unallocated', guestOffset, length });
+      else if (entry === 1) pushExtent(extents, { kind: 'zero', guestOffset, length });
+      else pushExtent(extents, { kind: 'data', guestOffset, length, hostOffset: entry });
+    }
+    return {
+      format: name,
+      info: () => ({ format: name, virtualSize, clusterSize, dirty: false }),
+      map: async function* () {
+        yield* extents;
+      },
+      read: (guestOffset, length) => readExtents(io, extents, guestOffset, length),
+      conversionSource: async () => ({
+        options: { virtualSize, clusterSize, zeroExtents: extents.some((e) => e.kind === 'zero') },
+        blockers: [],
+        metadataRanges: [
+          { offset: 0, length: HEADER_LENGTH, role: 'header' },
+          { offset: tableOffset, length: clusters * 8, role: 'table' },
+        ],
+      }),
+      close: async () => {},
+    };
+  }
+
+  return {
+    name,
+    description: `toy format ${name} for engine tests`,
+    version: '0.0.0',
+    apiVersion: DRIVER_API_VERSION,
+    capabilities: { read: true, zeroExtents: true, inPlaceSource: true, inPlaceTarget: true },
+    probe: (head) => (magicBytes.every((b, i) => head[i] === b) ? 100 : 0),
+    open,
+    inPlace: {
+      clusterSizes,
+      create: (request) => ({
+        layout: {
+          clusterSize: request.clusterSize,
+          headerRegionSize: headerClusters * request.clusterSize,
+          maxHostOffset: Number.MAX_SAFE_INTEGER,
+          zeroExtents: true,
+        },
+        problems: [],
+        build: async (mapping, space) => {
+          const clusterSize = request.clusterSize;
+          const clusters = Math.ceil(request.source.virtualSize / clusterSize);
+          const table = ByteView.alloc(clusters * 8);
+          for (const extent of mapping) {
+            for (let at = extent.guestOffset; at < extent.guestOffset + extent.length; at += clusterSize) {
+              const index = at / clusterSize;
+              if (extent.kind === 'data') table.setU64le(index * 8, extent.hostOffset + (at - extent.guestOffset));
+              else if (extent.kind === 'zero') table.setU64le(index * 8, 1);
+            }
+          }
+          const tableOffset = space.allocate(alignUp(table.length, clusterSize), clusterSize);
+          const header = ByteView.alloc(HEADER_LENGTH);
+          header.bytes.set(magicBytes, 0);
+          header.setU32le(4, clusterSize);
+          header.setU64le(8, request.source.virtualSize);
+          header.setU64le(16, tableOffset);
+          header.setU32le(24, headerClusters);
+          return { writes: [{ offset: tableOffset, data: table.bytes }], header: header.bytes, fileSize: space.end };
+        },
+      }),
+    },
+  };
+}
