@@ -96,6 +96,21 @@ export function chooseGeometry(
   return { clusterSize: best.size, reason };
 }
 
+/**
+ * The source map as the planner needs it. A source may end mid-sector (a raw file of odd size): the
+ * target's virtual size is whole sectors, and the padding reads as zeros. A source that declares no zero
+ * extents (and has no backing file) has its zero runs (raw holes) planned as unallocated clusters.
+ */
+async function sourceMapForConversion(image: Image, options: ConversionOptions): Promise<Extent[]> {
+  const extents = await collectExtents(image.map());
+  const mappedEnd = extents.reduce((end, e) => Math.max(end, e.guestOffset + e.length), 0);
+  if (mappedEnd < options.virtualSize && options.virtualSize - mappedEnd < SECTOR_SIZE) {
+    extents.push({ kind: 'unallocated', guestOffset: mappedEnd, length: options.virtualSize - mappedEnd });
+  }
+  if (options.zeroExtents || options.backing) return extents;
+  return mergeExtents(extents.map((e) => (e.kind === 'zero' ? { kind: 'unallocated', guestOffset: e.guestOffset, length: e.length } : e)));
+}
+
 interface PreparedConversion {
   sourceImage: Image;
   extents: Extent[];
@@ -131,7 +146,7 @@ async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionP
     throw new IcError('EXTERNAL_REF', `${io.name}: the image references backing file '${options.backing.name}' (refused in untrusted mode)`);
   }
 
-  const extents = await collectExtents(sourceImage.map());
+  const extents = await sourceMapForConversion(sourceImage, options);
   assertCoverage(extents, options.virtualSize, `${source.name} map`);
   for (const extent of extents) {
     if (extent.kind === 'compressed' || extent.kind === 'encrypted') {

@@ -1,6 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { IcError, type ErrorCode } from './errors.js';
-import { checkRange, MAX_IO_LENGTH, type BlockIO } from './io.js';
+import { checkRange, MAX_IO_LENGTH, type BlockIO, type ByteRange } from './io.js';
+import { posix } from './posix.js';
 
 function codeForSystemError(error: unknown): ErrorCode {
   const code = (error as { code?: string } | null)?.code;
@@ -121,5 +122,28 @@ export class FileIO implements BlockIO {
 
   async close(): Promise<void> {
     await this.handle.close();
+  }
+
+  /** Where the file system has data, from lseek(SEEK_DATA/SEEK_HOLE); everything counts as data without it. */
+  async dataRanges(offset: number, length: number): Promise<ByteRange[]> {
+    this.guard();
+    checkRange(offset, length, 'data query');
+    const native = posix();
+    const end = Math.min(offset + length, await this.size());
+    if (!native) return end > offset ? [{ offset, length: end - offset }] : [];
+    const ranges: ByteRange[] = [];
+    try {
+      let at = offset;
+      while (at < end) {
+        const data = native.seekData(this.handle.fd, at);
+        if (data < 0 || data >= end) break;
+        const hole = Math.min(native.seekHole(this.handle.fd, data), end);
+        ranges.push({ offset: data, length: hole - data });
+        at = hole;
+      }
+    } catch (error) {
+      throw systemError(error, this.name, 'data/hole query');
+    }
+    return ranges;
   }
 }

@@ -12,3 +12,4 @@ export * from './convert.js';
 export * from './allocator.js';
 export * from './planner.js';
 export * from './build-image.js';
+export * from './posix.js';

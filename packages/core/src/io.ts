@@ -16,6 +16,16 @@ export interface BlockIO {
   /** Durability barrier (fdatasync). A failed flush is final: the caller must abort, never retry and go on. */
   flush(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Optional: the parts of [offset, offset+length) that may hold data, in order; the rest are holes that read
+   * as zeros. Absent when the store cannot tell (then every byte counts as data).
+   */
+  dataRanges?(offset: number, length: number): Promise<ByteRange[]>;
+}
+
+export interface ByteRange {
+  offset: number;
+  length: number;
 }
 
 /** Largest length ic reads or writes in one call; bigger transfers are split by the caller. */
@@ -27,40 +37,67 @@ export function checkRange(offset: number, length: number, what = 'I/O'): void {
   }
 }
 
-/** A byte store in memory; used by tests, the matrix and the built-in sample. */
+/**
+ * A sparse byte store in memory, in 64 KiB chunks: chunks never written take no memory, so images with a
+ * large virtual size cost only what they hold. Used by tests, the matrix and the built-in sample.
+ */
 export class MemoryIO implements BlockIO {
+  static readonly CHUNK = 65536;
   readonly writable: boolean;
-  private bytes: Uint8Array;
-  private length: number;
+  private readonly chunks = new Map<number, Uint8Array>();
+  private length = 0;
 
   constructor(
     initial: Uint8Array = new Uint8Array(0),
     readonly name = 'memory',
     options: { writable?: boolean } = {},
   ) {
-    this.bytes = new Uint8Array(Math.max(initial.length, 4096));
-    this.bytes.set(initial);
-    this.length = initial.length;
+    this.store(0, initial);
     this.writable = options.writable ?? true;
   }
 
-  /** A copy of the current contents. */
+  /** A copy of the current contents (for small stores). */
   snapshot(): Uint8Array {
-    return this.bytes.slice(0, this.length);
+    const out = new Uint8Array(this.length);
+    for (const [index, chunk] of this.chunks) {
+      const at = index * MemoryIO.CHUNK;
+      if (at < this.length) out.set(chunk.subarray(0, Math.min(chunk.length, this.length - at)), at);
+    }
+    return out;
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
     checkRange(offset, length, 'read');
     const out = new Uint8Array(length);
-    if (offset < this.length) out.set(this.bytes.subarray(offset, Math.min(this.length, offset + length)));
+    const end = Math.min(offset + length, this.length);
+    for (let at = offset; at < end; ) {
+      const index = Math.floor(at / MemoryIO.CHUNK);
+      const within = at - index * MemoryIO.CHUNK;
+      const take = Math.min(MemoryIO.CHUNK - within, end - at);
+      const chunk = this.chunks.get(index);
+      if (chunk) out.set(chunk.subarray(within, within + take), at - offset);
+      at += take;
+    }
     return out;
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     checkRange(offset, data.length, 'write');
     if (!this.writable) throw new IcError('IO', `${this.name} is read-only`);
-    this.ensureCapacity(offset + data.length);
-    this.bytes.set(data, offset);
+    this.store(offset, data);
+  }
+
+  private store(offset: number, data: Uint8Array): void {
+    for (let done = 0; done < data.length; ) {
+      const at = offset + done;
+      const index = Math.floor(at / MemoryIO.CHUNK);
+      const within = at - index * MemoryIO.CHUNK;
+      const take = Math.min(MemoryIO.CHUNK - within, data.length - done);
+      let chunk = this.chunks.get(index);
+      if (!chunk) this.chunks.set(index, (chunk = new Uint8Array(MemoryIO.CHUNK)));
+      chunk.set(data.subarray(done, done + take), within);
+      done += take;
+    }
     this.length = Math.max(this.length, offset + data.length);
   }
 
@@ -71,19 +108,39 @@ export class MemoryIO implements BlockIO {
   async truncate(size: number): Promise<void> {
     checkRange(size, 0, 'truncate');
     if (!this.writable) throw new IcError('IO', `${this.name} is read-only`);
-    this.ensureCapacity(size);
-    if (size < this.length) this.bytes.fill(0, size, this.length);
+    if (size < this.length) {
+      for (const index of [...this.chunks.keys()]) {
+        const start = index * MemoryIO.CHUNK;
+        if (start >= size) this.chunks.delete(index);
+        else if (start + MemoryIO.CHUNK > size) this.chunks.get(index)!.fill(0, size - start);
+      }
+    }
     this.length = size;
   }
 
   async flush(): Promise<void> {}
   async close(): Promise<void> {}
 
-  private ensureCapacity(needed: number): void {
-    if (needed <= this.bytes.length) return;
-    const grown = new Uint8Array(Math.max(needed, this.bytes.length * 2));
-    grown.set(this.bytes.subarray(0, this.length));
-    this.bytes = grown;
+  /** Like a sparse file system: 4 KiB blocks never written, or holding only zeros, are holes. */
+  async dataRanges(offset: number, length: number): Promise<ByteRange[]> {
+    checkRange(offset, length, 'data query');
+    const block = 4096;
+    const end = Math.min(offset + length, this.length);
+    const ranges: ByteRange[] = [];
+    const indexes = [...this.chunks.keys()].sort((a, b) => a - b);
+    for (const index of indexes) {
+      const chunkStart = index * MemoryIO.CHUNK;
+      const chunk = this.chunks.get(index)!;
+      for (let at = Math.max(chunkStart, offset - (offset % block)); at < Math.min(chunkStart + MemoryIO.CHUNK, end); at += block) {
+        const from = Math.max(at, offset);
+        const to = Math.min(at + block, end);
+        if (chunk.subarray(from - chunkStart, to - chunkStart).every((b) => b === 0)) continue;
+        const last = ranges[ranges.length - 1];
+        if (last && last.offset + last.length === from) last.length += to - from;
+        else ranges.push({ offset: from, length: to - from });
+      }
+    }
+    return ranges;
   }
 }
 

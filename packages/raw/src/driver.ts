@@ -1,7 +1,8 @@
 import {
   alignUp,
   DRIVER_API_VERSION,
-  readExtents,
+  IcError,
+  pushExtent,
   type BlockIO,
   type ConversionSource,
   type CreateSpec,
@@ -9,11 +10,9 @@ import {
   type Extent,
   type Image,
   type ImageInfo,
-  type OpenOptions,
-  IcError,
 } from '@ic/core';
 
-/** Data of a raw image is guest offset == host offset; the guest sees the file, rounded up to a sector. */
+/** qemu rounds image sizes of the other formats to whole sectors; a raw source is padded the same way. */
 const SECTOR = 512;
 
 /**
@@ -22,42 +21,54 @@ const SECTOR = 512;
  */
 export const RAW_CONVERSION_CLUSTER_SIZE = 65536;
 
+/**
+ * Guest byte N is file byte N. Holes of a sparse file (where the BlockIO can report them, i.e. lseek
+ * SEEK_DATA/SEEK_HOLE on Linux) are zero extents that still "own" their host range, which is how
+ * `qemu-img map` shows them; without hole information the whole file is data.
+ */
 class RawImage implements Image {
   readonly format = 'raw';
 
   constructor(
     private readonly io: BlockIO,
     private readonly fileSize: number,
-    private readonly options: OpenOptions,
   ) {}
 
   info(): ImageInfo {
     return { format: 'raw', virtualSize: this.fileSize, dirty: false };
   }
 
-  private virtualSizeForConversion(): number {
-    return alignUp(this.fileSize, SECTOR);
-  }
-
-  private *extents(virtualSize: number): Generator<Extent> {
-    if (this.fileSize > 0) yield { kind: 'data', guestOffset: 0, length: this.fileSize, hostOffset: 0 };
-    if (virtualSize > this.fileSize) yield { kind: 'unallocated', guestOffset: this.fileSize, length: virtualSize - this.fileSize };
+  private async extents(): Promise<Extent[]> {
+    const extents: Extent[] = [];
+    const ranges = this.io.dataRanges ? await this.io.dataRanges(0, this.fileSize) : [{ offset: 0, length: this.fileSize }];
+    let at = 0;
+    for (const range of ranges) {
+      if (range.offset > at) pushExtent(extents, { kind: 'zero', guestOffset: at, length: range.offset - at, hostOffset: at });
+      pushExtent(extents, { kind: 'data', guestOffset: range.offset, length: range.length, hostOffset: range.offset });
+      at = range.offset + range.length;
+    }
+    if (at < this.fileSize) pushExtent(extents, { kind: 'zero', guestOffset: at, length: this.fileSize - at, hostOffset: at });
+    return extents;
   }
 
   async *map(): AsyncIterable<Extent> {
-    yield* this.extents(this.fileSize);
+    yield* await this.extents();
   }
 
   async read(guestOffset: number, length: number): Promise<Uint8Array> {
-    if (guestOffset + length > this.virtualSizeForConversion()) {
-      throw new IcError('OUT_OF_BOUNDS', `raw: read at ${guestOffset}+${length} is past the end of the disk`);
+    const paddedSize = alignUp(this.fileSize, SECTOR);
+    if (guestOffset < 0 || guestOffset + length > paddedSize) {
+      throw new IcError('OUT_OF_BOUNDS', `raw: read at ${guestOffset}+${length} is past the end of the disk (${paddedSize})`);
     }
-    return readExtents(this.io, this.extents(this.virtualSizeForConversion()), guestOffset, length);
+    // The file reads as zeros past its end, which is exactly the padding to a whole sector.
+    return this.io.read(guestOffset, length);
   }
 
   async conversionSource(): Promise<ConversionSource> {
+    const virtualSize = alignUp(this.fileSize, SECTOR);
     return {
-      options: { virtualSize: this.virtualSizeForConversion(), clusterSize: RAW_CONVERSION_CLUSTER_SIZE, zeroExtents: false },
+      // Without a backing file, holes and zeros need no zero extents in the target: they stay unallocated.
+      options: { virtualSize, clusterSize: RAW_CONVERSION_CLUSTER_SIZE, zeroExtents: false },
       blockers: [],
       metadataRanges: [],
     };
@@ -75,12 +86,12 @@ export const rawDriver: Driver = {
   options: [],
   // Any file is a valid raw image, so raw only wins when no other driver recognises the bytes.
   probe: () => 1,
-  async open(io: BlockIO, options: OpenOptions = {}): Promise<Image> {
-    return new RawImage(io, await io.size(), options);
+  async open(io: BlockIO): Promise<Image> {
+    return new RawImage(io, await io.size());
   },
   async create(io: BlockIO, spec: CreateSpec): Promise<void> {
     if (spec.backing) throw new IcError('UNSUPPORTED', 'raw: images cannot have a backing file');
-    await io.truncate(spec.virtualSize);
+    await io.truncate(alignUp(spec.virtualSize, SECTOR));
     await io.flush();
   },
 };
