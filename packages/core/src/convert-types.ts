@@ -52,8 +52,11 @@ export interface ConversionReport {
   /** Measured (a dry run reports 0). */
   io: IoStats;
   durationMs: number;
-  /** How the header was switched: one sector, or the region tail first and sector 0 last. */
-  commit: 'single-sector' | 'tail-then-sector-0' | 'none';
+  /**
+   * How the header was switched: one sector; the region's tail first and sector 0 last; or, when the tail
+   * overwrites bytes the source still uses, a transitional marker in sector 0 first (`ic recover` finishes it).
+   */
+  commit: 'single-sector' | 'tail-then-sector-0' | 'transitional' | 'none';
   verified: boolean;
 }
 

@@ -5,6 +5,7 @@ import { assertCoverage, collectExtents, mergeExtents, type Extent, type HostRan
 import { hasCapability, type ConversionOptions, type Driver, type Image, type InPlaceTarget, type InPlaceTargetFactory, type OptionValues, type TargetBuild } from './driver.js';
 import { planMapping, type Plan } from './planner.js';
 import { CountingIO, type BlockIO } from './io.js';
+import { encodeIntent, inspectInterrupted, intentBlockLength, rollBack, transitionalSector, type IntentRecord } from './intent.js';
 import type { ConversionPhase, ConversionReport, ConvertInPlaceRequest } from './convert-types.js';
 
 /** The commit sector: writes of one aligned 512-byte sector are taken as atomic (reliability.md R2). */
@@ -136,6 +137,10 @@ async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionP
   if (!factory || !hasCapability(target, 'inPlaceTarget')) throw refuse(source.name, target.name, `the ${target.name} driver cannot be an in-place target`);
 
   step('validate', 0, 0);
+  const interrupted = await inspectInterrupted(io);
+  if (interrupted !== 'none') {
+    throw new IcError('NEEDS_RECOVERY', `${io.name}: an earlier conversion was interrupted; run \`ic recover ${io.name}\` first`, { path: io.name });
+  }
   const sourceImage = await source.open(io, request.openOptions);
   if (!sourceImage.conversionSource) throw refuse(source.name, target.name, `the ${source.name} driver does not describe its images for conversion`);
   const description = await sourceImage.conversionSource();
@@ -192,18 +197,11 @@ async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionP
   }
   if (build.fileSize < allocator.end) throw new IcError('INTERNAL', `${target.name} target file size ${build.fileSize} is below its allocations (${allocator.end})`);
 
-  // The header tail (past sector 0) is written before the commit, so it must not touch anything the source still uses.
+  // The header tail (past sector 0) is written before sector 0. Where it would overwrite something the source
+  // still uses, sector 0 first gets the transitional marker, so that no reader takes the file for either format.
   let commit: ConversionReport['commit'] = 'single-sector';
   if (build.header.length > SECTOR_SIZE) {
-    const clash = overlapsAny(referenced, SECTOR_SIZE, build.header.length - SECTOR_SIZE);
-    if (clash) {
-      throw refuse(
-        source.name,
-        target.name,
-        `the new ${build.header.length}-byte header would overwrite the source's ${clash.role} before the switch; this needs the transitional commit of \`ic recover\`, which is not available yet`,
-      );
-    }
-    commit = 'tail-then-sector-0';
+    commit = overlapsAny(referenced, SECTOR_SIZE, build.header.length - SECTOR_SIZE) ? 'transitional' : 'tail-then-sector-0';
   }
   return { sourceImage, extents, referenced, options, target: targetImage, geometry, plan, allocator, build, fileSizeBefore, commit };
 }
@@ -309,7 +307,24 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
   }
   if (!io.writable) throw new IcError('INVALID', `${io.name} is open read-only`);
 
-  // 3. build: nothing here touches a byte the source references.
+  // 3. build: first the intent record, durably, at the end of the file-to-be; then relocated clusters and
+  // metadata. Nothing here touches a byte the source references.
+  const headLength = alignUp(Math.max(build.header.length, SECTOR_SIZE), SECTOR_SIZE);
+  const newHead = new Uint8Array(headLength);
+  newHead.set(build.header);
+  const intent: IntentRecord = {
+    fileSizeBefore: prepared.fileSizeBefore,
+    targetFileSize: build.fileSize,
+    headerRegionSize: layout.headerRegionSize,
+    sourceFormat: request.source.name,
+    targetFormat: target.name,
+    oldHead: await io.read(0, headLength),
+    newHead,
+  };
+  const recordOffset = alignUp(Math.max(build.fileSize, prepared.allocator.end), layout.clusterSize);
+  const blockLength = intentBlockLength(headLength, layout.clusterSize);
+  await io.write(recordOffset, encodeIntent(intent, recordOffset, blockLength));
+  await io.flush();
   await copyRelocations(io, prepared, step);
   let written = 0;
   for (const write of build.writes) {
@@ -317,22 +332,20 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
     written += write.data.length;
     step('build', written, 0);
   }
-  const fileSizeAfter = Math.max(await io.size(), build.fileSize);
-  if ((await io.size()) < fileSizeAfter) await io.truncate(fileSizeAfter);
   await io.flush();
   await prepared.sourceImage.close();
 
   // 4. commit.
   step('commit', 0, 1);
-  const header = build.header;
-  const oldSector = await io.read(0, SECTOR_SIZE);
-  if (header.length > SECTOR_SIZE) {
-    await io.write(SECTOR_SIZE, header.subarray(SECTOR_SIZE));
+  if (prepared.commit === 'transitional') {
+    await io.write(0, transitionalSector(recordOffset));
     await io.flush();
   }
-  const sector = new Uint8Array(SECTOR_SIZE);
-  sector.set(header.subarray(0, SECTOR_SIZE));
-  await io.write(0, sector);
+  if (headLength > SECTOR_SIZE) {
+    await io.write(SECTOR_SIZE, newHead.subarray(SECTOR_SIZE));
+    await io.flush();
+  }
+  await io.write(0, newHead.subarray(0, SECTOR_SIZE));
   await io.flush();
   step('commit', 1, 1);
 
@@ -341,19 +354,20 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
   try {
     await verify(io, target, prepared);
   } catch (error) {
-    await io.write(0, oldSector);
-    await io.flush();
+    await rollBack(io, intent);
     throw error;
   }
   step('verify', 1, 1);
 
-  // 6. clean up the rest of the old header inside the new header region.
-  const staleFrom = Math.max(header.length, SECTOR_SIZE);
+  // 6. clean up: zero the rest of the old header inside the new header region, then drop the intent record.
+  step('cleanup', 0, 1);
+  const fileSizeAfter = build.fileSize;
+  const staleFrom = headLength;
   const staleTo = Math.min(layout.headerRegionSize, fileSizeAfter);
-  if (staleTo > staleFrom) {
-    step('cleanup', 0, 1);
-    await io.write(staleFrom, new Uint8Array(staleTo - staleFrom));
-    await io.flush();
-  }
+  if (staleTo > staleFrom) await io.write(staleFrom, new Uint8Array(staleTo - staleFrom));
+  await io.flush();
+  await io.truncate(fileSizeAfter);
+  await io.flush();
+  step('cleanup', 1, 1);
   return report(false, true, fileSizeAfter);
 }

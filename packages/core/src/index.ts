@@ -13,3 +13,5 @@ export * from './allocator.js';
 export * from './planner.js';
 export * from './build-image.js';
 export * from './posix.js';
+export * from './intent.js';
+export * from './crc32c.js';
