@@ -1,7 +1,20 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { IcError, type ErrorCode } from './errors.js';
 import { checkRange, MAX_IO_LENGTH, type BlockIO, type ByteRange } from './io.js';
-import { posix } from './posix.js';
+import { posix, posixUnavailableReason } from './posix.js';
+
+/**
+ * QEMU's image locking (block/file-posix.c): a process that uses permission i holds an OFD read lock on byte
+ * 100+i, and one that refuses to share permission i holds one on byte 200+i. Permissions: 0 consistent read,
+ * 1 write, 2 write-unchanged, 3 resize (4 graph-mod in QEMU <= 6.1).
+ */
+const QEMU_PERMISSION_BYTES = 100;
+const QEMU_SHARED_BYTES = 200;
+const QEMU_LOCK_COUNT = 5;
+const HELD_COUNT = 4;
+
+/** How a FileIO stands with respect to QEMU's locks. */
+export type LockState = { held: true } | { held: false; reason: string };
 
 function codeForSystemError(error: unknown): ErrorCode {
   const code = (error as { code?: string } | null)?.code;
@@ -22,6 +35,7 @@ export function systemError(error: unknown, path: string, step: string): IcError
  */
 export class FileIO implements BlockIO {
   private failed: IcError | undefined;
+  private lockState: LockState = { held: false, reason: 'not requested' };
 
   private constructor(
     private readonly handle: FileHandle,
@@ -29,8 +43,15 @@ export class FileIO implements BlockIO {
     readonly writable: boolean,
   ) {}
 
-  static async open(path: string, options: { writable?: boolean } = {}): Promise<FileIO> {
+  /**
+   * Opens a file. With `lock: true` (use it whenever the file will be modified) it refuses, with LOCKED, a
+   * file that QEMU or another ic holds, and then holds QEMU's lock bytes itself until close, so that QEMU,
+   * qemu-img and other ic processes refuse the file meanwhile. Where the locks cannot be taken (no koffi, not
+   * Linux) the file still opens and `lock` says why, so the caller can tell the user.
+   */
+  static async open(path: string, options: { writable?: boolean; lock?: boolean } = {}): Promise<FileIO> {
     const writable = options.writable ?? false;
+    let file: FileIO;
     try {
       const handle = await open(path, writable ? 'r+' : 'r');
       const stat = await handle.stat();
@@ -38,11 +59,57 @@ export class FileIO implements BlockIO {
         await handle.close();
         throw new IcError('INVALID', `${path}: not a regular file`, { path });
       }
-      return new FileIO(handle, path, writable);
+      file = new FileIO(handle, path, writable);
     } catch (error) {
       if (error instanceof IcError) throw error;
       throw systemError(error, path, 'open');
     }
+    if (options.lock) {
+      try {
+        file.takeQemuLocks();
+      } catch (error) {
+        await file.handle.close();
+        throw error;
+      }
+    }
+    return file;
+  }
+
+  get lock(): LockState {
+    return this.lockState;
+  }
+
+  private otherHolder(native: NonNullable<ReturnType<typeof posix>>): string | undefined {
+    const fd = this.handle.fd;
+    for (let i = 0; i < QEMU_LOCK_COUNT; i++) {
+      if (native.ofdTestLock(fd, 'write', QEMU_PERMISSION_BYTES + i, 1) !== 'none') return `byte ${QEMU_PERMISSION_BYTES + i}`;
+      if (native.ofdTestLock(fd, 'write', QEMU_SHARED_BYTES + i, 1) !== 'none') return `byte ${QEMU_SHARED_BYTES + i}`;
+    }
+    return undefined;
+  }
+
+  private takeQemuLocks(): void {
+    const native = posix();
+    if (!native) {
+      this.lockState = { held: false, reason: `QEMU-compatible locks are unavailable: ${posixUnavailableReason()}` };
+      return;
+    }
+    const fd = this.handle.fd;
+    const refuse = (where: string) =>
+      new IcError('LOCKED', `${this.name}: another process (QEMU or ic) is using the image (lock on ${where}); stop it and try again`, { path: this.name });
+    const before = this.otherHolder(native);
+    if (before) throw refuse(before);
+    // Read locks on both ranges: we use consistent-read/write/write-unchanged/resize and share none of them.
+    const granted =
+      native.ofdSetLock(fd, 'read', QEMU_PERMISSION_BYTES, HELD_COUNT) && native.ofdSetLock(fd, 'read', QEMU_SHARED_BYTES, HELD_COUNT);
+    // Someone may have taken theirs between the test and ours: look again now that ours are visible to them.
+    const after = granted ? this.otherHolder(native) : 'the lock bytes';
+    if (after) {
+      native.ofdSetLock(fd, 'unlock', QEMU_PERMISSION_BYTES, HELD_COUNT);
+      native.ofdSetLock(fd, 'unlock', QEMU_SHARED_BYTES, HELD_COUNT);
+      throw refuse(after);
+    }
+    this.lockState = { held: true };
   }
 
   /** Creates (or truncates to zero) a file for writing. */
