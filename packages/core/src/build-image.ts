@@ -2,7 +2,7 @@ import { AppendAllocator } from './allocator.js';
 import { alignUp, isPowerOfTwo } from './bytes.js';
 import { IcError } from './errors.js';
 import { pushExtent, type Extent } from './extent.js';
-import type { BackingReference, Driver } from './driver.js';
+import type { BackingReference, Driver, ImageInfo } from './driver.js';
 import type { BlockIO } from './io.js';
 
 export interface ImageContent {
@@ -10,6 +10,8 @@ export interface ImageContent {
   /** Cluster size of the new image; the driver's nearest supported size to 64 KiB by default. */
   clusterSize?: number;
   backing?: BackingReference;
+  /** info() of the backing image, for formats that record facts about their parent. */
+  backingInfo?: ImageInfo;
   /** Guest data to store; ranges may be unaligned but must not overlap. */
   data: readonly { guestOffset: number; bytes: Uint8Array }[];
   /** Guest ranges that read as zero and hide the backing file (cluster-aligned). */
@@ -31,6 +33,7 @@ export async function writeImage(io: BlockIO, driver: Driver, content: ImageCont
     source: { virtualSize, clusterSize, zeroExtents: (content.zero?.length ?? 0) > 0, ...(content.backing ? { backing: content.backing } : {}) },
     clusterSize,
     options: {},
+    ...(content.backingInfo ? { backingInfo: content.backingInfo } : {}),
   });
   const [problem] = target.problems;
   if (problem) throw new IcError('UNSUPPORTED', `${driver.name}: ${problem}`);

@@ -164,7 +164,9 @@ async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionP
   const hasBacking = options.backing !== undefined;
 
   step('plan', 0, 0);
-  const targetFor = (clusterSize: number) => factory.create({ source: options, clusterSize, options: request.targetOptions ?? {} });
+  const backingInfo = request.openOptions?.backing?.info();
+  const targetFor = (clusterSize: number) =>
+    factory.create({ source: options, clusterSize, options: request.targetOptions ?? {}, ...(backingInfo ? { backingInfo } : {}) });
   const startFor = (clusterSize: number) => alignUp(Math.max(fileSizeBefore, referencedEnd), clusterSize);
   const planFor = (clusterSize: number): Plan | undefined => {
     const layout = targetFor(clusterSize).layout;

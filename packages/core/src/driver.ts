@@ -67,6 +67,8 @@ export interface OpenOptions {
 export interface CreateSpec {
   virtualSize: number;
   backing?: BackingReference;
+  /** info() of the backing image, when the caller opened it (some formats record facts about their parent). */
+  backingInfo?: ImageInfo;
   options: OptionValues;
 }
 
@@ -135,6 +137,28 @@ export interface ConversionSource {
    * engine never writes there before the commit.
    */
   metadataRanges: HostRange[];
+  /**
+   * Bytes at offset 0 the format reserves for its header even where they hold nothing (qcow2: cluster 0;
+   * QED: header_size clusters). Nothing else may live there; compaction never moves anything into it.
+   * Default 0.
+   */
+  headerRegionSize?: number;
+}
+
+/**
+ * An allocation unit that can move to another host offset: a data cluster, a table... It is named by exactly
+ * one pointer in the file (a table entry or a header field) that fits in one aligned sector, so switching
+ * it is one atomic write.
+ */
+export interface MovableUnit {
+  hostOffset: number;
+  length: number;
+  /** For plans and messages, e.g. "L2 table", "data cluster of guest 65536". */
+  role: string;
+  /** File offset of the pointer that names this unit. */
+  pointerOffset: number;
+  /** The pointer's bytes when the unit lives at `hostOffset`. */
+  encodePointer(hostOffset: number): Uint8Array;
 }
 
 /** An opened image. */
@@ -147,6 +171,11 @@ export interface Image {
   read(guestOffset: number, length: number): Promise<Uint8Array>;
   check?(options?: CheckOptions): Promise<CheckReport>;
   conversionSource?(): Promise<ConversionSource>;
+  /**
+   * Every unit that may move (with conversionSource's metadataRanges, everything the image references).
+   * Lets the core compact the file: fill holes left by old metadata, then truncate.
+   */
+  movableUnits?(): Promise<MovableUnit[]>;
   close(): Promise<void>;
 }
 
@@ -187,6 +216,8 @@ export interface TargetRequest {
   clusterSize: number;
   /** User options (-o), already validated against the driver's option descriptors. */
   options: OptionValues;
+  /** info() of the source's backing image, when the caller opened it (OpenOptions.backing). */
+  backingInfo?: ImageInfo;
 }
 
 export interface InPlaceTarget {

@@ -15,3 +15,4 @@ export * from './build-image.js';
 export * from './posix.js';
 export * from './intent.js';
 export * from './crc32c.js';
+export * from './compact.js';

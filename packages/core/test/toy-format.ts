@@ -15,9 +15,16 @@ import {
   type Driver,
   type Extent,
   type Image,
+  type MovableUnit,
 } from '../src/index.js';
 
 const HEADER_LENGTH = 28;
+
+function u64(value: number): Uint8Array {
+  const view = ByteView.alloc(8);
+  view.setU64le(0, value);
+  return view.bytes;
+}
 
 export function makeToyDriver(name: string, magic: string, headerClusters: number, clusterSizes = { min: 512, max: 1 << 21 }): Driver {
   const magicBytes = new TextEncoder().encode(magic);
@@ -50,11 +57,37 @@ export function makeToyDriver(name: string, magic: string, headerClusters: numbe
       conversionSource: async () => ({
         options: { virtualSize, clusterSize, zeroExtents: extents.some((e) => e.kind === 'zero') },
         blockers: [],
+        headerRegionSize: head.u32le(24) * clusterSize,
         metadataRanges: [
           { offset: 0, length: HEADER_LENGTH, role: 'header' },
-          { offset: tableOffset, length: clusters * 8, role: 'table' },
+          { offset: tableOffset, length: alignUp(clusters * 8, clusterSize), role: 'table' },
         ],
       }),
+      movableUnits: async () => {
+        const units: MovableUnit[] = [
+          {
+            hostOffset: tableOffset,
+            length: alignUp(clusters * 8, clusterSize),
+            role: 'table',
+            pointerOffset: 16,
+            encodePointer: (hostOffset) => u64(hostOffset),
+          },
+        ];
+        for (const extent of extents) {
+          if (extent.kind !== 'data') continue;
+          for (let at = 0; at < extent.length; at += clusterSize) {
+            const index = (extent.guestOffset + at) / clusterSize;
+            units.push({
+              hostOffset: extent.hostOffset + at,
+              length: clusterSize,
+              role: `data cluster ${index}`,
+              pointerOffset: tableOffset + index * 8,
+              encodePointer: (hostOffset) => u64(hostOffset),
+            });
+          }
+        }
+        return units;
+      },
       close: async () => {},
     };
   }

@@ -1,1 +1,17 @@
-export {};
+export { vmdkDriver, DESCRIPTOR_PROBE_SCORE } from './driver.js';
+export { vmdkDriver as default } from './driver.js';
+export * from './header.js';
+export * from './descriptor.js';
+export * from './grain-tables.js';
+export * from './stream.js';
+export * from './header-region.js';
+export { VMDK_OPTIONS, SUBFORMATS, resolveOptions, parseCid, type ResolvedOptions } from './options.js';
+export { SparseVmdkImage, openSparse, ExtentRunMerger, type GrainRecord, type SparseState } from './image.js';
+export { DescriptorVmdkImage, openDescriptorImage } from './descriptor-image.js';
+export { checkSparse } from './check.js';
+export { sparseConversionSource, COMPRESSED_BLOCKER } from './source.js';
+export { sparseMetadataRanges, protectedHeaderEnd } from './host-ranges.js';
+export { createVmdk, parentFor } from './create.js';
+export { vmdkInPlaceTarget, TARGET_CLUSTER_SIZES, TARGET_MAX_HOST_OFFSET, DEFAULT_EXTENT_NAME } from './target.js';
+export { writeSparseVmdk, type SparseVmdkSpec, type SparseVmdkLayout, type SparseGrain } from './writer.js';
+export { FORMAT } from './errors.js';

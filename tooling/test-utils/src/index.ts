@@ -1,2 +1,2 @@
-export * from './qemu.ts';
-export * from './files.ts';
+export * from './qemu.js';
+export * from './files.js';

@@ -1,0 +1,135 @@
+import type { CheckReport } from '@ic/core';
+import { GrainTableReader } from './grain-tables.js';
+import { SECTOR_SIZE } from './header.js';
+import { countOverlaps, NumberList, protectedHeaderEnd, rangesHitting, sparseMetadataRanges } from './host-ranges.js';
+import type { SparseVmdkImage } from './image.js';
+import { compressedGrainSpan, GRAIN_MARKER_FIELDS, parseGrainMarker } from './stream.js';
+
+/** Problems beyond this many are counted but not listed one by one. */
+const MAX_MESSAGES = 100;
+
+class Findings {
+  corruptions = 0;
+  checkErrors = 0;
+  readonly messages: string[] = [];
+  private dropped = 0;
+
+  note(message: string): void {
+    if (this.messages.length < MAX_MESSAGES) this.messages.push(message);
+    else this.dropped++;
+  }
+
+  corruption(message: string): void {
+    this.corruptions++;
+    this.note(`ERROR: ${message}`);
+  }
+
+  finish(): string[] {
+    if (this.dropped > 0) this.messages.push(`... and ${this.dropped} more`);
+    return this.messages;
+  }
+}
+
+/**
+ * qemu-img check for a sparse extent flags a grain that starts at or past the end of the file (one corruption, then
+ * the check fails: exit 1). We count every such grain, plus one check error so the exit status matches. We also count:
+ * grains that run past the end of the file or start inside the header/descriptor window, grains that overlap a
+ * table or each other, compressed grains with an unreadable marker, and primary/redundant tables that disagree.
+ * VMDK has no reference counts, so unused space is not a "leak" for qemu and is not reported as one here.
+ */
+export async function checkSparse(image: SparseVmdkImage): Promise<CheckReport> {
+  const { geometry, fileSize, io, gd, rgd, header } = image.state;
+  const findings = new Findings();
+  const headerEnd = protectedHeaderEnd(image.state);
+  const starts = new NumberList();
+  // Compressed grains have their own length each; overlaps among them are found on (start, end) pairs.
+  const compressedStarts = new NumberList();
+  const compressedEnds = new NumberList();
+
+  for await (const record of image.grains()) {
+    if (record.state !== 'data') continue;
+    const hostOffset = record.gte * SECTOR_SIZE;
+    const where = `grain for guest offset ${record.guestOffset} (GTE ${record.gtIndex} of table ${record.gdIndex}, sector ${record.gte})`;
+    if (hostOffset >= fileSize) {
+      findings.corruption(`${where} points after EOF`);
+      // qemu counts this corruption and then aborts ("Check failed", exit 1); one check error reproduces that.
+      findings.checkErrors = 1;
+      continue;
+    }
+    if (hostOffset < headerEnd) findings.corruption(`${where} lies inside the header and descriptor area (first ${headerEnd} bytes)`);
+    if (geometry.compressed) {
+      const marker = parseGrainMarker(await io.read(hostOffset, GRAIN_MARKER_FIELDS.data));
+      if (marker.size === 0 || marker.size > 2 * geometry.grainBytes || hostOffset + GRAIN_MARKER_FIELDS.data + marker.size > fileSize) {
+        findings.corruption(`${where} has a grain marker claiming ${marker.size} compressed bytes`);
+        continue;
+      }
+      if (marker.lba * SECTOR_SIZE !== record.guestOffset) {
+        findings.corruption(`${where} has a grain marker for guest sector ${marker.lba}`);
+      }
+      compressedStarts.push(record.gte);
+      compressedEnds.push(record.gte + compressedGrainSpan(marker) / SECTOR_SIZE);
+      continue;
+    }
+    if (hostOffset + geometry.grainBytes > fileSize) findings.corruption(`${where} extends past EOF`);
+    starts.push(record.gte);
+  }
+
+  const metadata = sparseMetadataRanges(image.state);
+  if (!geometry.compressed) {
+    const sorted = starts.sorted();
+    countOverlaps(sorted, geometry.grainSectors, (a, b) => findings.corruption(`grains at sectors ${a} and ${b} overlap`));
+    for (const range of metadata) {
+      if (range.role === 'header' || range.role.startsWith('descriptor')) continue; // reported above
+      for (const hit of rangesHitting(sorted, geometry.grainSectors, range.offset, range.length)) {
+        findings.corruption(`grain at sector ${hit} overlaps the ${range.role}`);
+      }
+    }
+  } else {
+    const count = compressedStarts.length;
+    const startOf = compressedStarts.values();
+    const endOf = compressedEnds.values();
+    const order = new Uint32Array(count).map((_, i) => i).sort((x, y) => startOf[x]! - startOf[y]!);
+    let reach = 0;
+    let reachStart = 0;
+    for (const i of order) {
+      if (startOf[i]! < reach) findings.corruption(`compressed grains at sectors ${reachStart} and ${startOf[i]} overlap`);
+      if (endOf[i]! > reach) {
+        reach = endOf[i]!;
+        reachStart = startOf[i]!;
+      }
+    }
+    for (const range of metadata) {
+      if (range.role === 'header' || range.role.startsWith('descriptor')) continue;
+      const first = range.offset / SECTOR_SIZE;
+      const end = (range.offset + range.length) / SECTOR_SIZE;
+      for (let i = 0; i < count; i++) {
+        if (startOf[i]! < end && first < endOf[i]!) findings.corruption(`compressed grain at sector ${startOf[i]} overlaps the ${range.role}`);
+      }
+    }
+  }
+
+  if (rgd) {
+    const primary = new GrainTableReader(io, geometry, gd);
+    const redundant = new GrainTableReader(io, geometry, rgd);
+    for (let index = 0; index < geometry.gdEntries; index++) {
+      const a = gd.entries[index]!;
+      const b = rgd.entries[index]!;
+      if ((a === 0) !== (b === 0)) {
+        findings.corruption(`grain directory entry ${index} is ${a} but the redundant one is ${b}`);
+        continue;
+      }
+      if (a === 0) continue;
+      const tableA = (await primary.table(index))!;
+      const tableB = (await redundant.table(index))!;
+      for (let i = 0; i < geometry.gtesPerGT; i++) {
+        if (tableA[i] !== tableB[i]) findings.corruption(`grain table ${index} entry ${i} is ${tableA[i]} but the redundant copy says ${tableB[i]}`);
+      }
+    }
+  }
+
+  if (!geometry.compressed && gd.entries.some((entry) => entry === 0)) {
+    findings.note('note: some grain directory entries are 0 (no grain table); qemu 7.2 cannot write to those ranges');
+  }
+  if (header.uncleanShutdown !== 0) findings.note('note: uncleanShutdown is set (the disk was not closed cleanly by VMware)');
+  return { corruptions: findings.corruptions, leaks: 0, checkErrors: findings.checkErrors, messages: findings.finish() };
+}

@@ -1,0 +1,299 @@
+import {
+  canMerge,
+  IcError,
+  readExtents,
+  type BackingReference,
+  type BlockIO,
+  type CheckOptions,
+  type CheckReport,
+  type ConversionSource,
+  type Extent,
+  type Image,
+  type ImageInfo,
+  type OpenOptions,
+} from '@ic/core';
+import { descriptorText, EMBEDDED_DESCRIPTOR_OFFSET, EMBEDDED_DESCRIPTOR_WINDOW, parseDescriptor, type Descriptor } from './descriptor.js';
+import { FORMAT, vmdkError } from './errors.js';
+import {
+  assertTablesDisjoint,
+  grainState,
+  GrainTableReader,
+  loadGrainDirectory,
+  type GrainDirectory,
+  type GrainState,
+} from './grain-tables.js';
+import { parseSparseHeader, SECTOR_SIZE, validateSparseHeader, type SparseGeometry, type SparseHeader } from './header.js';
+import { readCompressedGrain, readFooterHeader } from './stream.js';
+import { checkSparse } from './check.js';
+import { openDescriptorImage } from './descriptor-image.js';
+import { sparseConversionSource } from './source.js';
+
+/** One grain (or a whole unallocated grain table range) as the tables describe it. */
+export interface GrainRecord {
+  state: GrainState;
+  guestOffset: number;
+  length: number;
+  /** The raw GTE (0 for unallocated ranges without a table). */
+  gte: number;
+  /** Position of the GTE: GD index and index in the table (-1 when the GD entry is 0). */
+  gdIndex: number;
+  gtIndex: number;
+}
+
+/** Merges runs into Extents as they stream by, without holding the map in memory. */
+export class ExtentRunMerger {
+  private current: Extent | undefined;
+
+  /** Adds an extent; returns the previous run when this one cannot extend it. */
+  push(extent: Extent): Extent | undefined {
+    if (extent.length === 0) return undefined;
+    if (this.current && canMerge(this.current, extent)) {
+      this.current.length += extent.length;
+      return undefined;
+    }
+    const done = this.current;
+    this.current = { ...extent };
+    return done;
+  }
+
+  finish(): Extent | undefined {
+    const done = this.current;
+    this.current = undefined;
+    return done;
+  }
+}
+
+/** Everything open() learned about a sparse extent file. */
+export interface SparseState {
+  io: BlockIO;
+  fileSize: number;
+  header: SparseHeader;
+  geometry: SparseGeometry;
+  descriptor: Descriptor;
+  gd: GrainDirectory;
+  rgd: GrainDirectory | undefined;
+  /** The header came from the footer at the end of the file (gdOffset = GD_AT_END in sector 0). */
+  footer: boolean;
+  /** End of the header + descriptor area that tables may not overlap. */
+  protectedEnd: number;
+  createType: 'monolithicSparse' | 'streamOptimized';
+  backing: BackingReference | undefined;
+  options: OpenOptions;
+}
+
+/** A monolithicSparse or streamOptimized file: one KDMV sparse extent with its embedded descriptor. */
+export class SparseVmdkImage implements Image {
+  readonly format = FORMAT;
+  private lastGrain: { markerOffset: number; data: Uint8Array } | undefined;
+  private parentChecked = false;
+
+  constructor(readonly state: SparseState) {}
+
+  info(): ImageInfo {
+    const { geometry, descriptor, createType } = this.state;
+    const extent: Record<string, unknown> = {};
+    if (geometry.compressed) extent.compressed = true;
+    extent['virtual-size'] = geometry.virtualSize;
+    extent.filename = this.state.io.name;
+    extent['cluster-size'] = geometry.grainBytes;
+    extent.format = ''; // qemu 7.2 leaves the type of the embedded extent empty
+    const info: ImageInfo = {
+      format: FORMAT,
+      virtualSize: geometry.virtualSize,
+      clusterSize: geometry.grainBytes,
+      dirty: false,
+      formatSpecific: {
+        type: 'vmdk',
+        data: { cid: descriptor.cid, 'parent-cid': descriptor.parentCid, 'create-type': createType, extents: [extent] },
+      },
+    };
+    if (this.state.backing) info.backing = { ...this.state.backing };
+    return info;
+  }
+
+  /** Streams every grain of [from, to) in guest order (whole unallocated tables as one record). */
+  async *grains(from = 0, to = this.state.geometry.virtualSize, directory: GrainDirectory = this.state.gd): AsyncGenerator<GrainRecord> {
+    const { geometry, io } = this.state;
+    const end = Math.min(to, geometry.virtualSize);
+    if (from >= end) return;
+    const reader = new GrainTableReader(io, geometry, directory);
+    for (let gdIndex = Math.floor(from / geometry.gtCoverage); gdIndex < geometry.gdEntries; gdIndex++) {
+      const tableStart = gdIndex * geometry.gtCoverage;
+      if (tableStart >= end) break;
+      const table = await reader.table(gdIndex);
+      if (!table) {
+        const length = Math.min(geometry.gtCoverage, geometry.virtualSize - tableStart);
+        yield { state: 'unallocated', guestOffset: tableStart, length, gte: 0, gdIndex, gtIndex: -1 };
+        continue;
+      }
+      const first = Math.max(0, Math.floor((from - tableStart) / geometry.grainBytes));
+      for (let gtIndex = first; gtIndex < geometry.gtesPerGT; ) {
+        const guestOffset = tableStart + gtIndex * geometry.grainBytes;
+        if (guestOffset >= end) break;
+        const gte = table[gtIndex]!;
+        const state = grainState(gte, geometry);
+        // Runs of unallocated or zeroed grains become one record: an empty 2 TiB disk is 32 Ki records, not 32 Mi.
+        let count = 1;
+        if (state !== 'data') {
+          while (gtIndex + count < geometry.gtesPerGT && table[gtIndex + count] === gte && guestOffset + count * geometry.grainBytes < end) count++;
+        }
+        const length = Math.min(count * geometry.grainBytes, geometry.virtualSize - guestOffset);
+        yield { state, guestOffset, length, gte, gdIndex, gtIndex };
+        gtIndex += count;
+      }
+    }
+  }
+
+  /** The extent a grain record maps to. */
+  extentOf(record: GrainRecord): Extent {
+    const { guestOffset, length } = record;
+    switch (record.state) {
+      case 'unallocated':
+        return { kind: 'unallocated', guestOffset, length };
+      case 'zero':
+        return { kind: 'zero', guestOffset, length };
+      case 'data':
+        return this.state.geometry.compressed
+          ? { kind: 'compressed', guestOffset, length }
+          : { kind: 'data', guestOffset, length, hostOffset: record.gte * SECTOR_SIZE };
+    }
+  }
+
+  private async *extents(from: number, to: number): AsyncGenerator<Extent> {
+    const merger = new ExtentRunMerger();
+    for await (const record of this.grains(from, to)) {
+      const done = merger.push(this.extentOf(record));
+      if (done) yield done;
+    }
+    const last = merger.finish();
+    if (last) yield last;
+  }
+
+  map(): AsyncIterable<Extent> {
+    return this.extents(0, this.state.geometry.virtualSize);
+  }
+
+  async read(guestOffset: number, length: number): Promise<Uint8Array> {
+    const virtualSize = this.state.geometry.virtualSize;
+    if (!Number.isSafeInteger(guestOffset) || !Number.isSafeInteger(length) || guestOffset < 0 || length < 0 || guestOffset + length > virtualSize) {
+      throw new IcError('OUT_OF_BOUNDS', `${FORMAT}: read ${guestOffset}+${length} is outside the virtual disk (${virtualSize} bytes)`, { format: FORMAT });
+    }
+    if (length === 0) return new Uint8Array(0);
+    const backing = this.state.options.backing;
+    return readExtents(this.state.io, this.extents(guestOffset, guestOffset + length), guestOffset, length, {
+      ...(backing ? { backing: this.checkedBacking(backing) } : {}),
+      readSpecial: (extent, from, count) => this.readCompressed(from, count),
+    });
+  }
+
+  /**
+   * qemu refuses reads that fall through to a VMDK parent whose CID differs from our parentCID (the parent changed
+   * since this child was made). Mirror that instead of returning possibly stale data.
+   */
+  private checkedBacking(backing: Image): Image {
+    const self = this;
+    return {
+      format: backing.format,
+      info: () => backing.info(),
+      map: () => backing.map(),
+      close: () => backing.close(),
+      async read(offset: number, length: number): Promise<Uint8Array> {
+        if (!self.parentChecked && backing.format === FORMAT) {
+          const parentCid = backing.info().formatSpecific?.data.cid;
+          if (typeof parentCid === 'number' && parentCid !== self.state.descriptor.parentCid) {
+            throw vmdkError(
+              'CORRUPT',
+              `parentCID ${self.state.descriptor.parentCid.toString(16)} does not match the parent's CID ${parentCid.toString(16)} (the parent changed; qemu refuses to read through it)`,
+            );
+          }
+          self.parentChecked = true;
+        }
+        return backing.read(offset, length);
+      },
+    };
+  }
+
+  private async readCompressed(from: number, count: number): Promise<Uint8Array> {
+    const { geometry, io, fileSize } = this.state;
+    const out = new Uint8Array(count);
+    for await (const record of this.grains(from, from + count)) {
+      const start = Math.max(from, record.guestOffset);
+      const stop = Math.min(from + count, record.guestOffset + record.length);
+      if (record.state !== 'data' || stop <= start) continue;
+      const markerOffset = record.gte * SECTOR_SIZE;
+      let grain = this.lastGrain?.markerOffset === markerOffset ? this.lastGrain.data : undefined;
+      if (!grain) {
+        grain = await readCompressedGrain(io, markerOffset, geometry.grainBytes, fileSize, this.state.options.inflate);
+        this.lastGrain = { markerOffset, data: grain };
+      }
+      const inGrain = start - record.guestOffset;
+      if (inGrain + (stop - start) > grain.length) {
+        throw vmdkError('CORRUPT', `compressed grain for guest offset ${record.guestOffset} inflates to ${grain.length} bytes, too short for the read`, markerOffset);
+      }
+      out.set(grain.subarray(inGrain, inGrain + (stop - start)), start - from);
+    }
+    return out;
+  }
+
+  async check(options: CheckOptions = {}): Promise<CheckReport> {
+    if (options.repair) throw vmdkError('UNSUPPORTED', 'check cannot repair VMDK images (qemu-img cannot either)');
+    return checkSparse(this);
+  }
+
+  conversionSource(): Promise<ConversionSource> {
+    return sparseConversionSource(this);
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** Reads and validates a KDMV file whose first sector is `head`. */
+export async function openSparse(io: BlockIO, options: OpenOptions, fileSize: number, head: Uint8Array): Promise<Image> {
+  if (fileSize < SECTOR_SIZE) throw vmdkError('CORRUPT', `header is truncated: the file has ${fileSize} bytes, a sparse extent header needs ${SECTOR_SIZE}`, 0);
+  let header = parseSparseHeader(head);
+  if (header.capacity === 0 && header.descriptorOffset !== 0) {
+    // qemu: a sparse header with no capacity but a descriptor is really a descriptor file in disguise.
+    return openDescriptorImage(io, options, fileSize, header.descriptorOffset * SECTOR_SIZE);
+  }
+  let footer = false;
+  if (header.gdOffset === undefined) {
+    header = await readFooterHeader(io, fileSize);
+    footer = true;
+  }
+  const geometry = validateSparseHeader(header, fileSize);
+  if (geometry.compressed && !geometry.hasMarkers) {
+    throw vmdkError('UNSUPPORTED', 'compressed grains without grain markers (flags bit 17 clear) are not supported');
+  }
+  // qemu reads the embedded descriptor from byte 0x200 whatever descriptorOffset says.
+  const window = await io.read(EMBEDDED_DESCRIPTOR_OFFSET, EMBEDDED_DESCRIPTOR_WINDOW);
+  window[EMBEDDED_DESCRIPTOR_WINDOW - 1] = 0;
+  const descriptor = parseDescriptor(descriptorText(window), EMBEDDED_DESCRIPTOR_OFFSET);
+
+  const descriptorEnd = header.descriptorOffset > 0 ? (header.descriptorOffset + header.descriptorSize) * SECTOR_SIZE : 0;
+  const protectedEnd = Math.max(SECTOR_SIZE, descriptorEnd);
+  const gd = await loadGrainDirectory(io, geometry, header.gdOffset!, 'GD', fileSize, protectedEnd);
+  const rgd = geometry.redundant ? await loadGrainDirectory(io, geometry, header.rgdOffset, 'RGD', fileSize, protectedEnd) : undefined;
+  assertTablesDisjoint(geometry, rgd ? [gd, rgd] : [gd]);
+
+  let backing: BackingReference | undefined;
+  if (descriptor.parentFileNameHint !== undefined) {
+    if (options.untrusted) {
+      throw new IcError('EXTERNAL_REF', `${FORMAT}: the image names a parent file ("${descriptor.parentFileNameHint}"), refused in untrusted mode`, { format: FORMAT });
+    }
+    backing = { name: descriptor.parentFileNameHint, format: FORMAT };
+  }
+  return new SparseVmdkImage({
+    io,
+    fileSize,
+    header,
+    geometry,
+    descriptor,
+    gd,
+    rgd,
+    footer,
+    protectedEnd,
+    createType: geometry.compressed ? 'streamOptimized' : 'monolithicSparse',
+    backing,
+    options,
+  });
+}
