@@ -102,14 +102,18 @@ export function chooseGeometry(
  * target's virtual size is whole sectors, and the padding reads as zeros. A source that declares no zero
  * extents (and has no backing file) has its zero runs (raw holes) planned as unallocated clusters.
  */
-async function sourceMapForConversion(image: Image, options: ConversionOptions): Promise<Extent[]> {
+async function sourceMapForConversion(image: Image, options: ConversionOptions, keepHoleHosts: boolean): Promise<Extent[]> {
   const extents = await collectExtents(image.map());
   const mappedEnd = extents.reduce((end, e) => Math.max(end, e.guestOffset + e.length), 0);
   if (mappedEnd < options.virtualSize && options.virtualSize - mappedEnd < SECTOR_SIZE) {
     extents.push({ kind: 'unallocated', guestOffset: mappedEnd, length: options.virtualSize - mappedEnd });
   }
   if (options.zeroExtents || options.backing) return extents;
-  return mergeExtents(extents.map((e) => (e.kind === 'zero' ? { kind: 'unallocated', guestOffset: e.guestOffset, length: e.length } : e)));
+  // Keep the host range of zero runs that really read as zeros there (raw holes): a cluster mixing them
+  // with data can then stay in place. Whole zero clusters still become unallocated in the planner.
+  return mergeExtents(
+    extents.map((e) => (e.kind === 'zero' && !(keepHoleHosts && e.hostOffset !== undefined) ? { kind: 'unallocated', guestOffset: e.guestOffset, length: e.length } : e)),
+  );
 }
 
 interface PreparedConversion {
@@ -151,7 +155,8 @@ async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionP
     throw new IcError('EXTERNAL_REF', `${io.name}: the image references backing file '${options.backing.name}' (refused in untrusted mode)`);
   }
 
-  const extents = await sourceMapForConversion(sourceImage, options);
+  const holesReadZero = description.zeroHostRangesReadAsZero === true;
+  const extents = await sourceMapForConversion(sourceImage, options, holesReadZero);
   assertCoverage(extents, options.virtualSize, `${source.name} map`);
   for (const extent of extents) {
     if (extent.kind === 'compressed' || extent.kind === 'encrypted') {
@@ -162,6 +167,7 @@ async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionP
   const fileSizeBefore = await io.size();
   const referencedEnd = referenced.reduce((end, r) => Math.max(end, r.offset + r.length), 0);
   const hasBacking = options.backing !== undefined;
+  const planFlags = { zeroHostRangesReadAsZero: holesReadZero, zeroAsUnallocated: !options.zeroExtents && !hasBacking };
 
   step('plan', 0, 0);
   const backingInfo = request.openOptions?.backing?.info();
@@ -171,7 +177,7 @@ async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionP
   const planFor = (clusterSize: number): Plan | undefined => {
     const layout = targetFor(clusterSize).layout;
     try {
-      return planMapping({ extents, virtualSize: options.virtualSize, layout, hasBacking, space: new AppendAllocator(startFor(clusterSize), clusterSize) });
+      return planMapping({ ...planFlags, extents, virtualSize: options.virtualSize, layout, hasBacking, space: new AppendAllocator(startFor(clusterSize), clusterSize) });
     } catch (error) {
       if (isIcError(error) && error.code === 'UNSUPPORTED') return undefined;
       throw error;
@@ -185,7 +191,7 @@ async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionP
   if (layout.clusterSize !== geometry.clusterSize) throw new IcError('INTERNAL', `${target.name} target ignored the cluster size ${geometry.clusterSize}`);
 
   const allocator = new AppendAllocator(startFor(layout.clusterSize), layout.clusterSize, layout.maxHostOffset);
-  const plan = planMapping({ extents, virtualSize: options.virtualSize, layout, hasBacking, space: allocator });
+  const plan = planMapping({ ...planFlags, extents, virtualSize: options.virtualSize, layout, hasBacking, space: allocator });
 
   step('build', 0, 0);
   const build = await targetImage.build(plan.mapping, allocator);

@@ -143,6 +143,12 @@ export interface ConversionSource {
    * Default 0.
    */
   headerRegionSize?: number;
+  /**
+   * Zero extents that carry a hostOffset really read as zeros at that host range (file-system holes of a
+   * raw file), so a target cluster mixing them with data can stay in place. Default false (a qcow2
+   * zero-allocated cluster may hold stale bytes).
+   */
+  zeroHostRangesReadAsZero?: boolean;
 }
 
 /**

@@ -37,6 +37,10 @@ export interface PlanInput {
   hasBacking: boolean;
   /** Space for relocated clusters. */
   space: SpaceAllocator;
+  /** Zero extents with a hostOffset read as zeros there (raw holes): they may share a kept cluster with data. */
+  zeroHostRangesReadAsZero?: boolean;
+  /** The source declares no zero extents (and has no backing file): its zero runs become unallocated. */
+  zeroAsUnallocated?: boolean;
 }
 
 const emptyStats = (): PlanStats => ({ clustersKept: 0, clustersRelocated: 0, bytesRelocated: 0, zeroClusters: 0, unallocatedClusters: 0 });
@@ -63,6 +67,7 @@ export function planMapping(input: PlanInput): Plan {
   };
 
   const emitEmpty = (kind: 'zero' | 'unallocated', guestOffset: number, length: number) => {
+    if (input.zeroAsUnallocated) kind = 'unallocated';
     if (kind === 'zero' && !layout.zeroExtents) {
       if (hasBacking) {
         // The target cannot say "zero, hide the backing file": store real zeros, cluster by cluster.
@@ -76,6 +81,24 @@ export function planMapping(input: PlanInput): Plan {
     pushExtent(mapping, { kind, guestOffset, length });
     if (kind === 'zero') stats.zeroClusters += clustersIn(length);
     else stats.unallocatedClusters += clustersIn(length);
+  };
+
+  /** A cluster of data and zero-reading host holes that form one aligned host run is kept as data. */
+  const keepMixed = (from: number, guest: number, clusterEnd: number): boolean => {
+    let expectedHost: number | undefined;
+    for (let i = from; i < extents.length && extents[i]!.guestOffset < clusterEnd; i++) {
+      const extent = extents[i]!;
+      const host = 'hostOffset' in extent ? extent.hostOffset : undefined;
+      if (host === undefined || (extent.kind !== 'data' && extent.kind !== 'zero')) return false;
+      const at = host + (Math.max(guest, extent.guestOffset) - extent.guestOffset);
+      if (expectedHost !== undefined && at !== expectedHost) return false;
+      expectedHost = at + (Math.min(clusterEnd, extent.guestOffset + extent.length) - Math.max(guest, extent.guestOffset));
+    }
+    const hostOffset = expectedHost! - (clusterEnd - guest);
+    if (hostOffset % clusterSize !== 0 || hostOffset < layout.headerRegionSize || hostOffset + clusterSize > layout.maxHostOffset) return false;
+    pushExtent(mapping, { kind: 'data', guestOffset: guest, length: clusterEnd - guest, hostOffset });
+    stats.clustersKept++;
+    return true;
   };
 
   let index = 0; // first extent that may overlap the current cluster
@@ -133,6 +156,10 @@ export function planMapping(input: PlanInput): Plan {
         'UNSUPPORTED',
         `target cluster at guest offset ${guest} would mix backing-file content with this image's data; choose a target cluster size equal to the source's (${clusterSize} was used)`,
       );
+    }
+    if (hasData && input.zeroHostRangesReadAsZero && keepMixed(index, guest, clusterEnd)) {
+      guest = clusterEnd;
+      continue;
     }
     if (hasData) relocate(guest, clusterEnd - guest, 'mixed-content');
     else emitEmpty(hasZero && !hasUnallocated ? 'zero' : 'unallocated', guest, clusterEnd - guest);

@@ -62,6 +62,23 @@ describe('planMapping', () => {
     expect(() => planMapping({ extents, virtualSize: 4096, layout: layout(4096, 0), hasBacking: true, space: space() })).toThrowError(IcError);
   });
 
+  it('keeps a cluster of data and zero-reading holes in place when the source says holes read as zero', () => {
+    const extents: Extent[] = [
+      { kind: 'zero', guestOffset: 0, length: 8192, hostOffset: 0 },
+      { kind: 'zero', guestOffset: 8192, length: 4096 + 1024, hostOffset: 8192 },
+      { kind: 'data', guestOffset: 13312, length: 3072, hostOffset: 13312 },
+    ];
+    const input = { extents, virtualSize: 16384, layout: layout(8192), hasBacking: false, space: space() };
+    const kept = planMapping({ ...input, zeroHostRangesReadAsZero: true, zeroAsUnallocated: true });
+    expect(kept.mapping).toEqual([
+      { kind: 'unallocated', guestOffset: 0, length: 8192 },
+      { kind: 'data', guestOffset: 8192, length: 8192, hostOffset: 8192 },
+    ]);
+    expect(kept.relocations).toEqual([]);
+    const moved = planMapping({ ...input, zeroAsUnallocated: true });
+    expect(moved.relocations.map((r) => r.reason)).toEqual(['mixed-content']);
+  });
+
   it('covers a partial last cluster and long empty runs in one step', () => {
     const extents: Extent[] = [
       { kind: 'unallocated', guestOffset: 0, length: 1 << 30 },

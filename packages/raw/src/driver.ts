@@ -71,6 +71,8 @@ class RawImage implements Image {
       options: { virtualSize, clusterSize: RAW_CONVERSION_CLUSTER_SIZE, zeroExtents: false },
       blockers: [],
       metadataRanges: [],
+      // Holes of the file read as zeros where they are, so a cluster that is part data, part hole stays in place.
+      zeroHostRangesReadAsZero: true,
     };
   }
 
