@@ -93,7 +93,7 @@ export interface BuiltShape {
 
 /** Builds a shape as an image of `driver` in memory. A backing reference names an empty image of the same driver. */
 export async function buildShape(driver: Driver, shape: Shape, clusterSize: number): Promise<BuiltShape> {
-  let content = shape.content(clusterSize);
+  let content: ImageContent = { ...shape.content(clusterSize), clusterSize };
   let backing: Image | undefined;
   if (content.backing) {
     const baseIo = new MemoryIO(new Uint8Array(0), content.backing.name);

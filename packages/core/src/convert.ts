@@ -269,6 +269,15 @@ async function verify(io: BlockIO, target: Driver, prepared: PreparedConversion)
   }
 }
 
+/** Zeroes what is left of the old format's header in [from, to), writing only up to its last non-zero byte. */
+export async function zeroStaleHeaderBytes(io: BlockIO, from: number, to: number): Promise<void> {
+  if (to <= from) return;
+  const stale = await io.read(from, to - from);
+  let end = stale.length;
+  while (end > 0 && stale[end - 1] === 0) end--;
+  if (end > 0) await io.write(from, new Uint8Array(end));
+}
+
 /**
  * Converts the image in `request.io` from `request.source`'s format to `request.target`'s, in place.
  *
@@ -330,7 +339,7 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
     newHead,
   };
   const recordOffset = alignUp(Math.max(build.fileSize, prepared.allocator.end), layout.clusterSize);
-  const blockLength = intentBlockLength(headLength, layout.clusterSize);
+  const blockLength = intentBlockLength(headLength, SECTOR_SIZE);
   await io.write(recordOffset, encodeIntent(intent, recordOffset, blockLength));
   await io.flush();
   await copyRelocations(io, prepared, step);
@@ -370,9 +379,7 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
   // 6. clean up: zero the rest of the old header inside the new header region, then drop the intent record.
   step('cleanup', 0, 1);
   const fileSizeAfter = build.fileSize;
-  const staleFrom = headLength;
-  const staleTo = Math.min(layout.headerRegionSize, fileSizeAfter);
-  if (staleTo > staleFrom) await io.write(staleFrom, new Uint8Array(staleTo - staleFrom));
+  await zeroStaleHeaderBytes(io, headLength, Math.min(layout.headerRegionSize, fileSizeAfter));
   await io.flush();
   await io.truncate(fileSizeAfter);
   await io.flush();

@@ -2,6 +2,7 @@ import { alignUp, ByteView, bytesEqual } from './bytes.js';
 import { crc32c } from './crc32c.js';
 import { IcError } from './errors.js';
 import type { BlockIO } from './io.js';
+import { zeroStaleHeaderBytes } from './convert.js';
 
 /**
  * The intent record: how an interrupted in-place conversion is finished or undone, kept inside the image
@@ -166,9 +167,7 @@ export async function recover(io: BlockIO): Promise<RecoveryResult> {
   const head = await io.read(0, record.newHead.length);
   if (bytesEqual(head, record.newHead)) {
     // Committed: the whole new header region is in place. Finish the clean-up and drop the record.
-    const staleFrom = Math.max(record.newHead.length, 512);
-    const staleTo = Math.min(record.headerRegionSize, record.targetFileSize);
-    if (staleTo > staleFrom) await io.write(staleFrom, new Uint8Array(staleTo - staleFrom));
+    await zeroStaleHeaderBytes(io, record.newHead.length, Math.min(record.headerRegionSize, record.targetFileSize));
     await io.flush();
     await io.truncate(record.targetFileSize);
     await io.flush();

@@ -156,7 +156,11 @@ export interface IoStats {
 /** Wraps a BlockIO and counts what passes through it. */
 export class CountingIO implements BlockIO {
   readonly stats: IoStats = { bytesRead: 0, bytesWritten: 0, reads: 0, writes: 0, flushes: 0 };
-  constructor(readonly inner: BlockIO) {}
+  readonly dataRanges?: (offset: number, length: number) => Promise<ByteRange[]>;
+  constructor(readonly inner: BlockIO) {
+    // Optional capabilities pass through unchanged.
+    if (inner.dataRanges) this.dataRanges = inner.dataRanges.bind(inner);
+  }
   get name(): string {
     return this.inner.name;
   }

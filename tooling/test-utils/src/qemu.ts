@@ -1,4 +1,7 @@
 import { spawnSync } from 'node:child_process';
+import type { QemuMapEntry } from '@ic/core';
+
+export type { QemuMapEntry };
 
 /** Result of running one qemu tool. */
 export interface RunResult {
@@ -84,15 +87,6 @@ export function qemuInfo(file: string, format: string): QemuInfo {
   return JSON.parse(ok('qemu-img', ['info', '-f', format, '--output=json', file])) as QemuInfo;
 }
 
-export interface QemuMapEntry {
-  start: number;
-  length: number;
-  depth: number;
-  present: boolean;
-  zero: boolean;
-  data: boolean;
-  offset?: number;
-}
 
 export function qemuMap(file: string, format: string): QemuMapEntry[] {
   return JSON.parse(ok('qemu-img', ['map', '-f', format, '--output=json', file])) as QemuMapEntry[];

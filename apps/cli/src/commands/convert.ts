@@ -1,0 +1,80 @@
+import { FileIO, convertInPlace, parseOptions, type ConversionReport } from '@ic/core';
+import { EXIT, UsageError, printable, usage, type Context } from '../context.js';
+import { namedDriver, probeDriver } from '../images.js';
+import { createProgress } from '../progress.js';
+import { sizeToString } from '../qemu-text.js';
+
+export interface ConvertOptions {
+  format?: string;
+  o: string[];
+  progress: boolean;
+  dryRun: boolean;
+  output: 'human' | 'json';
+}
+
+function bytes(value: number): string {
+  return value < 1024 ? `${value} bytes` : `${value} bytes (${sizeToString(value)})`;
+}
+
+/** The human summary of a conversion or of its plan (--dry-run). */
+export function conversionSummary(filename: string, report: ConversionReport): string {
+  const lines: string[] = [];
+  const pair = `${report.sourceFormat} to ${report.targetFormat}`;
+  lines.push(report.dryRun ? `Plan for converting '${filename}' from ${pair} in place (dry run: nothing was written)\n` : `Converted '${filename}' from ${pair} in place\n`);
+  const row = (label: string, text: string) => lines.push(`  ${`${label}:`.padEnd(15)} ${text}\n`);
+  row('virtual size', `${sizeToString(report.virtualSize)} (${report.virtualSize} bytes)`);
+  row('cluster size', `${report.sourceClusterSize} -> ${report.targetClusterSize} (${report.geometryReason})`);
+  row(
+    'clusters',
+    `${report.clustersKept} kept in place, ${report.clustersRelocated} relocated (${bytes(report.bytesRelocated)} ${report.dryRun ? 'to move' : 'moved'}), ` +
+      `${report.zeroClusters} zero, ${report.unallocatedClusters} unallocated`,
+  );
+  row('metadata', `${bytes(report.metadataBytes)} of tables, ${report.headerBytes}-byte header${report.dryRun ? '' : ` (commit: ${report.commit})`}`);
+  row('file size', `${bytes(report.fileSizeBefore)} -> ${bytes(report.fileSizeAfter)}${report.dryRun ? ' (planned)' : ''}`);
+  row('I/O', `${bytes(report.io.bytesRead)} read, ${bytes(report.io.bytesWritten)} written, ${report.io.flushes} flushes`);
+  row('time', `${report.durationMs} ms`);
+  if (!report.dryRun) row('verified', report.verified ? 'yes (reopened: the new map matches the plan)' : 'no');
+  return lines.join('');
+}
+
+/** `ic convert-inplace`: rewrites the metadata around the data already in the file (see @ic/core convertInPlace). */
+export async function convertCommand(context: Context, filename: string, targetName: string, options: ConvertOptions): Promise<number> {
+  const named = namedDriver(context, options.format);
+  const target = usage(() => context.registry.get(targetName));
+  const targetOptions = usage(() => parseOptions(options.o, target.options ?? [], target.name));
+  // The target's cluster size option is checked against the sizes its in-place factory declares, as a usage error.
+  const clusterSizeOption = target.inPlace?.clusterSizeOption;
+  const requested = clusterSizeOption === undefined ? undefined : targetOptions[clusterSizeOption];
+  if (target.inPlace && typeof requested === 'number') {
+    const { min, max } = target.inPlace.clusterSizes;
+    if (!Number.isSafeInteger(requested) || requested < min || requested > max || (requested & (requested - 1)) !== 0) {
+      throw new UsageError(`${target.name}: ${clusterSizeOption}=${requested} must be a power of two from ${min} to ${max} for an in-place conversion`);
+    }
+  }
+  const io = await FileIO.open(filename, { writable: !options.dryRun, lock: !options.dryRun });
+  try {
+    if (!options.dryRun && !io.lock.held) {
+      context.err(`ic: warning: ${printable(io.lock.reason)}; make sure no virtual machine is using '${printable(filename)}'\n`);
+    }
+    const source = named ?? (await probeDriver(context, io));
+    const progress = createProgress(context, options.progress);
+    let report: ConversionReport;
+    try {
+      report = await convertInPlace({
+        io,
+        source,
+        target,
+        targetOptions,
+        dryRun: options.dryRun,
+        openOptions: { untrusted: context.untrusted },
+        ...(progress.onProgress ? { onProgress: progress.onProgress } : {}),
+      });
+    } finally {
+      progress.finish();
+    }
+    context.out(options.output === 'json' ? `${JSON.stringify(report, null, 4)}\n` : conversionSummary(filename, report));
+    return EXIT.OK;
+  } finally {
+    await io.close().catch(() => undefined);
+  }
+}

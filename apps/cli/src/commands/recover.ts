@@ -1,0 +1,15 @@
+import { FileIO, recover } from '@ic/core';
+import { EXIT, type Context } from '../context.js';
+
+/** `ic recover`: finishes or undoes an interrupted in-place conversion; touches nothing when there is none. */
+export async function recoverCommand(context: Context, filename: string): Promise<number> {
+  const io = await FileIO.open(filename, { writable: true, lock: true });
+  try {
+    const result = await recover(io);
+    const after = result.format ? ` (the image is now ${result.format})` : '';
+    context.out(`${filename}: ${result.detail}${after}\n`);
+    return EXIT.OK;
+  } finally {
+    await io.close().catch(() => undefined);
+  }
+}

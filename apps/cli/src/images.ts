@@ -1,0 +1,195 @@
+import { realpath } from 'node:fs/promises';
+import {
+  FileIO,
+  IcError,
+  PROBE_LENGTH,
+  assertCoverage,
+  collectExtents,
+  hasCapability,
+  isIcError,
+  isTransitionalSector,
+  type BackingReference,
+  type BlockIO,
+  type Driver,
+  type Extent,
+  type Image,
+} from '@ic/core';
+import { usage, type Context } from './context.js';
+import { fullBackingFilename, hasProtocol } from './qemu-text.js';
+
+/** The driver named by -f (never probing then); a usage error when no installed driver has that name. */
+export function namedDriver(context: Context, name: string | undefined): Driver | undefined {
+  return name === undefined ? undefined : usage(() => context.registry.get(name));
+}
+
+/**
+ * Picks the driver for a file by probe score. Raw answers the lowest score and only wins when nothing else
+ * claims the file. Two drivers equally sure of a file are refused as ambiguous; in untrusted mode any second
+ * claim above the "any file" score is refused (reliability.md G-1: reject multiple matches).
+ */
+export async function probeDriver(context: Context, io: BlockIO): Promise<Driver> {
+  const size = await io.size();
+  const head = await io.read(0, Math.min(PROBE_LENGTH, size));
+  const results = context.registry.probeBytes(head, size);
+  const [best, second] = results;
+  if (!best) throw new IcError('WRONG_FORMAT', `${io.name}: no installed driver recognises this file`, { path: io.name });
+  const lowest = Math.min(...results.map((r) => r.score));
+  if (second && second.score > lowest && (second.score === best.score || context.untrusted)) {
+    const names = results.filter((r) => r.score > lowest).map((r) => `${r.driver.name} (score ${r.score})`).join(', ');
+    throw new IcError('WRONG_FORMAT', `${io.name}: several formats claim this file: ${names}; name one with -f`, { path: io.name });
+  }
+  return best.driver;
+}
+
+export interface OpenedImage {
+  filename: string;
+  io: FileIO;
+  driver: Driver;
+  image: Image;
+  close(): Promise<void>;
+}
+
+/** Opens and validates an image with the named driver, or the probed one. Never writes. */
+export async function openImage(
+  context: Context,
+  filename: string,
+  options: { driver?: Driver | undefined; writable?: boolean; lock?: boolean; untrusted?: boolean } = {},
+): Promise<OpenedImage> {
+  const io = await FileIO.open(filename, { writable: options.writable ?? false, lock: options.lock ?? false });
+  try {
+    const size = await io.size();
+    if (size >= 512 && isTransitionalSector(await io.read(0, 512))) {
+      throw new IcError('NEEDS_RECOVERY', `${filename}: an in-place conversion was interrupted; run \`ic recover ${filename}\` first`, { path: filename });
+    }
+    const driver = options.driver ?? (await probeDriver(context, io));
+    if (!hasCapability(driver, 'read')) throw new IcError('UNSUPPORTED', `${driver.name}: the installed driver cannot open images`);
+    const untrusted = options.untrusted ?? context.untrusted;
+    const image = await driver.open(io, { untrusted });
+    if (untrusted) {
+      const backing = image.info().backing;
+      if (backing) {
+        await image.close();
+        throw new IcError('EXTERNAL_REF', `${filename}: the image references backing file '${backing.name}' (refused in untrusted mode)`, { path: filename });
+      }
+    }
+    return {
+      filename,
+      io,
+      driver,
+      image,
+      async close() {
+        try {
+          await image.close();
+        } finally {
+          await io.close();
+        }
+      },
+    };
+  } catch (error) {
+    await io.close().catch(() => undefined);
+    throw error;
+  }
+}
+
+/** Chains longer than this are refused (a hostile chain must not exhaust file descriptors). */
+export const MAX_BACKING_DEPTH = 32;
+
+/** One image of a backing chain: depth 0 is the image the user named. */
+export interface Layer {
+  opened: OpenedImage;
+  filename: string;
+  depth: number;
+  virtualSize: number;
+  backing: BackingReference | undefined;
+}
+
+/**
+ * The backing chain of an image, opened lazily, one layer at a time, only when a command needs the content
+ * of a backing file. A backing name is opened only as a plain local path (relative to the directory of the
+ * image that names it), never as a `json:` or protocol name, and never in untrusted mode.
+ */
+export class BackingChain {
+  private readonly layers: Layer[] = [];
+  private readonly extents = new Map<number, Extent[]>();
+  private readonly realPaths: string[] = [];
+
+  private constructor(private readonly context: Context) {}
+
+  static async start(context: Context, top: OpenedImage): Promise<BackingChain> {
+    const chain = new BackingChain(context);
+    chain.layers.push(chain.layerOf(top, top.filename, 0));
+    chain.realPaths.push(await realpath(top.filename).catch(() => top.filename));
+    return chain;
+  }
+
+  get top(): Layer {
+    return this.layers[0]!;
+  }
+
+  /** The layers opened so far, top first. */
+  opened(): readonly Layer[] {
+    return this.layers;
+  }
+
+  private layerOf(opened: OpenedImage, filename: string, depth: number): Layer {
+    const info = opened.image.info();
+    return { opened, filename, depth, virtualSize: info.virtualSize, backing: info.backing };
+  }
+
+  /** The layer's whole map, merged and checked for coverage (cached). */
+  async extentsOf(layer: Layer): Promise<Extent[]> {
+    let extents = this.extents.get(layer.depth);
+    if (!extents) {
+      extents = await collectExtents(layer.opened.image.map());
+      assertCoverage(extents, layer.virtualSize, `${layer.opened.driver.name} map of ${layer.filename}`);
+      this.extents.set(layer.depth, extents);
+    }
+    return extents;
+  }
+
+  /** The layer below `layer`, opened on first use; undefined at the end of the chain. */
+  async below(layer: Layer): Promise<Layer | undefined> {
+    const known = this.layers[layer.depth + 1];
+    if (known) return known;
+    const reference = layer.backing;
+    if (!reference) return undefined;
+    const { context } = this;
+    const who = layer.filename;
+    if (context.untrusted) {
+      throw new IcError('EXTERNAL_REF', `${who}: the image references backing file '${reference.name}' (refused in untrusted mode)`, { path: who });
+    }
+    if (reference.name === '' || hasProtocol(reference.name)) {
+      throw new IcError('EXTERNAL_REF', `${who}: backing file '${reference.name}' is not a plain local path; ic opens only local files`, { path: who });
+    }
+    if (layer.depth + 1 >= MAX_BACKING_DEPTH) {
+      throw new IcError('LIMIT', `${who}: the backing chain is longer than ${MAX_BACKING_DEPTH} images`, { path: who });
+    }
+    const filename = fullBackingFilename(who, reference.name) ?? reference.name;
+    let driver: Driver | undefined;
+    if (reference.format !== undefined) {
+      driver = context.registry.find(reference.format);
+      if (!driver) throw new IcError('UNSUPPORTED', `${who}: backing file format '${reference.format}' has no installed driver`, { path: who });
+    }
+    const real = await realpath(filename).catch(() => filename);
+    if (this.realPaths.includes(real)) {
+      throw new IcError('CORRUPT', `${who}: the backing chain loops back to ${filename}`, { path: who });
+    }
+    let opened: OpenedImage;
+    try {
+      opened = await openImage(context, filename, { driver, untrusted: false });
+    } catch (error) {
+      if (isIcError(error)) {
+        throw new IcError(error.code, `${who}: cannot open its backing file: ${error.message}`, { path: who, cause: error });
+      }
+      throw error;
+    }
+    const below = this.layerOf(opened, filename, layer.depth + 1);
+    this.layers.push(below);
+    this.realPaths.push(real);
+    return below;
+  }
+
+  async close(): Promise<void> {
+    for (const layer of this.layers.splice(0).reverse()) await layer.opened.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,184 @@
+import { Command, CommanderError, Option } from 'commander';
+import packageJson from '../package.json' with { type: 'json' };
+import { EXIT, errorLine, reportError, type CliStreams, type Context } from './context.js';
+import { createRegistry } from './drivers.js';
+import { checkCommand } from './commands/check.js';
+import { convertCommand } from './commands/convert.js';
+import { createCommand } from './commands/create.js';
+import { demoCommand } from './commands/demo.js';
+import { formatsCommand } from './commands/formats.js';
+import { infoCommand } from './commands/info.js';
+import { mapCommand } from './commands/map.js';
+import { recoverCommand } from './commands/recover.js';
+
+export const VERSION: string = packageJson.version;
+
+/** Flags that apply to every command and may appear anywhere on the line. */
+const GLOBAL_FLAGS = ['--debug', '--untrusted'];
+
+type Output = 'human' | 'json';
+
+function outputOption(): Option {
+  return new Option('--output <format>', 'output format').choices(['human', 'json']).default('human');
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+/** The commander program; `run` is called by each action with the command's work. */
+function buildProgram(context: Context, run: (work: () => Promise<number> | number) => Promise<void>): Command {
+  const program = new Command('ic');
+  const drivers = context.registry.list().map((d) => `${d.name} ${d.version}`).join(', ');
+  program
+    .description('Convert virtual-disk images between formats in place; inspect them the way qemu-img does.')
+    .version(`ic ${VERSION}\ndrivers: ${drivers || 'none'}`, '-V, --version', 'print the version of ic and of its drivers')
+    .option('--debug', 'show stack traces for errors')
+    .option('--untrusted', 'refuse images that reference other files (backing files); never open them')
+    .helpOption('-h, --help', 'show help')
+    .showSuggestionAfterError(true)
+    .exitOverride()
+    .configureOutput({
+      writeOut: (text) => context.out(text),
+      writeErr: (text) => context.err(text),
+      outputError: (text, write) => write(errorLine(text.replace(/^error:\s*/i, '').replace(/\s*\n\s*/g, ' ').trim(), 'USAGE')),
+    });
+
+  program
+    .command('info')
+    .description('describe an image (qemu-img info)')
+    .option('-f, --format <fmt>', 'image format (default: probe)')
+    .addOption(outputOption())
+    .argument('<image>', 'image file')
+    .action((image: string, options: { format?: string; output: Output }) => run(() => infoCommand(context, image, options)));
+
+  program
+    .command('map')
+    .description('show where the guest data lives, backing chain included (qemu-img map)')
+    .option('-f, --format <fmt>', 'image format (default: probe)')
+    .addOption(outputOption())
+    .argument('<image>', 'image file')
+    .action((image: string, options: { format?: string; output: Output }) => run(() => mapCommand(context, image, options)));
+
+  program
+    .command('check')
+    .description('check an image for corruptions and leaks (qemu-img check; exit 0 clean, 2 corrupt, 3 leaks, 1 failed)')
+    .option('-f, --format <fmt>', 'image format (default: probe)')
+    .addOption(outputOption())
+    .addOption(new Option('-r, --repair <what>', 'repair leaks or all (only where a driver supports it)').choices(['leaks', 'all']))
+    .argument('<image>', 'image file')
+    .action((image: string, options: { format?: string; output: Output; repair?: 'leaks' | 'all' }) => run(() => checkCommand(context, image, options)));
+
+  program
+    .command('create')
+    .description('create an empty image (qemu-img create; an existing file is overwritten)')
+    .requiredOption('-f, --format <fmt>', 'format of the new image')
+    .option('-o <options>', "format options, e.g. cluster_size=64k ('-o help' lists them)", collect, [])
+    .option('-b, --backing <file>', 'backing file (relative names are relative to the image)')
+    .option('-F, --backing-format <fmt>', 'format of the backing file (required with -b)')
+    .option('-u, --unsafe', 'do not open the backing file (SIZE is then required)')
+    .option('-q, --quiet', 'do not print the "Formatting" line')
+    .argument('<image>', 'file to create')
+    .argument('[size]', 'virtual size, e.g. 10G (default with -b: the backing file\'s)')
+    .action(
+      (
+        image: string,
+        size: string | undefined,
+        options: { format: string; o: string[]; backing?: string; backingFormat?: string; unsafe?: boolean; quiet?: boolean },
+      ) => run(() => createCommand(context, image, size, options)),
+    );
+
+  program
+    .command('convert-inplace')
+    .description('convert an image to another format in place: the data stays, only the metadata is rewritten')
+    .option('-f, --format <fmt>', 'current format of the image (default: probe)')
+    .option('-o <options>', 'options of the target format', collect, [])
+    .option('-p, --progress', 'show progress on stderr')
+    .option('--dry-run', 'plan and report without writing anything')
+    .addOption(outputOption())
+    .argument('<image>', 'image file (modified in place)')
+    .argument('<target_fmt>', 'format to convert to')
+    .action((image: string, targetFormat: string, options: { format?: string; o: string[]; progress?: boolean; dryRun?: boolean; output: Output }) =>
+      run(() =>
+        convertCommand(context, image, targetFormat, {
+          ...(options.format !== undefined ? { format: options.format } : {}),
+          o: options.o,
+          progress: options.progress === true,
+          dryRun: options.dryRun === true,
+          output: options.output,
+        }),
+      ),
+    );
+
+  program
+    .command('recover')
+    .description('finish or undo an interrupted in-place conversion')
+    .argument('<image>', 'image file')
+    .action((image: string) => run(() => recoverCommand(context, image)));
+
+  program
+    .command('formats')
+    .description('list the installed format drivers and their capabilities')
+    .addOption(outputOption())
+    .action((options: { output: Output }) => run(() => formatsCommand(context, options)));
+
+  program
+    .command('demo')
+    .description('build a sample image and convert it in place through every format and back, verifying each step')
+    .option('--dir <dir>', 'work in this directory instead of a temporary one')
+    .option('--keep', 'keep the sample image')
+    .action((options: { dir?: string; keep?: boolean }) =>
+      run(() => demoCommand(context, { ...(options.dir !== undefined ? { dir: options.dir } : {}), keep: options.keep === true })),
+    );
+
+  program.hook('preAction', (_program, action) => {
+    const globals = action.optsWithGlobals() as { debug?: boolean; untrusted?: boolean };
+    context.debug = globals.debug === true;
+    context.untrusted = globals.untrusted === true;
+  });
+  return program;
+}
+
+function defaultStreams(): CliStreams {
+  return { stdout: process.stdout, stderr: process.stderr, isTTY: process.stderr.isTTY === true };
+}
+
+/**
+ * Runs the ic command line and returns the exit status. Never throws: every failure is reported as one line
+ * on stderr (`ic: <message> [<CODE>]`), with the stack trace only under --debug.
+ */
+export async function main(argv: readonly string[], streams: CliStreams = defaultStreams()): Promise<number> {
+  const debug = argv.includes('--debug');
+  const out = (text: string) => void streams.stdout.write(text);
+  const err = (text: string) => void streams.stderr.write(text);
+  try {
+    const { registry, problems } = createRegistry();
+    const context: Context = { registry, registryProblems: problems, out, err, isTTY: streams.isTTY === true, untrusted: argv.includes('--untrusted'), debug };
+    if (debug) for (const problem of problems) err(`ic: warning: driver not loaded: ${problem}\n`);
+    if (argv.filter((arg) => !GLOBAL_FLAGS.includes(arg)).length === 0) {
+      err(errorLine("missing command (try 'ic --help')", 'USAGE'));
+      return EXIT.USAGE;
+    }
+    let status: number = EXIT.OK;
+    const run = async (work: () => Promise<number> | number) => {
+      try {
+        status = await work();
+      } catch (error) {
+        status = reportError(context, error);
+      }
+    };
+    const program = buildProgram(context, run);
+    try {
+      await program.parseAsync([...argv], { from: 'user' });
+    } catch (error) {
+      if (error instanceof CommanderError) {
+        // Commander already printed the help, the version or the one-line usage error.
+        return error.code === 'commander.helpDisplayed' || error.code === 'commander.version' ? EXIT.OK : EXIT.USAGE;
+      }
+      throw error;
+    }
+    return status;
+  } catch (error) {
+    return reportError({ err, debug }, error);
+  }
+}
