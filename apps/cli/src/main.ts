@@ -114,7 +114,8 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
     .command('recover')
     .description('finish or undo an interrupted in-place conversion')
     .argument('<image>', 'image file')
-    .action((image: string) => run(() => recoverCommand(context, image)));
+    .option('--trust-record', 'accept a conversion record written for another file (only for a copy of an interrupted image you made yourself)')
+    .action((image: string, options: { trustRecord?: boolean }) => run(() => recoverCommand(context, image, { trustForeignRecord: options.trustRecord === true })));
 
   program
     .command('formats')

@@ -5,7 +5,7 @@ import { assertCoverage, collectExtents, mergeExtents, type Extent, type HostRan
 import { hasCapability, type ConversionOptions, type Driver, type Image, type InPlaceTarget, type InPlaceTargetFactory, type OptionValues, type TargetBuild } from './driver.js';
 import { planMapping, type Plan } from './planner.js';
 import { CountingIO, type BlockIO } from './io.js';
-import { encodeIntent, inspectInterrupted, intentBlockLength, rollBack, transitionalSector, type IntentRecord } from './intent.js';
+import { encodeIntent, identityDigest, inspectInterrupted, intentBlockLength, rollBack, transitionalSector, type IntentRecord } from './intent.js';
 import type { ConversionPhase, ConversionReport, ConvertInPlaceRequest } from './convert-types.js';
 
 /** The commit sector: writes of one aligned 512-byte sector are taken as atomic (reliability.md R2). */
@@ -330,6 +330,7 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
   const newHead = new Uint8Array(headLength);
   newHead.set(build.header);
   const intent: IntentRecord = {
+    identityDigest: await identityDigest(io),
     fileSizeBefore: prepared.fileSizeBefore,
     targetFileSize: build.fileSize,
     headerRegionSize: layout.headerRegionSize,

@@ -191,6 +191,12 @@ export class FileIO implements BlockIO {
     await this.handle.close();
   }
 
+  async identity(): Promise<string> {
+    this.guard();
+    const stat = await this.handle.stat({ bigint: true });
+    return `file:${stat.dev}:${stat.ino}:${stat.birthtimeNs}`;
+  }
+
   /** Where the file system has data, from lseek(SEEK_DATA/SEEK_HOLE); everything counts as data without it. */
   async dataRanges(offset: number, length: number): Promise<ByteRange[]> {
     this.guard();

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { alignUp, ByteView, bytesEqual } from './bytes.js';
 import { crc32c } from './crc32c.js';
 import { IcError } from './errors.js';
@@ -21,7 +22,8 @@ import { zeroStaleHeaderBytes } from './convert.js';
  * Layout (little-endian):
  *   record  0  magic "ICINTENT" | 8 u32 version | 12 u32 crc32c of bytes 16..length | 16 u64 length
  *          24 u64 fileSizeBefore | 32 u64 targetFileSize | 40 u64 headerRegionSize | 48 u32 headLength
- *          52 char[16] source format | 68 char[16] target format | 84 oldHead[headLength] | newHead[headLength]
+ *          52 char[16] source format | 68 char[16] target format | 84 u8[32] SHA-256 of the file's identity
+ *         116 oldHead[headLength] | newHead[headLength]
  *   trailer (last 512 bytes of the block) 0 magic "ICTRAILR" | 8 u64 recordOffset | 16 u64 recordLength
  *          24 u32 crc32c of the record's bytes | 28 u32 crc32c of trailer bytes 0..28
  *
@@ -29,6 +31,8 @@ import { zeroStaleHeaderBytes } from './convert.js';
  * uses): "IC-INTERRUPTED-CONVERSION" followed by the record offset. No format probes it as its own.
  */
 export interface IntentRecord {
+  /** SHA-256 of BlockIO.identity() (32 zero bytes when the store has none). */
+  identityDigest: Uint8Array;
   fileSizeBefore: number;
   targetFileSize: number;
   headerRegionSize: number;
@@ -43,7 +47,8 @@ export interface IntentRecord {
 const RECORD_MAGIC = 'ICINTENT';
 const TRAILER_MAGIC = 'ICTRAILR';
 const VERSION = 1;
-const RECORD_FIXED = 84;
+const RECORD_FIXED = 116;
+const IDENTITY_AT = 84;
 export const TRAILER_SIZE = 512;
 export const TRANSITIONAL_MAGIC = 'IC-INTERRUPTED-CONVERSION';
 
@@ -73,6 +78,7 @@ export function encodeIntent(record: IntentRecord, recordOffset: number, blockLe
   block.setU32le(48, headLength);
   formatField(block, 52, record.sourceFormat);
   formatField(block, 68, record.targetFormat);
+  block.bytes.set(record.identityDigest.subarray(0, 32), IDENTITY_AT);
   block.bytes.set(record.oldHead, RECORD_FIXED);
   block.bytes.set(record.newHead, RECORD_FIXED + headLength);
   block.setU32le(12, crc32c(block.bytes.subarray(16, recordLength)));
@@ -109,6 +115,7 @@ export async function readIntent(io: BlockIO): Promise<FoundIntent | undefined> 
   return {
     recordOffset,
     record: {
+      identityDigest: bytes.slice(IDENTITY_AT, IDENTITY_AT + 32),
       fileSizeBefore: view.u64le(24),
       targetFileSize: view.u64le(32),
       headerRegionSize: view.u64le(40),
@@ -118,6 +125,12 @@ export async function readIntent(io: BlockIO): Promise<FoundIntent | undefined> 
       newHead: bytes.slice(RECORD_FIXED + headLength, RECORD_FIXED + 2 * headLength),
     },
   };
+}
+
+/** The digest an intent record carries for this store: SHA-256 of its identity, zeros without one. */
+export async function identityDigest(io: BlockIO): Promise<Uint8Array> {
+  if (!io.identity) return new Uint8Array(32);
+  return new Uint8Array(createHash('sha256').update(await io.identity()).digest());
 }
 
 /** Sector 0 that marks a file as in the middle of a transitional commit. */
@@ -153,7 +166,15 @@ export interface RecoveryResult {
  * nothing to recover. A transitional sector 0 without a readable record cannot be undone: NEEDS_RECOVERY
  * stays, and the error says so.
  */
-export async function recover(io: BlockIO): Promise<RecoveryResult> {
+export interface RecoverOptions {
+  /**
+   * Accept a record written for another file. Only for a copy of an interrupted image whose origin the
+   * user vouches for: a record can be forged by whoever controls the file's last bytes (a guest).
+   */
+  trustForeignRecord?: boolean;
+}
+
+export async function recover(io: BlockIO, options: RecoverOptions = {}): Promise<RecoveryResult> {
   const found = await readIntent(io);
   const sector0 = await io.read(0, 512);
   if (!found) {
@@ -163,7 +184,16 @@ export async function recover(io: BlockIO): Promise<RecoveryResult> {
     return { action: 'none', detail: 'no interrupted conversion found' };
   }
   if (!io.writable) throw new IcError('INVALID', `${io.name} is open read-only; recovery needs write access`);
-  const { record } = found;
+  const { record, recordOffset } = found;
+  // A record is only trusted in the file it was written for: a guest can plant bytes that look like a record
+  // at the end of its own disk, but cannot know the host file's device, inode and birth time.
+  if (!options.trustForeignRecord && !bytesEqual(record.identityDigest, await identityDigest(io))) {
+    throw new IcError(
+      'NEEDS_RECOVERY',
+      `${io.name}: the conversion record at the end of this file was written for another file (a copy of an interrupted image, or forged); recover the original, or pass --trust-record if this copy is yours`,
+      { path: io.name },
+    );
+  }
   const head = await io.read(0, record.newHead.length);
   if (bytesEqual(head, record.newHead)) {
     // Committed: the whole new header region is in place. Finish the clean-up and drop the record.
@@ -173,6 +203,26 @@ export async function recover(io: BlockIO): Promise<RecoveryResult> {
     await io.flush();
     return { action: 'rolled-forward', format: record.targetFormat, detail: `finished the conversion from ${record.sourceFormat} to ${record.targetFormat}` };
   }
+  const sector = head.subarray(0, 512);
+  if (bytesEqual(sector, record.oldHead.subarray(0, 512))) {
+    // The switch never happened. A header tail written before it lies where the source keeps nothing; put
+    // back only the sectors that hold exactly what the commit wrote, then drop the growth.
+    for (let at = 512; at < record.oldHead.length; at += 512) {
+      const current = head.subarray(at, at + 512);
+      const written = record.newHead.subarray(at, at + 512);
+      const original = record.oldHead.subarray(at, at + 512);
+      if (bytesEqual(current, written) && !bytesEqual(current, original)) await io.write(at, original);
+    }
+    await io.flush();
+    await io.truncate(record.fileSizeBefore);
+    await io.flush();
+    return { action: 'rolled-back', format: record.sourceFormat, detail: `undid the conversion from ${record.sourceFormat} to ${record.targetFormat}` };
+  }
+  const ownMarker = bytesEqual(sector, transitionalSector(recordOffset));
+  if (!ownMarker && !bytesEqual(sector, record.newHead.subarray(0, 512))) {
+    throw new IcError('NEEDS_RECOVERY', `${io.name}: sector 0 matches neither side of the interrupted conversion; not touching it`, { path: io.name });
+  }
+  // The transitional marker, or the new sector 0 with a partly restored tail (a rollback in progress).
   await rollBack(io, record);
   return { action: 'rolled-back', format: record.sourceFormat, detail: `undid the conversion from ${record.sourceFormat} to ${record.targetFormat}` };
 }

@@ -21,6 +21,11 @@ export interface BlockIO {
    * as zeros. Absent when the store cannot tell (then every byte counts as data).
    */
   dataRanges?(offset: number, length: number): Promise<ByteRange[]>;
+  /**
+   * Optional: a string naming this very file and no copy of it (device, inode, birth time). Intent records
+   * are bound to it, so a record forged by a guest inside its own disk, or found in a copied file, is refused.
+   */
+  identity?(): Promise<string>;
 }
 
 export interface ByteRange {
@@ -157,9 +162,11 @@ export interface IoStats {
 export class CountingIO implements BlockIO {
   readonly stats: IoStats = { bytesRead: 0, bytesWritten: 0, reads: 0, writes: 0, flushes: 0 };
   readonly dataRanges?: (offset: number, length: number) => Promise<ByteRange[]>;
+  readonly identity?: () => Promise<string>;
   constructor(readonly inner: BlockIO) {
     // Optional capabilities pass through unchanged.
     if (inner.dataRanges) this.dataRanges = inner.dataRanges.bind(inner);
+    if (inner.identity) this.identity = inner.identity.bind(inner);
   }
   get name(): string {
     return this.inner.name;

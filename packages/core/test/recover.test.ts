@@ -29,6 +29,9 @@ class KilledAfter implements BlockIO {
   get writable() {
     return true;
   }
+  get identity() {
+    return this.inner.identity?.bind(this.inner);
+  }
   read(offset: number, length: number) {
     return this.inner.read(offset, length);
   }
@@ -131,5 +134,45 @@ describe('recover', () => {
     expect(isIcError(error) && error.code).toBe('NEEDS_RECOVERY');
     expect((await recover(memory)).action).toBe('rolled-back');
     expect(memory.snapshot()).toEqual(pristine);
+  });
+});
+
+describe('recover refuses records it cannot trust', () => {
+  /** A MemoryIO that claims a file identity, as FileIO does. */
+  class NamedMemory extends MemoryIO {
+    constructor(
+      bytes: Uint8Array,
+      private readonly id: string,
+    ) {
+      super(bytes, id);
+    }
+    async identity(): Promise<string> {
+      return this.id;
+    }
+  }
+
+  it('a record written for another file (a copy, or forged by a guest) is not acted on', async () => {
+    const original = new NamedMemory((await sample()).snapshot(), 'file:1:2:3');
+    await convertInPlace({ io: new KilledAfter(original, 3), source: toyA, target: toyB }).catch(() => undefined);
+    const copy = new NamedMemory(original.snapshot(), 'file:1:9:3');
+    const before = copy.snapshot();
+    const error = await recover(copy).catch((e: unknown) => e);
+    expect(isIcError(error) && error.code).toBe('NEEDS_RECOVERY');
+    expect(copy.snapshot()).toEqual(before);
+    // The user may vouch for a copy explicitly.
+    expect((await recover(copy, { trustForeignRecord: true })).action).toBe('rolled-back');
+    expect(await readAs(copy, toyA)).toEqual(expected);
+    // The original recovers normally.
+    expect((await recover(original)).action).toBe('rolled-back');
+  });
+
+  it('a sector 0 that matches neither side is left alone', async () => {
+    const io = new NamedMemory((await sample()).snapshot(), 'file:7:7:7');
+    await convertInPlace({ io: new KilledAfter(io, 3), source: toyA, target: toyB }).catch(() => undefined);
+    await io.write(0, new Uint8Array(512).fill(0x66));
+    const before = io.snapshot();
+    const error = await recover(io).catch((e: unknown) => e);
+    expect(isIcError(error) && error.code).toBe('NEEDS_RECOVERY');
+    expect(io.snapshot()).toEqual(before);
   });
 });

@@ -1,6 +1,6 @@
-import { FileIO, convertInPlace, parseOptions, type ConversionReport } from '@ic/core';
+import { FileIO, convertInPlace, isIcError, parseOptions, recover, type ConversionReport, type Image } from '@ic/core';
 import { EXIT, UsageError, printable, usage, type Context } from '../context.js';
-import { namedDriver, probeDriver } from '../images.js';
+import { BackingChain, namedDriver, probeDriver } from '../images.js';
 import { createProgress } from '../progress.js';
 import { sizeToString } from '../qemu-text.js';
 
@@ -56,7 +56,25 @@ export async function convertCommand(context: Context, filename: string, targetN
     if (!options.dryRun && !io.lock.held) {
       context.err(`ic: warning: ${printable(io.lock.reason)}; make sure no virtual machine is using '${printable(filename)}'\n`);
     }
+    if (!options.dryRun) {
+      // Every command that writes first finishes or undoes an interrupted conversion.
+      const recovered = await recover(io);
+      if (recovered.action !== 'none') context.err(`ic: ${printable(filename)}: ${recovered.detail}\n`);
+    }
     const source = named ?? (await probeDriver(context, io));
+    // Some targets record facts about the backing file (VMDK: its CID), so open it read-only when there is one.
+    const sourceImage = await source.open(io, { untrusted: context.untrusted });
+    let chain: BackingChain | undefined;
+    let backing: Image | undefined;
+    if (sourceImage.info().backing && !context.untrusted) {
+      chain = await BackingChain.start(context, { filename, io, driver: source, image: sourceImage, close: async () => undefined });
+      try {
+        backing = (await chain.below(chain.top))?.opened.image;
+      } catch (error) {
+        if (!isIcError(error)) throw error;
+        context.err(`ic: warning: ${printable(error.message)}\n`);
+      }
+    }
     const progress = createProgress(context, options.progress);
     let report: ConversionReport;
     try {
@@ -66,11 +84,12 @@ export async function convertCommand(context: Context, filename: string, targetN
         target,
         targetOptions,
         dryRun: options.dryRun,
-        openOptions: { untrusted: context.untrusted },
+        openOptions: { untrusted: context.untrusted, ...(backing ? { backing } : {}) },
         ...(progress.onProgress ? { onProgress: progress.onProgress } : {}),
       });
     } finally {
       progress.finish();
+      await chain?.close();
     }
     context.out(options.output === 'json' ? `${JSON.stringify(report, null, 4)}\n` : conversionSummary(filename, report));
     return EXIT.OK;

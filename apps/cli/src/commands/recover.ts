@@ -1,11 +1,11 @@
-import { FileIO, recover } from '@ic/core';
+import { FileIO, recover, type RecoverOptions } from '@ic/core';
 import { EXIT, type Context } from '../context.js';
 
 /** `ic recover`: finishes or undoes an interrupted in-place conversion; touches nothing when there is none. */
-export async function recoverCommand(context: Context, filename: string): Promise<number> {
+export async function recoverCommand(context: Context, filename: string, options: RecoverOptions = {}): Promise<number> {
   const io = await FileIO.open(filename, { writable: true, lock: true });
   try {
-    const result = await recover(io);
+    const result = await recover(io, options);
     const after = result.format ? ` (the image is now ${result.format})` : '';
     context.out(`${filename}: ${result.detail}${after}\n`);
     return EXIT.OK;
