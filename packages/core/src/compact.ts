@@ -1,33 +1,48 @@
 import { alignDown, alignUp } from './bytes.js';
 import { IcError } from './errors.js';
 import { collectExtents } from './extent.js';
-import { referencedRanges } from './convert.js';
+import { referencedRanges } from './host-ranges.js';
 import type { Driver, MovableUnit } from './driver.js';
 import type { BlockIO } from './io.js';
 
 export interface CompactionReport {
+  /** False when the plan was not carried out (it would move more than allowed). */
+  done: boolean;
   unitsMoved: number;
   bytesMoved: number;
+  /** Bytes the plan moves (equal to bytesMoved when done). */
+  bytesPlanned: number;
   fileSizeBefore: number;
   fileSizeAfter: number;
 }
 
+interface Interval {
+  offset: number;
+  length: number;
+}
+
 interface Layout {
   units: MovableUnit[];
-  /** Free runs between referenced ranges, cluster-aligned, in host order. */
-  holes: { offset: number; length: number }[];
+  holes: Interval[];
   referencedEnd: number;
   clusterSize: number;
 }
 
-async function survey(io: BlockIO, driver: Driver): Promise<Layout | undefined> {
+/** One planned move: the unit found at `from` goes to `to`. */
+export interface CompactionMove {
+  from: number;
+  to: number;
+  length: number;
+}
+
+async function survey(io: BlockIO, driver: Driver): Promise<Layout> {
   const image = await driver.open(io);
   try {
-    if (!image.movableUnits || !image.conversionSource) return undefined;
+    if (!image.movableUnits || !image.conversionSource) throw new IcError('UNSUPPORTED', `${driver.name} images do not describe their movable units`);
     const description = await image.conversionSource();
     const clusterSize = image.info().clusterSize ?? description.options.clusterSize;
     const ranges = referencedRanges(description.metadataRanges, await collectExtents(image.map()), driver.name);
-    const holes: Layout['holes'] = [];
+    const holes: Interval[] = [];
     let cursor = description.headerRegionSize ?? 0;
     for (const range of ranges) {
       const start = alignUp(cursor, clusterSize);
@@ -41,56 +56,109 @@ async function survey(io: BlockIO, driver: Driver): Promise<Layout | undefined> 
   }
 }
 
-/**
- * Removes the holes an in-place conversion leaves (the old format's metadata), so that no cluster of the file
- * is unreferenced, then truncates. Each move is crash-safe on its own: copy the unit into free space (past
- * the end of the file when no hole fits), flush, switch the one pointer that names it, flush; the old place
- * is reused only by a later move. A crash leaves a valid image with at most one leaked unit.
- *
- * Strategy: while a hole lies below the last unit, move the highest unit that fits into the lowest hole that
- * takes it; when none fits (big tables above small holes), move the top unit past the end of the file, which
- * turns the hole below it plus its old place into one run that it fits next time.
- */
-export async function compactImage(io: BlockIO, driver: Driver, options: { maxMoves?: number; fileSizeMultiple?: number } = {}): Promise<CompactionReport> {
-  const fileSizeBefore = await io.size();
-  let unitsMoved = 0;
-  let bytesMoved = 0;
-  const maxMoves = options.maxMoves ?? 100_000;
-  for (;;) {
-    const layout = await survey(io, driver);
-    if (!layout) throw new IcError('UNSUPPORTED', `${driver.name} images do not describe their movable units`);
-    const { units, holes } = layout;
-    if (units.length === 0 || holes.length === 0) break;
-    const top = units.reduce((a, b) => (a.hostOffset + a.length >= b.hostOffset + b.length ? a : b));
-    if (!holes.some((hole) => hole.offset < top.hostOffset)) break;
-    if (unitsMoved >= maxMoves) throw new IcError('LIMIT', `compaction did not finish within ${maxMoves} moves`);
+function release(holes: Interval[], offset: number, length: number): void {
+  holes.push({ offset, length });
+  holes.sort((a, b) => a.offset - b.offset);
+  for (let i = 1; i < holes.length; ) {
+    const previous = holes[i - 1]!;
+    const current = holes[i]!;
+    if (previous.offset + previous.length >= current.offset) {
+      previous.length = Math.max(previous.length, current.offset + current.length - previous.offset);
+      holes.splice(i, 1);
+    } else i++;
+  }
+}
 
-    let move: { unit: MovableUnit; to: number } | undefined;
-    for (const unit of [...units].sort((a, b) => b.hostOffset - a.hostOffset)) {
-      const hole = holes.find((h) => h.offset < unit.hostOffset && h.length >= unit.length);
-      if (hole) {
-        move = { unit, to: hole.offset };
+function take(holes: Interval[], index: number, length: number): number {
+  const hole = holes[index]!;
+  const offset = hole.offset;
+  hole.offset += length;
+  hole.length -= length;
+  if (hole.length === 0) holes.splice(index, 1);
+  return offset;
+}
+
+/**
+ * Plans the moves that leave no hole below the last unit, on a copy of the layout. Always about the lowest
+ * hole: fill it with the highest unit above it that fits; when every unit above it is bigger (tables above a
+ * small hole), send the unit right above it past the end, which turns the hole plus that unit's old place
+ * into one run. Either way the lowest hole moves up, so the plan ends.
+ */
+export function planCompaction(layout: Layout, maxMoves = 1_000_000): { moves: CompactionMove[]; end: number } {
+  const units = layout.units.map((u) => ({ offset: u.hostOffset, length: u.length })).sort((a, b) => a.offset - b.offset);
+  const holes = layout.holes.map((h) => ({ ...h }));
+  let end = alignUp(Math.max(layout.referencedEnd, ...units.map((u) => u.offset + u.length)), layout.clusterSize);
+  const moves: CompactionMove[] = [];
+  const dropTail = () => {
+    const last = units[units.length - 1];
+    const limit = last ? last.offset + last.length : 0;
+    while (holes.length > 0 && holes[holes.length - 1]!.offset >= limit) holes.pop();
+  };
+  dropTail();
+  while (units.length > 0 && holes.length > 0) {
+    if (moves.length >= maxMoves) throw new IcError('LIMIT', `compaction needs more than ${maxMoves} moves`);
+    const hole = holes[0]!;
+    let chosen = -1;
+    for (let u = units.length - 1; u >= 0 && units[u]!.offset > hole.offset; u--) {
+      if (units[u]!.length <= hole.length) {
+        chosen = u;
         break;
       }
     }
-    // No hole takes any unit above it: send the top unit past the end so the hole below it can grow.
-    move ??= { unit: top, to: alignUp(Math.max(await io.size(), layout.referencedEnd), layout.clusterSize) };
-
-    const data = await io.read(move.unit.hostOffset, move.unit.length);
-    await io.write(move.to, data);
-    await io.flush();
-    await io.write(move.unit.pointerOffset, move.unit.encodePointer(move.to));
-    await io.flush();
-    unitsMoved++;
-    bytesMoved += move.unit.length;
-  }
-  const layout = await survey(io, driver);
-  if (layout) {
-    const end = alignUp(layout.referencedEnd, options.fileSizeMultiple ?? layout.clusterSize);
-    if (end < (await io.size())) {
-      await io.truncate(end);
-      await io.flush();
+    let to: number;
+    if (chosen >= 0) to = take(holes, 0, units[chosen]!.length);
+    else {
+      chosen = units.findIndex((unit) => unit.offset > hole.offset);
+      to = end;
+      end += alignUp(units[chosen]!.length, layout.clusterSize);
     }
+    const unit = units[chosen]!;
+    moves.push({ from: unit.offset, to, length: unit.length });
+    release(holes, unit.offset, unit.length);
+    unit.offset = to;
+    units.sort((a, b) => a.offset - b.offset);
+    dropTail();
   }
-  return { unitsMoved, bytesMoved, fileSizeBefore, fileSizeAfter: await io.size() };
+  return { moves, end };
+}
+
+/**
+ * Removes the holes an in-place conversion leaves (the old format's metadata) so that no cluster of the file
+ * is unreferenced, then truncates. Each move is crash-safe on its own: copy the unit into free space (past the
+ * end of the file when no hole fits), flush, switch the one pointer that names it, flush; the old place is
+ * reused only by a later move. A crash leaves a valid image with at most one leaked unit.
+ * With `maxBytes`, nothing is moved when the plan would move more (e.g. packing a sparse raw source would
+ * move data, not just metadata).
+ */
+export async function compactImage(
+  io: BlockIO,
+  driver: Driver,
+  options: { maxBytes?: number; fileSizeMultiple?: number } = {},
+): Promise<CompactionReport> {
+  const fileSizeBefore = await io.size();
+  const initial = await survey(io, driver);
+  const plan = planCompaction(initial);
+  const bytesPlanned = plan.moves.reduce((sum, move) => sum + move.length, 0);
+  if (options.maxBytes !== undefined && bytesPlanned > options.maxBytes) {
+    return { done: false, unitsMoved: 0, bytesMoved: 0, bytesPlanned, fileSizeBefore, fileSizeAfter: fileSizeBefore };
+  }
+  let bytesMoved = 0;
+  for (const move of plan.moves) {
+    // Pointers move with the tables that hold them, so look the unit up afresh before each move.
+    const layout = move === plan.moves[0] ? initial : await survey(io, driver);
+    const unit = layout.units.find((u) => u.hostOffset === move.from && u.length === move.length);
+    if (!unit) throw new IcError('INTERNAL', `compaction: no unit of ${move.length} bytes at ${move.from} any more`);
+    await io.write(move.to, await io.read(move.from, move.length));
+    await io.flush();
+    await io.write(unit.pointerOffset, unit.encodePointer(move.to));
+    await io.flush();
+    bytesMoved += move.length;
+  }
+  const final = plan.moves.length > 0 ? await survey(io, driver) : initial;
+  const end = alignUp(final.referencedEnd, options.fileSizeMultiple ?? final.clusterSize);
+  if (end < (await io.size())) {
+    await io.truncate(end);
+    await io.flush();
+  }
+  return { done: true, unitsMoved: plan.moves.length, bytesMoved, bytesPlanned, fileSizeBefore, fileSizeAfter: await io.size() };
 }

@@ -24,6 +24,12 @@ export interface ConvertInPlaceRequest {
   /** Options for opening the source (untrusted mode, decompressor, backing image for relocations). */
   openOptions?: OpenOptions;
   onProgress?: (event: ProgressEvent) => void;
+  /**
+   * After the switch, pack the file so that no cluster is left unreferenced (formats without refcounts count
+   * those as leaks): 'auto' (default) when the moves cost no more than a small multiple of the metadata,
+   * 'always', or 'never'. Needs a target whose images list their movable units.
+   */
+  compact?: 'auto' | 'always' | 'never';
 }
 
 /** What a conversion did, or would do (dry run). Also the JSON of `ic convert-inplace --output=json`. */
@@ -58,6 +64,8 @@ export interface ConversionReport {
    */
   commit: 'single-sector' | 'tail-then-sector-0' | 'transitional' | 'none';
   verified: boolean;
+  /** What packing the file did (absent when the target has nothing to pack or compaction was off). */
+  compaction?: { done: boolean; unitsMoved: number; bytesMoved: number; bytesPlanned: number; reason: string };
 }
 
 export type { Driver, BlockIO };

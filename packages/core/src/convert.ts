@@ -4,6 +4,8 @@ import { IcError, isIcError } from './errors.js';
 import { assertCoverage, collectExtents, mergeExtents, type Extent, type HostRange } from './extent.js';
 import { hasCapability, type ConversionOptions, type Driver, type Image, type InPlaceTarget, type InPlaceTargetFactory, type OptionValues, type TargetBuild } from './driver.js';
 import { planMapping, type Plan } from './planner.js';
+import { referencedRanges, zeroStaleHeaderBytes } from './host-ranges.js';
+import { compactImage } from './compact.js';
 import { CountingIO, type BlockIO } from './io.js';
 import { encodeIntent, identityDigest, inspectInterrupted, intentBlockLength, rollBack, transitionalSector, type IntentRecord } from './intent.js';
 import type { ConversionPhase, ConversionReport, ConvertInPlaceRequest } from './convert-types.js';
@@ -13,34 +15,6 @@ export const SECTOR_SIZE = 512;
 
 /** Chunk size for copying relocated clusters. */
 const COPY_CHUNK = 8 * 1024 * 1024;
-
-function describeRange(range: HostRange): string {
-  return `${range.role} at ${range.offset}+${range.length}`;
-}
-
-/**
- * Every host range the source references (its metadata and the host space of its extents), sorted.
- * Overlaps mean the image is corrupt (or uses sharing, such as snapshots, that blockers refuse earlier).
- */
-export function referencedRanges(metadata: readonly HostRange[], extents: readonly Extent[], format: string): HostRange[] {
-  const ranges: HostRange[] = metadata.filter((r) => r.length > 0).map((r) => ({ ...r }));
-  for (const extent of extents) {
-    if ((extent.kind === 'data' || extent.kind === 'encrypted') && extent.length > 0) {
-      ranges.push({ offset: extent.hostOffset, length: extent.length, role: `data of guest ${extent.guestOffset}` });
-    } else if (extent.kind === 'zero' && extent.hostOffset !== undefined) {
-      ranges.push({ offset: extent.hostOffset, length: extent.length, role: `zero-allocated cluster of guest ${extent.guestOffset}` });
-    }
-  }
-  ranges.sort((a, b) => a.offset - b.offset);
-  for (let i = 1; i < ranges.length; i++) {
-    const previous = ranges[i - 1]!;
-    const current = ranges[i]!;
-    if (current.offset < previous.offset + previous.length) {
-      throw new IcError('CORRUPT', `${format}: ${describeRange(current)} overlaps ${describeRange(previous)}`, { format, offset: current.offset });
-    }
-  }
-  return ranges;
-}
 
 function overlapsAny(ranges: readonly HostRange[], offset: number, length: number): HostRange | undefined {
   return ranges.find((r) => r.offset < offset + length && offset < r.offset + r.length);
@@ -269,15 +243,6 @@ async function verify(io: BlockIO, target: Driver, prepared: PreparedConversion)
   }
 }
 
-/** Zeroes what is left of the old format's header in [from, to), writing only up to its last non-zero byte. */
-export async function zeroStaleHeaderBytes(io: BlockIO, from: number, to: number): Promise<void> {
-  if (to <= from) return;
-  const stale = await io.read(from, to - from);
-  let end = stale.length;
-  while (end > 0 && stale[end - 1] === 0) end--;
-  if (end > 0) await io.write(from, new Uint8Array(end));
-}
-
 /**
  * Converts the image in `request.io` from `request.source`'s format to `request.target`'s, in place.
  *
@@ -385,5 +350,32 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
   await io.truncate(fileSizeAfter);
   await io.flush();
   step('cleanup', 1, 1);
-  return report(false, true, fileSizeAfter);
+
+  // 7. pack: move units into the holes the old metadata left, each move crash-safe on its own.
+  const compaction = await packAfterConversion(io, target, request.compact ?? 'auto', prepared);
+  const final = report(false, true, await io.size());
+  return compaction ? { ...final, compaction } : final;
+}
+
+/** Bytes that compaction may move without being asked: a few times the metadata involved, at least 16 MiB. */
+function compactionBudget(prepared: PreparedConversion): number {
+  const sourceMetadata = prepared.referenced.filter((r) => !r.role.startsWith('data of') && !r.role.startsWith('zero-allocated')).reduce((sum, r) => sum + r.length, 0);
+  const targetMetadata = prepared.build.writes.reduce((sum, w) => sum + w.data.length, 0);
+  return Math.max(16 * 1024 * 1024, 4 * (sourceMetadata + targetMetadata + prepared.plan.stats.bytesRelocated));
+}
+
+async function packAfterConversion(io: BlockIO, target: Driver, mode: 'auto' | 'always' | 'never', prepared: PreparedConversion): Promise<ConversionReport['compaction']> {
+  if (mode === 'never') return undefined;
+  const probe = await target.open(io);
+  const movable = typeof probe.movableUnits === 'function';
+  await probe.close();
+  if (!movable) return undefined;
+  const budget = mode === 'always' ? undefined : compactionBudget(prepared);
+  const result = await compactImage(io, target, budget === undefined ? {} : { maxBytes: budget });
+  const reason = result.done
+    ? result.unitsMoved === 0
+      ? 'no holes to fill'
+      : `filled the holes left by the old metadata (${result.unitsMoved} units moved)`
+    : `skipped: packing would move ${result.bytesPlanned} bytes (more than ${budget}, mostly data); run with compaction forced to pack anyway`;
+  return { done: result.done, unitsMoved: result.unitsMoved, bytesMoved: result.bytesMoved, bytesPlanned: result.bytesPlanned, reason };
 }

@@ -16,3 +16,4 @@ export * from './posix.js';
 export * from './intent.js';
 export * from './crc32c.js';
 export * from './compact.js';
+export * from './host-ranges.js';

@@ -3,7 +3,7 @@ import { alignUp, ByteView, bytesEqual } from './bytes.js';
 import { crc32c } from './crc32c.js';
 import { IcError } from './errors.js';
 import type { BlockIO } from './io.js';
-import { zeroStaleHeaderBytes } from './convert.js';
+import { zeroStaleHeaderBytes } from './host-ranges.js';
 
 /**
  * The intent record: how an interrupted in-place conversion is finished or undone, kept inside the image

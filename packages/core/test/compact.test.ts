@@ -18,7 +18,7 @@ describe('compactImage', () => {
     };
     const io = new MemoryIO(new Uint8Array(0), 'compact');
     await writeImage(io, toyA, content);
-    await convertInPlace({ io, source: toyA, target: toyB });
+    await convertInPlace({ io, source: toyA, target: toyB, compact: 'never' });
     const before = await (await toyB.open(io)).read(0, content.virtualSize);
     const sizeBefore = await io.size();
     const report = await compactImage(io, toyB);
@@ -33,5 +33,17 @@ describe('compactImage', () => {
     expect(await io.size()).toBe(3 * clusterSize + (dataClusters + tableClusters) * clusterSize);
     // Compacting again finds nothing to do.
     expect((await compactImage(io, toyB)).unitsMoved).toBe(0);
+  });
+
+  it('moves nothing when the plan costs more than allowed', async () => {
+    const clusterSize = 4096;
+    const io = new MemoryIO(new Uint8Array(0), 'budget');
+    await writeImage(io, toyA, { virtualSize: 64 * clusterSize, clusterSize, data: [{ guestOffset: 0, bytes: new Uint8Array(8 * clusterSize).fill(9) }] });
+    await convertInPlace({ io, source: toyA, target: toyB, compact: 'never' });
+    const before = io.snapshot();
+    const report = await compactImage(io, toyB, { maxBytes: 0 });
+    expect(report.done).toBe(false);
+    expect(report.bytesPlanned).toBeGreaterThan(0);
+    expect(io.snapshot()).toEqual(before);
   });
 });

@@ -141,11 +141,11 @@ describe('convertInPlace (toy formats)', () => {
   it('a dry run writes nothing and reports the same plan', async () => {
     const io = await sample();
     const before = io.snapshot();
-    const dry = await convertInPlace({ io, source: toyA, target: toyB, dryRun: true });
+    const dry = await convertInPlace({ io, source: toyA, target: toyB, dryRun: true, compact: 'never' });
     expect(io.snapshot()).toEqual(before);
     expect(dry.dryRun).toBe(true);
     expect(dry.io.bytesWritten).toBe(0);
-    const real = await convertInPlace({ io, source: toyA, target: toyB });
+    const real = await convertInPlace({ io, source: toyA, target: toyB, compact: 'never' });
     expect({ ...real, io: undefined, durationMs: 0, dryRun: true, verified: false, commit: 'none' }).toEqual({
       ...dry,
       io: undefined,

@@ -30,7 +30,7 @@ class KilledAfter implements BlockIO {
     return true;
   }
   get identity() {
-    return this.inner.identity?.bind(this.inner);
+    return (this.inner as BlockIO).identity?.bind(this.inner);
   }
   read(offset: number, length: number) {
     return this.inner.read(offset, length);

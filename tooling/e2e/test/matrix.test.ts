@@ -4,13 +4,23 @@
  * shape and two cluster sizes. Adding a driver to the registry grows this suite with no edit here.
  */
 import { describe, expect, it } from 'vitest';
-import { collectExtents, convertInPlace, hasCapability, isIcError, type Driver } from '@ic/core';
+import { collectExtents, convertInPlace, hasCapability, isIcError, type Driver, type Extent } from '@ic/core';
 import { buildShape, expectImageContent, shapes } from '@ic/conformance';
 import { registry } from '../src/registry.js';
 
 const sources = registry.list().filter((d) => hasCapability(d, 'inPlaceSource') && hasCapability(d, 'inPlaceTarget'));
 const targets = registry.list().filter((d) => hasCapability(d, 'inPlaceTarget'));
 const clusterSizes = [4096, 65536];
+
+/** Clusters of data that lie (partly) below `limit` in the file. */
+function clustersBelow(map: readonly Extent[], limit: number, clusterSize: number): number {
+  let count = 0;
+  for (const extent of map) {
+    if (extent.kind !== 'data') continue;
+    for (let at = 0; at < extent.length; at += clusterSize) if (extent.hostOffset + at < limit) count++;
+  }
+  return count;
+}
 
 function supports(driver: Driver, clusterSize: number): boolean {
   const range = driver.inPlace?.clusterSizes;
@@ -49,13 +59,7 @@ for (const source of sources) {
             expect(forward.targetClusterSize).toBe(clusterSize);
             // Only data clusters under the target's header region move.
             const headerRegion = target.inPlace!.create(request).layout.headerRegionSize;
-            const underHeader = sourceMap
-              .filter((e) => e.kind === 'data')
-              .reduce((sum, e) => {
-                const hostOffset = (e as { hostOffset: number }).hostOffset;
-                return sum + Math.max(0, Math.ceil((Math.min(headerRegion, hostOffset + e.length) - hostOffset) / clusterSize));
-              }, 0);
-            expect(forward.clustersRelocated).toBe(underHeader);
+            expect(forward.clustersRelocated).toBe(clustersBelow(sourceMap, headerRegion, clusterSize));
             const head = await io.read(0, 65536);
             expect(registry.probeBytes(head, await io.size())[0]?.driver).toBe(target);
             await expectImageContent(target, io, content, `${target.name} after the conversion`);
@@ -63,9 +67,12 @@ for (const source of sources) {
             if (converted.check) expect((await converted.check()).corruptions).toBe(0);
             expect(converted.info().backing?.name).toBe(content.backing?.name);
 
+            // Compaction may have moved data into holes below the source's header region; only those move back.
+            const targetMap = await collectExtents((await target.open(io)).map());
+            const sourceHeader = source.inPlace!.create({ ...request, source: (await (await target.open(io)).conversionSource!()).options }).layout.headerRegionSize;
             const back = await convertInPlace({ io, source: target, target: source, openOptions });
             expect(back.verified).toBe(true);
-            expect(back.clustersRelocated).toBe(0);
+            expect(back.clustersRelocated).toBe(clustersBelow(targetMap, sourceHeader, clusterSize));
             await expectImageContent(source, io, content, `${source.name} after the round trip`);
             const roundTrip = await source.open(io);
             if (roundTrip.check) expect((await roundTrip.check()).corruptions).toBe(0);

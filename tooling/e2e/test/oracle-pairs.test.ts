@@ -64,13 +64,13 @@ describe('in-place pairs among qcow2, QED and VMDK, judged by qemu-img', () => {
         const forward = await convertFile(image, target);
         expect(forward.verified).toBe(true);
         const checked = qemuCheck(image, target);
-        expect([0, 3], checked.text).toContain(checked.code);
+        expect(checked.code, checked.text).toBe(0);
         expect(qemuCompare(image, target, pristine, source.format).code, `identical as ${target}`).toBe(0);
 
         const back = await convertFile(image, source.format);
         expect(back.verified).toBe(true);
         const checkedBack = qemuCheck(image, source.format);
-        expect([0, 3], checkedBack.text).toContain(checkedBack.code);
+        expect(checkedBack.code, checkedBack.text).toBe(0);
         expect(qemuCompare(image, source.format, pristine, source.format).code, 'identical after the round trip').toBe(0);
       });
     }
@@ -102,7 +102,7 @@ describe('in-place pairs among qcow2, QED and VMDK, judged by qemu-img', () => {
       const report = await convertFile(image, target);
       expect(report.clustersRelocated).toBe(misaligned);
       expect(report.clustersKept).toBe(grains.length - misaligned);
-      expect([0, 3]).toContain(qemuCheck(image, target).code);
+      expect(qemuCheck(image, target).code).toBe(0);
       expect(qemuCompare(image, target, expectedRaw, 'raw').code).toBe(0);
     }
   });
@@ -128,7 +128,9 @@ describe('raw as an in-place source', () => {
       expect(report.clustersRelocated).toBe(1);
       // Only the holes became unallocated: 1 MiB + 64 KiB + 64 KiB + the first cluster of data stay mapped.
       expect(report.clustersKept).toBe(16 + 1 + 1);
-      expect(report.io.bytesWritten).toBeLessThan(65536 + report.metadataBytes + 2 * 65536);
+      // Everything but packing (which QED needs to be free of leaks) is one cluster plus metadata.
+      expect(report.io.bytesWritten - (report.compaction?.bytesMoved ?? 0) * 1.01).toBeLessThan(65536 + report.metadataBytes + 2 * 65536);
+      expect(qemuCheck(image, target).code, 'no leaks either').toBe(0);
       expect([0, 3]).toContain(qemuCheck(image, target).code);
       expect(qemuCompare(image, target, pristine, 'raw').code).toBe(0);
       expect(statSync(image).size - sizeBefore).toBeLessThanOrEqual(report.metadataBytes + 2 * 65536);

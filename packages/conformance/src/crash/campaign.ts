@@ -88,6 +88,13 @@ export interface CrashCampaignOptions {
   recoverySamples?: number;
   /** Failing states kept with their description (default 20). */
   keepFailures?: number;
+  /** See ClassifierOptions.viewBeforeRecovery (default true). */
+  viewBeforeRecovery?: boolean;
+  /**
+   * Called once per distinct state, after classification, with the store as the classifier left it
+   * (recovered when recovery ran). Lets a caller cross-check states with an external tool (qemu-img).
+   */
+  onState?: (visit: { phase: 'conversion' | 'recovery'; state: CrashState; classification: Classification; io: MemoryIO; describe(): string }) => void | Promise<void>;
   /**
    * The operation to record instead of the conversion (e.g. a deliberately unsafe writer in a self-test of
    * this harness, or another in-place operation). Default: convertInPlace from sourceDriver to targetDriver.
@@ -108,6 +115,8 @@ interface EnumerateOptions {
   keepFailures: number;
   /** Called for every distinct state classified (used to pick states whose recovery gets crashed). */
   onClassified?: (state: CrashState, classification: Classification) => void;
+  /** Called for every distinct state with the store as the classifier left it (recovered, when it recovered). */
+  onState?: CrashCampaignOptions['onState'];
 }
 
 /** Enumerates and classifies the crash states of one recording. */
@@ -137,6 +146,7 @@ export async function enumerateAndClassify(space: CrashSpace, classifier: Classi
         if (classification.beforeRecovery) result.beforeRecovery[classification.beforeRecovery] = (result.beforeRecovery[classification.beforeRecovery] ?? 0) + 1;
         result.maxLeaks = Math.max(result.maxLeaks, classification.leaks ?? 0);
         options.onClassified?.(state, classification);
+        await options.onState?.({ phase: options.phase, state, classification, io, describe: () => space.describe(state) });
         if (isFailure(classification.outcome) && result.failures.length < options.keepFailures) {
           result.failures.push({ phase: options.phase, generator, state: space.describe(state), outcome: classification.outcome, detail: classification.detail });
         }
@@ -199,7 +209,14 @@ export async function runCrashCampaign(options: CrashCampaignOptions): Promise<C
     });
   }
   const space = new CrashSpace(recorder.recording());
-  const classifier = new Classifier({ registry, sourceDriver, targetDriver, pristine, ...(openOptions ? { openOptions } : {}) });
+  const classifier = new Classifier({
+    registry,
+    sourceDriver,
+    targetDriver,
+    pristine,
+    ...(openOptions ? { openOptions } : {}),
+    ...(options.viewBeforeRecovery !== undefined ? { viewBeforeRecovery: options.viewBeforeRecovery } : {}),
+  });
 
   // Candidates for crashing the recovery: distinct interrupted states, by recovery direction and epoch.
   const candidates = new Map<string, CrashState>();
@@ -210,6 +227,7 @@ export async function runCrashCampaign(options: CrashCampaignOptions): Promise<C
     seed,
     maxSubsetOps,
     keepFailures,
+    ...(options.onState ? { onState: options.onState } : {}),
     onClassified: (state, classification) => {
       if (classification.recovery !== 'rolled-back' && classification.recovery !== 'rolled-forward') return;
       if (isFailure(classification.outcome)) return;
@@ -246,6 +264,7 @@ export async function runCrashCampaign(options: CrashCampaignOptions): Promise<C
         seed: deriveSeed(seed, `recovery ${n}`),
         maxSubsetOps,
         keepFailures,
+        ...(options.onState ? { onState: options.onState } : {}),
       });
       combined = combined ? mergeResults(combined, part, keepFailures) : part;
     }

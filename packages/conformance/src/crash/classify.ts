@@ -62,6 +62,12 @@ export interface ClassifierOptions {
   pristine: GuestContent;
   /** Options every open uses (the backing image of shapes with a backing reference). */
   openOptions?: OpenOptions;
+  /**
+   * Also look at states that carry an interrupted-conversion mark before recovering them, and report what a
+   * reader that does not recover would see (Classification.beforeRecovery). Costs one more open per such
+   * state. Default true.
+   */
+  viewBeforeRecovery?: boolean;
 }
 
 type Look =
@@ -197,7 +203,7 @@ export class Classifier {
       if (first.kind === 'wrong') return { outcome: 'SILENT_BAD', detail: `before recovery: ${first.detail}` };
       if (first.kind === 'untyped') return { outcome: 'UNTYPED_ERROR', detail: `before recovery: ${first.detail}` };
       // Refused, or a raw source that grew: see whether recovery changes anything.
-    } else {
+    } else if (this.options.viewBeforeRecovery !== false) {
       beforeRecovery = this.view(await this.look(io));
     }
     let action: Classification['recovery'];

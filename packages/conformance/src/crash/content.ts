@@ -1,5 +1,5 @@
-import { assertCoverage, collectExtents, isAllZero, type Extent, type Image, type ImageContent } from '@ic/core';
-import { sameBytes } from './sparse.js';
+import { assertCoverage, collectExtents, type Extent, type Image, type ImageContent } from '@ic/core';
+import { allZero as isAllZero, sameBytes } from './sparse.js';
 
 /** Guest content is compared in windows of this size; only windows that can hold data are read. */
 export const CONTENT_WINDOW = 1024 * 1024;

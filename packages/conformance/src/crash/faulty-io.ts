@@ -145,7 +145,7 @@ export async function runFaultSweep(options: FaultSweepOptions): Promise<FaultSw
     const difference = contentDifference(pristine, options.expectedContent);
     if (difference) throw new Error(`the pristine ${sourceDriver} image does not read as expected: ${difference}`);
   }
-  const classifier = new Classifier({ registry, sourceDriver, targetDriver, pristine, ...(openOptions ? { openOptions } : {}) });
+  const classifier = new Classifier({ registry, sourceDriver, targetDriver, pristine, viewBeforeRecovery: false, ...(openOptions ? { openOptions } : {}) });
   const convert = (io: BlockIO) =>
     convertInPlace({ io, source, target, ...(openOptions ? { openOptions } : {}), ...(options.targetOptions ? { targetOptions: options.targetOptions } : {}) });
 

@@ -3,7 +3,7 @@
  * file in (reliability.md §2.2-2.3), classify every state (§2.4), and inject I/O errors. See
  * docs/crash-safety.md for the model, the generators, the outcomes and the measured figures.
  */
-export { RecordingIO, ReadOnlyView, type RecordedOp, type Recording } from './recording-io.js';
+export { DroppedFlushesIO, RecordingIO, ReadOnlyView, type RecordedOp, type Recording } from './recording-io.js';
 export { SparseBytes } from './sparse.js';
 export { Random, deriveSeed } from './random.js';
 export {

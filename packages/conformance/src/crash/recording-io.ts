@@ -116,3 +116,37 @@ export class ReadOnlyView implements BlockIO {
     return Promise.resolve([{ offset, length }]);
   }
 }
+
+/**
+ * Swallows every flush: simulates an engine that forgets its durability barriers. Used to show that the
+ * crash campaign catches such an engine (its states are then one big epoch where anything may be lost).
+ */
+export class DroppedFlushesIO implements BlockIO {
+  constructor(private readonly inner: BlockIO) {}
+  get name(): string {
+    return this.inner.name;
+  }
+  get writable(): boolean {
+    return this.inner.writable;
+  }
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.inner.read(offset, length);
+  }
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.inner.write(offset, data);
+  }
+  size(): Promise<number> {
+    return this.inner.size();
+  }
+  truncate(size: number): Promise<void> {
+    return this.inner.truncate(size);
+  }
+  async flush(): Promise<void> {}
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+  dataRanges(offset: number, length: number): Promise<ByteRange[]> {
+    if (this.inner.dataRanges) return this.inner.dataRanges(offset, length);
+    return Promise.resolve([{ offset, length }]);
+  }
+}

@@ -41,6 +41,8 @@ export const crashShapes: readonly CrashShape[] = [...shapes, fragmented];
 export interface CrashSource {
   io: MemoryIO;
   openOptions?: OpenOptions;
+  /** The backing image's bytes, for shapes with a backing reference (named by the shape's backing name). */
+  backingIo?: MemoryIO;
   expected: GuestContent;
 }
 
@@ -135,7 +137,7 @@ export async function buildCrashSource(driver: Driver, shape: CrashShape, cluste
   const backing = await driver.open(baseIo);
   const top = { ...content, clusterSize, backing: { ...content.backing, format: driver.name }, backingInfo: backing.info() };
   await writeImage(io, driver, top);
-  return { io, openOptions: { backing }, expected: contentOverBacking(content, clusterSize, backingBytes) };
+  return { io, openOptions: { backing }, backingIo: baseIo, expected: contentOverBacking(content, clusterSize, backingBytes) };
 }
 
 /** Whether a driver can be a campaign source: an in-place source that can build images, or raw-like. */

@@ -1,0 +1,111 @@
+import { isAllZero, type BlockIO } from '@ic/core';
+import type { QedGeometry } from './header.js';
+
+/**
+ * L1 and L2 tables: table_size contiguous clusters of little-endian u64 entries.
+ *   L1 entry: 0 = no L2 table (the whole range is unallocated), else the byte offset of an L2 table.
+ *   L2 entry: 0 = unallocated (read the backing file or zeros), 1 = zero cluster (reads zero and hides
+ *             the backing file), else the byte offset of a data cluster.
+ * Every offset is cluster-aligned, at or past the header region and inside the file (see header.ts).
+ */
+export const ENTRY_SIZE = 8;
+export const ENTRY_UNALLOCATED = 0;
+export const ENTRY_ZERO = 1;
+
+/** Entries read per I/O while streaming a table: 512 KiB, whatever the table size. */
+export const ENTRIES_PER_READ = 64 * 1024;
+
+/**
+ * Decodes entry `index` of `bytes` as a number. Values of 2^53 and above cannot be valid offsets (no file is
+ * that large), so they come back as an approximate float that fails every bounds check.
+ */
+export function decodeEntry(view: DataView, index: number): number {
+  const low = view.getUint32(index * ENTRY_SIZE, true);
+  const high = view.getUint32(index * ENTRY_SIZE + 4, true);
+  return high * 2 ** 32 + low;
+}
+
+/** Entry value for messages: exact even past 2^53. */
+export function entryHex(view: DataView, index: number): string {
+  return `0x${view.getBigUint64(index * ENTRY_SIZE, true).toString(16)}`;
+}
+
+export interface TableChunk {
+  /** Index (inside the table) of the first entry in `view`. */
+  firstIndex: number;
+  count: number;
+  view: DataView;
+  /** The chunk holds only zero entries (common: tables are mostly empty), so callers can skip it whole. */
+  allZero: boolean;
+}
+
+/**
+ * Streams entries [firstIndex, firstIndex + count) of the table at `tableOffset`, at most ENTRIES_PER_READ
+ * at a time, so memory stays bounded whatever table_size * cluster_size claims.
+ */
+export async function* readTableEntries(io: BlockIO, tableOffset: number, firstIndex: number, count: number): AsyncGenerator<TableChunk> {
+  let index = firstIndex;
+  const end = firstIndex + count;
+  while (index < end) {
+    const chunk = Math.min(ENTRIES_PER_READ, end - index);
+    const bytes = await io.read(tableOffset + index * ENTRY_SIZE, chunk * ENTRY_SIZE);
+    yield { firstIndex: index, count: chunk, view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), allZero: isAllZero(bytes) };
+    index += chunk;
+  }
+}
+
+/** Host offset of entry `index` of the table at `tableOffset` (for messages). */
+export function entryHostOffset(tableOffset: number, index: number): number {
+  return tableOffset + index * ENTRY_SIZE;
+}
+
+/** Number of L1 entries that map some part of [0, imageSize). */
+export function l1EntriesInUse(geometry: QedGeometry): number {
+  return Math.ceil(geometry.imageSize / geometry.l2Coverage);
+}
+
+/** Largest single write a table is split into. */
+export const MAX_TABLE_WRITE = 4 * 1024 * 1024;
+
+/**
+ * One table (L1 or L2) being filled for writing: table_size clusters, kept as pieces of at most
+ * MAX_TABLE_WRITE bytes that are allocated only when an entry lands in them, so a huge, mostly empty
+ * table costs little memory.
+ */
+export class TableBuilder {
+  readonly pieces = new Map<number, Uint8Array>();
+  private readonly pieceBytes: number;
+
+  constructor(
+    readonly hostOffset: number,
+    readonly tableBytes: number,
+  ) {
+    this.pieceBytes = Math.min(tableBytes, MAX_TABLE_WRITE);
+  }
+
+  set(index: number, value: number): void {
+    const byteOffset = index * ENTRY_SIZE;
+    const pieceIndex = Math.floor(byteOffset / this.pieceBytes);
+    let piece = this.pieces.get(pieceIndex);
+    if (!piece) {
+      piece = new Uint8Array(this.pieceBytes);
+      this.pieces.set(pieceIndex, piece);
+    }
+    const view = new DataView(piece.buffer);
+    const at = byteOffset - pieceIndex * this.pieceBytes;
+    view.setUint32(at, value % 2 ** 32, true);
+    view.setUint32(at + 4, Math.floor(value / 2 ** 32), true);
+  }
+
+  /**
+   * Writes covering the whole table. Untouched pieces are written as zeros too, because the space the
+   * table goes to may hold old bytes; they all share one zero buffer.
+   */
+  writes(zeros: Uint8Array): { offset: number; data: Uint8Array }[] {
+    const out: { offset: number; data: Uint8Array }[] = [];
+    for (let pieceIndex = 0; pieceIndex * this.pieceBytes < this.tableBytes; pieceIndex++) {
+      out.push({ offset: this.hostOffset + pieceIndex * this.pieceBytes, data: this.pieces.get(pieceIndex) ?? zeros.subarray(0, this.pieceBytes) });
+    }
+    return out;
+  }
+}
