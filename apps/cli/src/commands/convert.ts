@@ -1,4 +1,5 @@
 import { FileIO, convertInPlace, isIcError, parseOptions, recover, type ConversionReport, type Image } from '@ic/core';
+import { withKillSwitch } from '../kill-switch.js';
 import { EXIT, UsageError, printable, usage, type Context } from '../context.js';
 import { BackingChain, namedDriver, probeDriver } from '../images.js';
 import { createProgress } from '../progress.js';
@@ -51,7 +52,7 @@ export async function convertCommand(context: Context, filename: string, targetN
       throw new UsageError(`${target.name}: ${clusterSizeOption}=${requested} must be a power of two from ${min} to ${max} for an in-place conversion`);
     }
   }
-  const io = await FileIO.open(filename, { writable: !options.dryRun, lock: !options.dryRun });
+  const io = withKillSwitch(await FileIO.open(filename, { writable: !options.dryRun, lock: !options.dryRun }));
   try {
     if (!options.dryRun && !io.lock.held) {
       context.err(`ic: warning: ${printable(io.lock.reason)}; make sure no virtual machine is using '${printable(filename)}'\n`);
