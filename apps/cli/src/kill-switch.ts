@@ -1,16 +1,21 @@
 import type { BlockIO, ByteRange } from '@ic/core';
 
 /**
- * Test hook for the crash tests of the real executable: with IC_TEST_KILL_AFTER_WRITES=N in the environment,
- * the process kills itself with SIGKILL right after its N-th write or truncate of the image completes, the
- * way a power cut or `kill -9` would stop it between two system calls. Without the variable nothing changes.
+ * Test hooks for the real executable. With IC_TEST_KILL_AFTER_WRITES=N in the environment the process kills
+ * itself with SIGKILL right after its N-th write or truncate of the image completes, the way `kill -9` (or a
+ * crash) stops it between two system calls. IC_TEST_STOP_AFTER_WRITES=N stops it (SIGSTOP) there instead, so
+ * a test can look at the image while ic holds it, then let it go on with SIGCONT. Without them nothing changes.
  */
 export function withKillSwitch<T extends BlockIO>(io: T): T {
-  const limit = Number(process.env.IC_TEST_KILL_AFTER_WRITES);
-  if (!Number.isSafeInteger(limit) || limit <= 0) return io;
+  const killAt = Number(process.env.IC_TEST_KILL_AFTER_WRITES);
+  const stopAt = Number(process.env.IC_TEST_STOP_AFTER_WRITES);
+  const valid = (n: number) => Number.isSafeInteger(n) && n > 0;
+  if (!valid(killAt) && !valid(stopAt)) return io;
   let count = 0;
   const tick = () => {
-    if (++count >= limit) process.kill(process.pid, 'SIGKILL');
+    count++;
+    if (count === stopAt) process.kill(process.pid, 'SIGSTOP');
+    if (count >= killAt) process.kill(process.pid, 'SIGKILL');
   };
   return new Proxy(io, {
     get(target, property, receiver) {
