@@ -58,7 +58,7 @@ const scenarios = [
   { name: 'raw-to-qcow2', from: 'raw', to: 'qcow2' },
 ].filter((s) => !only || s.name === only);
 
-const icFormats = JSON.parse(run('node', [icBin, 'formats', '--output=json']).stdout);
+const icFormats = JSON.parse(run("node", [icBin, "formats", "--output=json"]).stdout).drivers;
 const targetsAvailable = new Set(icFormats.filter((f) => f.capabilities?.inPlaceTarget).map((f) => f.name));
 const sourcesAvailable = new Set(icFormats.filter((f) => f.capabilities?.inPlaceSource).map((f) => f.name));
 
