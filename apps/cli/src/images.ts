@@ -1,4 +1,6 @@
 import { realpath } from 'node:fs/promises';
+import { dirname, isAbsolute, join } from 'node:path';
+import { inflateRawSync, inflateSync } from 'node:zlib';
 import {
   FileIO,
   IcError,
@@ -64,7 +66,25 @@ export async function openImage(
     const driver = options.driver ?? (await probeDriver(context, io));
     if (!hasCapability(driver, 'read')) throw new IcError('UNSUPPORTED', `${driver.name}: the installed driver cannot open images`);
     const untrusted = options.untrusted ?? context.untrusted;
-    const image = await driver.open(io, { untrusted });
+    const extraFiles: FileIO[] = [];
+    const image = await driver.open(io, {
+      untrusted,
+      inflate: (data, kind) => new Uint8Array(kind === 'zlib' ? inflateSync(data) : inflateRawSync(data)),
+      // Files the image names for its own data (VMDK extents): plain local paths next to the image, read-only,
+      // and never in untrusted mode.
+      ...(untrusted
+        ? {}
+        : {
+            openFile: async (name: string) => {
+              if (name === '' || hasProtocol(name)) {
+                throw new IcError('EXTERNAL_REF', `${filename}: '${name}' is not a plain local path; ic opens only local files`, { path: filename });
+              }
+              const file = await FileIO.open(isAbsolute(name) ? name : join(dirname(filename), name));
+              extraFiles.push(file);
+              return file;
+            },
+          }),
+    });
     if (untrusted) {
       const backing = image.info().backing;
       if (backing) {
@@ -82,6 +102,7 @@ export async function openImage(
           await image.close();
         } finally {
           await io.close();
+          for (const file of extraFiles) await file.close().catch(() => undefined);
         }
       },
     };

@@ -60,6 +60,12 @@ export interface OpenOptions {
   untrusted?: boolean;
   /** Image whose content unallocated extents fall through to, when the caller opened the backing file. */
   backing?: Image;
+  /**
+   * Opens, read-only, another file the image names for its own data (a VMDK extent file), resolved relative
+   * to the image by the caller. Absent when the caller does not allow that (untrusted mode, or no file
+   * system): the driver then describes what it can and refuses what needs the other file.
+   */
+  openFile?: (name: string) => Promise<BlockIO>;
   /** Decompressor for formats with compressed clusters (zlib/deflate streams). */
   inflate?: (data: Uint8Array, kind: 'zlib' | 'deflate-raw') => Uint8Array;
 }
