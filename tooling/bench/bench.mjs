@@ -6,7 +6,10 @@
 //   node tooling/bench/bench.mjs [--data-gib N] [--runs N] [--dir DIR] [--only NAME]
 //
 // How each number is measured:
-//   time          wall clock of the whole command (process start to exit), median of --runs runs
+//   time          wall clock of the whole command (process start to exit), median of --runs runs, starting
+//                 with nothing dirty in the page cache (sync first) and ending with the result durable: ic
+//                 flushes itself; qemu-img convert's default cache mode does not, so its time includes
+//                 `sync -d` of the new file
 //   bytes written ic: its own count of every byte it wrote (CountingIO, in the JSON report);
 //                 qemu-img: the allocated size of the file it wrote (it must write at least every data byte)
 //   extra space   ic: growth of the image's allocated size; qemu-img: allocated size of the new file (the
@@ -77,6 +80,7 @@ for (const scenario of scenarios) {
   for (let i = 0; i < runs; i++) {
     const copy = join(dir, `${scenario.name}.${i}.${scenario.from}`);
     copyFileSync(master, copy);
+    run('sync', []);
     const before = allocated(copy);
     const result = run('node', [icBin, 'convert-inplace', '--output=json', copy, scenario.to]);
     const report = JSON.parse(result.stdout);
@@ -87,8 +91,10 @@ for (const scenario of scenarios) {
     rmSync(copy);
 
     const output = join(dir, `${scenario.name}.${i}.qemu.${scenario.to}`);
+    run('sync', []);
     const copied = run('qemu-img', ['convert', '-f', scenario.from, '-O', scenario.to, master, output]);
-    qemu.push({ ms: copied.ms, written: allocated(output), extra: allocated(output) });
+    const synced = run('sync', ['-d', output]);
+    qemu.push({ ms: copied.ms + synced.ms, written: allocated(output), extra: allocated(output) });
     rmSync(output);
   }
   rmSync(master);

@@ -95,16 +95,20 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
     .option('-o <options>', 'options of the target format', collect, [])
     .option('-p, --progress', 'show progress on stderr')
     .option('--dry-run', 'plan and report without writing anything')
+    .option('--zero-scan', 'read every data cluster and leave the all-zero ones unallocated (reads all the data)')
+    .option('--compact <when>', 'pack the result so no cluster is left unreferenced: auto, always or never', 'auto')
     .addOption(outputOption())
     .argument('<image>', 'image file (modified in place)')
     .argument('<target_fmt>', 'format to convert to')
-    .action((image: string, targetFormat: string, options: { format?: string; o: string[]; progress?: boolean; dryRun?: boolean; output: Output }) =>
+    .action((image: string, targetFormat: string, options: { format?: string; o: string[]; progress?: boolean; dryRun?: boolean; zeroScan?: boolean; compact: string; output: Output }) =>
       run(() =>
         convertCommand(context, image, targetFormat, {
           ...(options.format !== undefined ? { format: options.format } : {}),
           o: options.o,
           progress: options.progress === true,
           dryRun: options.dryRun === true,
+          zeroScan: options.zeroScan === true,
+          compact: options.compact,
           output: options.output,
         }),
       ),

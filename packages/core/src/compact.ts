@@ -23,6 +23,8 @@ interface Interval {
 
 interface Layout {
   units: MovableUnit[];
+  /** End of the referenced ranges that are not movable units (header, fixed tables). */
+  fixedEnd: number;
   holes: Interval[];
   referencedEnd: number;
   clusterSize: number;
@@ -50,7 +52,10 @@ async function survey(io: BlockIO, driver: Driver): Promise<Layout> {
       if (end > start) holes.push({ offset: start, length: end - start });
       cursor = Math.max(cursor, range.offset + range.length);
     }
-    return { units: await image.movableUnits(), holes, referencedEnd: cursor, clusterSize };
+    const units = await image.movableUnits();
+    const unitStarts = new Set(units.map((unit) => unit.hostOffset));
+    const fixedEnd = ranges.filter((range) => !unitStarts.has(range.offset)).reduce((end, range) => Math.max(end, range.offset + range.length), 0);
+    return { units, holes, referencedEnd: cursor, clusterSize, fixedEnd };
   } finally {
     await image.close();
   }
@@ -87,7 +92,7 @@ function take(holes: Interval[], index: number, length: number): number {
 export function planCompaction(layout: Layout, maxMoves = 1_000_000): { moves: CompactionMove[]; end: number } {
   const units = layout.units.map((u) => ({ offset: u.hostOffset, length: u.length })).sort((a, b) => a.offset - b.offset);
   const holes = layout.holes.map((h) => ({ ...h }));
-  let end = alignUp(Math.max(layout.referencedEnd, ...units.map((u) => u.offset + u.length)), layout.clusterSize);
+  let end = alignUp(units.reduce((max, u) => Math.max(max, u.offset + u.length), layout.referencedEnd), layout.clusterSize);
   const moves: CompactionMove[] = [];
   const dropTail = () => {
     const last = units[units.length - 1];
@@ -143,19 +148,40 @@ export async function compactImage(
     return { done: false, unitsMoved: 0, bytesMoved: 0, bytesPlanned, fileSizeBefore, fileSizeAfter: fileSizeBefore };
   }
   let bytesMoved = 0;
+  // One survey: a unit's pointer lives in the header or inside another unit (an L2 entry inside its L2
+  // table), so when a unit moves, every pointer stored inside it moves by the same distance.
+  const units = initial.units.map((unit) => ({ ...unit }));
+  const byOffset = new Map(units.map((unit) => [unit.hostOffset, unit]));
+  // Moves go in batches that share two flushes: copy every unit of the batch, flush, switch their pointers,
+  // flush. A batch ends before a move whose destination overlaps a place vacated in the same batch: that old
+  // place stays live until the batch's switches are durable.
+  let batch: { unit: (typeof units)[number]; move: CompactionMove }[] = [];
+  const commitBatch = async () => {
+    if (batch.length === 0) return;
+    await io.flush();
+    for (const { unit, move } of batch) await io.write(unit.pointerOffset, unit.encodePointer(move.to));
+    await io.flush();
+    batch = [];
+  };
   for (const move of plan.moves) {
-    // Pointers move with the tables that hold them, so look the unit up afresh before each move.
-    const layout = move === plan.moves[0] ? initial : await survey(io, driver);
-    const unit = layout.units.find((u) => u.hostOffset === move.from && u.length === move.length);
-    if (!unit) throw new IcError('INTERNAL', `compaction: no unit of ${move.length} bytes at ${move.from} any more`);
+    if (batch.some(({ move: earlier }) => move.to < earlier.from + earlier.length && earlier.from < move.to + move.length)) await commitBatch();
+    const unit = byOffset.get(move.from);
+    if (!unit || unit.length !== move.length) throw new IcError('INTERNAL', `compaction: no unit of ${move.length} bytes at ${move.from}`);
     await io.write(move.to, await io.read(move.from, move.length));
-    await io.flush();
-    await io.write(unit.pointerOffset, unit.encodePointer(move.to));
-    await io.flush();
     bytesMoved += move.length;
+    // The pointer is written later; if it lives inside a unit this batch already copied, it is written there.
+    byOffset.delete(move.from);
+    unit.hostOffset = move.to;
+    byOffset.set(move.to, unit);
+    for (const other of units) {
+      if (other.pointerOffset >= move.from && other.pointerOffset < move.from + move.length) other.pointerOffset += move.to - move.from;
+    }
+    batch.push({ unit, move });
   }
-  const final = plan.moves.length > 0 ? await survey(io, driver) : initial;
-  const end = alignUp(final.referencedEnd, options.fileSizeMultiple ?? final.clusterSize);
+  await commitBatch();
+  // The new end follows from where the units are now and the metadata that never moves (no second survey).
+  const unitEnd = units.reduce((end, unit) => Math.max(end, unit.hostOffset + unit.length), 0);
+  const end = alignUp(Math.max(unitEnd, initial.fixedEnd), options.fileSizeMultiple ?? initial.clusterSize);
   if (end < (await io.size())) {
     await io.truncate(end);
     await io.flush();

@@ -30,6 +30,12 @@ export interface ConvertInPlaceRequest {
    * 'always', or 'never'. Needs a target whose images list their movable units.
    */
   compact?: 'auto' | 'always' | 'never';
+  /**
+   * Read every data cluster and plan the all-zero ones as unallocated (zero clusters over a backing file).
+   * Costs a read of all the data, so it is off unless asked for; holes the file system reports are found
+   * without it.
+   */
+  zeroScan?: boolean;
 }
 
 /** What a conversion did, or would do (dry run). Also the JSON of `ic convert-inplace --output=json`. */

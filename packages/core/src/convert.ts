@@ -1,7 +1,7 @@
 import { AppendAllocator } from './allocator.js';
-import { alignUp, isPowerOfTwo } from './bytes.js';
+import { alignDown, alignUp, isAllZero, isPowerOfTwo } from './bytes.js';
 import { IcError, isIcError } from './errors.js';
-import { assertCoverage, collectExtents, mergeExtents, type Extent, type HostRange } from './extent.js';
+import { assertCoverage, collectExtents, mergeExtents, pushExtent, type Extent, type HostRange } from './extent.js';
 import { hasCapability, type ConversionOptions, type Driver, type Image, type InPlaceTarget, type InPlaceTargetFactory, type OptionValues, type TargetBuild } from './driver.js';
 import { planMapping, type Plan } from './planner.js';
 import { referencedRanges, zeroStaleHeaderBytes } from './host-ranges.js';
@@ -90,6 +90,30 @@ async function sourceMapForConversion(image: Image, options: ConversionOptions, 
   );
 }
 
+/** Splits data extents at the source's cluster boundaries and turns all-zero clusters into empty ones. */
+async function scanForZeroClusters(image: Image, extents: readonly Extent[], options: ConversionOptions): Promise<Extent[]> {
+  const clusterSize = options.clusterSize;
+  const out: Extent[] = [];
+  const empty = (guestOffset: number, length: number): Extent =>
+    options.backing ? { kind: 'zero', guestOffset, length } : { kind: 'unallocated', guestOffset, length };
+  for (const extent of extents) {
+    if (extent.kind !== 'data') {
+      pushExtent(out, extent);
+      continue;
+    }
+    const end = extent.guestOffset + extent.length;
+    for (let guest = extent.guestOffset; guest < end; ) {
+      const next = Math.min(end, alignDown(guest, clusterSize) + clusterSize);
+      const bytes = await image.read(guest, next - guest);
+      const whole = guest % clusterSize === 0 && (next % clusterSize === 0 || next === options.virtualSize);
+      if (whole && isAllZero(bytes)) pushExtent(out, empty(guest, next - guest));
+      else pushExtent(out, { kind: 'data', guestOffset: guest, length: next - guest, hostOffset: extent.hostOffset + (guest - extent.guestOffset) });
+      guest = next;
+    }
+  }
+  return out;
+}
+
 interface PreparedConversion {
   sourceImage: Image;
   extents: Extent[];
@@ -130,14 +154,16 @@ async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionP
   }
 
   const holesReadZero = description.zeroHostRangesReadAsZero === true;
-  const extents = await sourceMapForConversion(sourceImage, options, holesReadZero);
+  const sourceExtents = await sourceMapForConversion(sourceImage, options, holesReadZero);
+  // The zero scan changes the plan only: until the switch the source still references every one of its clusters.
+  const extents = request.zeroScan ? await scanForZeroClusters(sourceImage, sourceExtents, options) : sourceExtents;
   assertCoverage(extents, options.virtualSize, `${source.name} map`);
   for (const extent of extents) {
     if (extent.kind === 'compressed' || extent.kind === 'encrypted') {
       throw refuse(source.name, target.name, `${extent.kind} clusters (guest offset ${extent.guestOffset}) cannot be reused in place; use qemu-img convert`);
     }
   }
-  const referenced = referencedRanges(description.metadataRanges, extents, source.name);
+  const referenced = referencedRanges(description.metadataRanges, sourceExtents, source.name);
   const fileSizeBefore = await io.size();
   const referencedEnd = referenced.reduce((end, r) => Math.max(end, r.offset + r.length), 0);
   const hasBacking = options.backing !== undefined;

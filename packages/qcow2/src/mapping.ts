@@ -41,6 +41,14 @@ export async function* walkMapping(state: Qcow2State, start: number, end: number
   const { geometry, clusterSize } = state;
   const encrypted = state.header.cryptMethod !== 0;
   const seenL2 = new Map<number, number>();
+  // Pieces are merged here, synchronously, and handed out one L2 table at a time: an async step per cluster
+  // would dominate the cost of mapping large images. Compressed pieces stay one per cluster.
+  const out: MappedPiece[] = [];
+  const emit = (piece: MappedPiece) => {
+    const last = out[out.length - 1];
+    if (last && !last.compressed && !piece.compressed && canMerge(last, piece)) last.length += piece.length;
+    else out.push({ ...piece });
+  };
   let guest = start;
   while (guest < end) {
     const l1Index = Math.floor(guest / geometry.l2Coverage);
@@ -49,8 +57,9 @@ export async function* walkMapping(state: Qcow2State, start: number, end: number
     const l1Entry = decodeL1Entry(state.l1, l1Index);
     if (l1Entry.l2Offset === 0) {
       // qemu ignores the other bits of an entry without an L2 table.
-      yield { kind: 'unallocated', guestOffset: guest, length: l1End - guest };
+      emit({ kind: 'unallocated', guestOffset: guest, length: l1End - guest });
       guest = l1End;
+      if (out.length > 1) yield* out.splice(0, out.length - 1);
       continue;
     }
     checkL2Offset(state, l1Index, l1Entry.l2Offset, l1Entry.reservedBitsSet);
@@ -68,12 +77,12 @@ export async function* walkMapping(state: Qcow2State, start: number, end: number
       const entry = decodeL2Entry(table, l2Index, geometry);
       if (entry.type === 'compressed') {
         // The whole cluster is one compressed stream; subcluster bitmaps do not apply.
-        yield {
+        emit({
           kind: 'compressed',
           guestOffset: guest,
           length: clusterEnd - guest,
           compressed: { clusterGuestOffset: clusterGuest, hostOffset: entry.compressedOffset, length: entry.compressedLength },
-        };
+        });
         guest = clusterEnd;
         continue;
       }
@@ -90,18 +99,18 @@ export async function* walkMapping(state: Qcow2State, start: number, end: number
         const length = pieceEnd - guest;
         switch (type) {
           case 'normal':
-            yield encrypted ? { kind: 'encrypted', guestOffset: guest, length, hostOffset } : { kind: 'data', guestOffset: guest, length, hostOffset };
+            emit(encrypted ? { kind: 'encrypted', guestOffset: guest, length, hostOffset } : { kind: 'data', guestOffset: guest, length, hostOffset });
             break;
           case 'zero-alloc':
             // qemu reports no offset for encrypted images.
-            yield encrypted ? { kind: 'zero', guestOffset: guest, length } : { kind: 'zero', guestOffset: guest, length, hostOffset };
+            emit(encrypted ? { kind: 'zero', guestOffset: guest, length } : { kind: 'zero', guestOffset: guest, length, hostOffset });
             break;
           case 'zero-plain':
-            yield { kind: 'zero', guestOffset: guest, length };
+            emit({ kind: 'zero', guestOffset: guest, length });
             break;
           case 'unallocated-alloc':
           case 'unallocated-plain':
-            yield { kind: 'unallocated', guestOffset: guest, length };
+            emit({ kind: 'unallocated', guestOffset: guest, length });
             break;
           case 'invalid':
             throw corruptAt(
@@ -114,7 +123,9 @@ export async function* walkMapping(state: Qcow2State, start: number, end: number
         guest = pieceEnd;
       }
     }
+    if (out.length > 1) yield* out.splice(0, out.length - 1);
   }
+  yield* out;
 }
 
 /** Merges a piece stream into maximal extents (compressed pieces merge too; their descriptors are dropped). */

@@ -151,14 +151,15 @@ export async function scanTables(context: ScanContext, options: { stopAtFirst?: 
             if (previous !== 0 && previous + clusterSize !== dataOffset) result.fragmentedClusters++;
             previous = dataOffset;
             const entryAt = entryHostOffset(l2Offset, l2Index);
-            const guest = hex((guestClusterBase + l2Index) * 2 ** clusterBits);
+            // Formatted only when there is something to report: this loop runs once per data cluster.
+            const guest = () => hex((guestClusterBase + l2Index) * 2 ** clusterBits);
             const dataProblem = clusterOffsetProblem(geometry, dataOffset);
             if (dataProblem) {
-              if (report(`${FORMAT}: L2 entry ${l2Index} (host ${hex(entryAt)}, guest ${guest}) names a data cluster at ${entryHex(l2Chunk.view, j)} that ${dataProblem}`, entryAt)) break scan;
+              if (report(`${FORMAT}: L2 entry ${l2Index} (host ${hex(entryAt)}, guest ${guest()}) names a data cluster at ${entryHex(l2Chunk.view, j)} that ${dataProblem}`, entryAt)) break scan;
               continue;
             }
             if (mark(dataOffset, 1) > 0) {
-              if (report(`${FORMAT}: data cluster ${hex(dataOffset)} (L2 entry ${l2Index}, host ${hex(entryAt)}, guest ${guest}) is already in use: clusters must be referenced once`, entryAt)) break scan;
+              if (report(`${FORMAT}: data cluster ${hex(dataOffset)} (L2 entry ${l2Index}, host ${hex(entryAt)}, guest ${guest()}) is already in use: clusters must be referenced once`, entryAt)) break scan;
             }
           }
         }

@@ -61,8 +61,11 @@ describe('in-place pairs among qcow2, QED and VMDK, judged by qemu-img', () => {
         const pristine = `${dir}/pristine.${source.format}`;
         copyFileSync(image, pristine);
 
+        const sizeBefore = statSync(image).size;
         const forward = await convertFile(image, target);
         expect(forward.verified).toBe(true);
+        // The file grows by no more than the target's metadata, the relocated clusters and one cluster.
+        expect(statSync(image).size - sizeBefore).toBeLessThanOrEqual(forward.metadataBytes + forward.bytesRelocated + forward.targetClusterSize);
         const checked = qemuCheck(image, target);
         expect(checked.code, checked.text).toBe(0);
         expect(qemuCompare(image, target, pristine, source.format).code, `identical as ${target}`).toBe(0);
@@ -136,4 +139,35 @@ describe('raw as an in-place source', () => {
       expect(statSync(image).size - sizeBefore).toBeLessThanOrEqual(report.metadataBytes + 2 * 65536);
     });
   }
+});
+
+describe('zero scan (explicit)', () => {
+  const scratch = tempDir('ic-zero-scan-');
+  beforeAll(() => requireQemu());
+  afterAll(() => scratch.cleanup());
+
+  it('a fully written raw file: zero clusters stay data without the scan and become unallocated with it', async () => {
+    const image = scratch.path('dense.raw');
+    const size = 16 * MiB;
+    // Every byte written (no holes), zeros in the middle.
+    const bytes = new Uint8Array(size);
+    bytes.fill(0x71, 0, 2 * MiB);
+    bytes.fill(0x72, 12 * MiB, 13 * MiB);
+    writeFileSync(image, bytes);
+    const pristine = scratch.path('dense-pristine.raw');
+    copyFileSync(image, pristine);
+    const plain = await convertFile(image, 'qcow2', { dryRun: true });
+    expect(plain.unallocatedClusters).toBe(0);
+    const copy = scratch.path('dense-scan.raw');
+    copyFileSync(image, copy);
+    const { FileIO, convertInPlace } = await import('@ic/core');
+    const { registry } = await import('../src/registry.js');
+    const io = await FileIO.open(copy, { writable: true });
+    const scanned = await convertInPlace({ io, source: registry.get('raw'), target: registry.get('qcow2'), zeroScan: true });
+    await io.close();
+    expect(scanned.clustersKept + scanned.clustersRelocated).toBe((3 * MiB) / 65536);
+    expect(scanned.unallocatedClusters).toBe((13 * MiB) / 65536);
+    expect(qemuCheck(copy, 'qcow2').code).toBe(0);
+    expect(qemuCompare(copy, 'qcow2', pristine, 'raw').code).toBe(0);
+  });
 });

@@ -10,6 +10,8 @@ export interface ConvertOptions {
   o: string[];
   progress: boolean;
   dryRun: boolean;
+  zeroScan?: boolean;
+  compact?: string;
   output: 'human' | 'json';
 }
 
@@ -52,6 +54,8 @@ export async function convertCommand(context: Context, filename: string, targetN
       throw new UsageError(`${target.name}: ${clusterSizeOption}=${requested} must be a power of two from ${min} to ${max} for an in-place conversion`);
     }
   }
+  const compact = options.compact ?? 'auto';
+  if (compact !== 'auto' && compact !== 'always' && compact !== 'never') throw new UsageError(`--compact takes auto, always or never, not '${compact}'`);
   const io = withKillSwitch(await FileIO.open(filename, { writable: !options.dryRun, lock: !options.dryRun }));
   try {
     if (!options.dryRun && !io.lock.held) {
@@ -85,6 +89,8 @@ export async function convertCommand(context: Context, filename: string, targetN
         target,
         targetOptions,
         dryRun: options.dryRun,
+        zeroScan: options.zeroScan === true,
+        compact,
         openOptions: { untrusted: context.untrusted, ...(backing ? { backing } : {}) },
         ...(progress.onProgress ? { onProgress: progress.onProgress } : {}),
       });
