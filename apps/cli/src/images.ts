@@ -58,6 +58,7 @@ export async function openImage(
   options: { driver?: Driver | undefined; writable?: boolean; lock?: boolean; untrusted?: boolean } = {},
 ): Promise<OpenedImage> {
   const io = await FileIO.open(filename, { writable: options.writable ?? false, lock: options.lock ?? false });
+  const extraFiles: FileIO[] = [];
   try {
     const size = await io.size();
     if (size >= 512 && isTransitionalSector(await io.read(0, 512))) {
@@ -66,7 +67,6 @@ export async function openImage(
     const driver = options.driver ?? (await probeDriver(context, io));
     if (!hasCapability(driver, 'read')) throw new IcError('UNSUPPORTED', `${driver.name}: the installed driver cannot open images`);
     const untrusted = options.untrusted ?? context.untrusted;
-    const extraFiles: FileIO[] = [];
     const image = await driver.open(io, {
       untrusted,
       inflate: (data, kind) => new Uint8Array(kind === 'zlib' ? inflateSync(data) : inflateRawSync(data)),
@@ -108,6 +108,7 @@ export async function openImage(
     };
   } catch (error) {
     await io.close().catch(() => undefined);
+    for (const file of extraFiles) await file.close().catch(() => undefined);
     throw error;
   }
 }

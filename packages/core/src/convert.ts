@@ -133,6 +133,21 @@ function refuse(sourceName: string, targetName: string, reason: string): IcError
 }
 
 async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionPhase, done: number, total: number) => void): Promise<PreparedConversion> {
+  let opened: Image | undefined;
+  try {
+    return await prepareOpened(request, step, (image) => (opened = image));
+  } catch (error) {
+    // A refused conversion must not leave the source (and any files it opened) open.
+    await opened?.close().catch(() => undefined);
+    throw error;
+  }
+}
+
+async function prepareOpened(
+  request: ConvertInPlaceRequest,
+  step: (phase: ConversionPhase, done: number, total: number) => void,
+  track: (image: Image) => void,
+): Promise<PreparedConversion> {
   const { io, source, target } = request;
   const factory = target.inPlace;
   if (!hasCapability(source, 'inPlaceSource')) throw refuse(source.name, target.name, `the ${source.name} driver cannot be an in-place source`);
@@ -144,6 +159,7 @@ async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionP
     throw new IcError('NEEDS_RECOVERY', `${io.name}: an earlier conversion was interrupted; run \`ic recover ${io.name}\` first`, { path: io.name });
   }
   const sourceImage = await source.open(io, request.openOptions);
+  track(sourceImage);
   if (!sourceImage.conversionSource) throw refuse(source.name, target.name, `the ${source.name} driver does not describe its images for conversion`);
   const description = await sourceImage.conversionSource();
   const [blocker] = description.blockers;

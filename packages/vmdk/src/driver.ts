@@ -27,7 +27,7 @@ function probeDescriptor(head: Uint8Array, fileSize: number): number {
 
 export const vmdkDriver: Driver = {
   name: FORMAT,
-  description: 'VMware VMDK: monolithicSparse (read, create, in-place source and target), streamOptimized (read), descriptor files (info)',
+  description: 'VMware VMDK: monolithicSparse (read, create, in-place source and target), streamOptimized (read), descriptor files (info; map, read and check with OpenOptions.openFile)',
   version: '0.1.0',
   apiVersion: DRIVER_API_VERSION,
   capabilities: {

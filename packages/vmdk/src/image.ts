@@ -85,7 +85,7 @@ export interface SparseState {
 export class SparseVmdkImage implements Image {
   readonly format = FORMAT;
   private lastGrain: { markerOffset: number; data: Uint8Array } | undefined;
-  private parentChecked = false;
+  private checkedBacking: Image | undefined;
 
   constructor(readonly state: SparseState) {}
 
@@ -159,7 +159,8 @@ export class SparseVmdkImage implements Image {
     }
   }
 
-  private async *extents(from: number, to: number): AsyncGenerator<Extent> {
+  /** The merged extents of guest range [from, to) (offsets relative to this file when it is one extent of several). */
+  async *extentsIn(from: number, to: number): AsyncGenerator<Extent> {
     const merger = new ExtentRunMerger();
     for await (const record of this.grains(from, to)) {
       const done = merger.push(this.extentOf(record));
@@ -170,7 +171,7 @@ export class SparseVmdkImage implements Image {
   }
 
   map(): AsyncIterable<Extent> {
-    return this.extents(0, this.state.geometry.virtualSize);
+    return this.extentsIn(0, this.state.geometry.virtualSize);
   }
 
   async read(guestOffset: number, length: number): Promise<Uint8Array> {
@@ -180,37 +181,11 @@ export class SparseVmdkImage implements Image {
     }
     if (length === 0) return new Uint8Array(0);
     const backing = this.state.options.backing;
-    return readExtents(this.state.io, this.extents(guestOffset, guestOffset + length), guestOffset, length, {
-      ...(backing ? { backing: this.checkedBacking(backing) } : {}),
+    if (backing && !this.checkedBacking) this.checkedBacking = cidCheckedParent(backing, this.state.descriptor.parentCid);
+    return readExtents(this.state.io, this.extentsIn(guestOffset, guestOffset + length), guestOffset, length, {
+      ...(this.checkedBacking ? { backing: this.checkedBacking } : {}),
       readSpecial: (extent, from, count) => this.readCompressed(from, count),
     });
-  }
-
-  /**
-   * qemu refuses reads that fall through to a VMDK parent whose CID differs from our parentCID (the parent changed
-   * since this child was made). Mirror that instead of returning possibly stale data.
-   */
-  private checkedBacking(backing: Image): Image {
-    const self = this;
-    return {
-      format: backing.format,
-      info: () => backing.info(),
-      map: () => backing.map(),
-      close: () => backing.close(),
-      async read(offset: number, length: number): Promise<Uint8Array> {
-        if (!self.parentChecked && backing.format === FORMAT) {
-          const parentCid = backing.info().formatSpecific?.data.cid;
-          if (typeof parentCid === 'number' && parentCid !== self.state.descriptor.parentCid) {
-            throw vmdkError(
-              'CORRUPT',
-              `parentCID ${self.state.descriptor.parentCid.toString(16)} does not match the parent's CID ${parentCid.toString(16)} (the parent changed; qemu refuses to read through it)`,
-            );
-          }
-          self.parentChecked = true;
-        }
-        return backing.read(offset, length);
-      },
-    };
   }
 
   private async readCompressed(from: number, count: number): Promise<Uint8Array> {
@@ -247,14 +222,43 @@ export class SparseVmdkImage implements Image {
   async close(): Promise<void> {}
 }
 
-/** Reads and validates a KDMV file whose first sector is `head`. */
-export async function openSparse(io: BlockIO, options: OpenOptions, fileSize: number, head: Uint8Array): Promise<Image> {
-  if (fileSize < SECTOR_SIZE) throw vmdkError('CORRUPT', `header is truncated: the file has ${fileSize} bytes, a sparse extent header needs ${SECTOR_SIZE}`, 0);
-  let header = parseSparseHeader(head);
-  if (header.capacity === 0 && header.descriptorOffset !== 0) {
-    // qemu: a sparse header with no capacity but a descriptor is really a descriptor file in disguise.
-    return openDescriptorImage(io, options, fileSize, header.descriptorOffset * SECTOR_SIZE);
-  }
+/**
+ * qemu refuses reads that fall through to a VMDK parent whose CID differs from our parentCID (the parent changed
+ * since this child was made). The returned image mirrors that instead of returning possibly stale data.
+ */
+export function cidCheckedParent(backing: Image, parentCid: number): Image {
+  let checked = false;
+  return {
+    format: backing.format,
+    info: () => backing.info(),
+    map: () => backing.map(),
+    close: () => backing.close(),
+    async read(offset: number, length: number): Promise<Uint8Array> {
+      if (!checked && backing.format === FORMAT) {
+        const cid = backing.info().formatSpecific?.data.cid;
+        if (typeof cid === 'number' && cid !== parentCid) {
+          throw vmdkError(
+            'CORRUPT',
+            `parentCID ${parentCid.toString(16)} does not match the parent's CID ${cid.toString(16)} (the parent changed; qemu refuses to read through it)`,
+          );
+        }
+        checked = true;
+      }
+      return backing.read(offset, length);
+    },
+  };
+}
+
+/** The header that is in force (the footer's for GD_AT_END files) and what it implies. */
+export interface SparseGeometryState {
+  header: SparseHeader;
+  geometry: SparseGeometry;
+  footer: boolean;
+}
+
+/** Follows GD_AT_END to the footer and applies qemu's open-time checks to the header in force. */
+export async function readSparseGeometry(io: BlockIO, fileSize: number, first: SparseHeader): Promise<SparseGeometryState> {
+  let header = first;
   let footer = false;
   if (header.gdOffset === undefined) {
     header = await readFooterHeader(io, fileSize);
@@ -264,16 +268,37 @@ export async function openSparse(io: BlockIO, options: OpenOptions, fileSize: nu
   if (geometry.compressed && !geometry.hasMarkers) {
     throw vmdkError('UNSUPPORTED', 'compressed grains without grain markers (flags bit 17 clear) are not supported');
   }
-  // qemu reads the embedded descriptor from byte 0x200 whatever descriptorOffset says.
-  const window = await io.read(EMBEDDED_DESCRIPTOR_OFFSET, EMBEDDED_DESCRIPTOR_WINDOW);
-  window[EMBEDDED_DESCRIPTOR_WINDOW - 1] = 0;
-  const descriptor = parseDescriptor(descriptorText(window), EMBEDDED_DESCRIPTOR_OFFSET);
+  return { header, geometry, footer };
+}
 
+/** The grain directories, bounds-checked against the file and each other. */
+export async function loadSparseTables(
+  io: BlockIO,
+  fileSize: number,
+  { header, geometry }: SparseGeometryState,
+): Promise<{ gd: GrainDirectory; rgd: GrainDirectory | undefined; protectedEnd: number }> {
   const descriptorEnd = header.descriptorOffset > 0 ? (header.descriptorOffset + header.descriptorSize) * SECTOR_SIZE : 0;
   const protectedEnd = Math.max(SECTOR_SIZE, descriptorEnd);
   const gd = await loadGrainDirectory(io, geometry, header.gdOffset!, 'GD', fileSize, protectedEnd);
   const rgd = geometry.redundant ? await loadGrainDirectory(io, geometry, header.rgdOffset, 'RGD', fileSize, protectedEnd) : undefined;
   assertTablesDisjoint(geometry, rgd ? [gd, rgd] : [gd]);
+  return { gd, rgd, protectedEnd };
+}
+
+/** Reads and validates a KDMV file whose first sector is `head`. */
+export async function openSparse(io: BlockIO, options: OpenOptions, fileSize: number, head: Uint8Array): Promise<Image> {
+  if (fileSize < SECTOR_SIZE) throw vmdkError('CORRUPT', `header is truncated: the file has ${fileSize} bytes, a sparse extent header needs ${SECTOR_SIZE}`, 0);
+  const first = parseSparseHeader(head);
+  if (first.capacity === 0 && first.descriptorOffset !== 0) {
+    // qemu: a sparse header with no capacity but a descriptor is really a descriptor file in disguise.
+    return openDescriptorImage(io, options, fileSize, first.descriptorOffset * SECTOR_SIZE);
+  }
+  const sparse = await readSparseGeometry(io, fileSize, first);
+  // qemu reads the embedded descriptor from byte 0x200 whatever descriptorOffset says.
+  const window = await io.read(EMBEDDED_DESCRIPTOR_OFFSET, EMBEDDED_DESCRIPTOR_WINDOW);
+  window[EMBEDDED_DESCRIPTOR_WINDOW - 1] = 0;
+  const descriptor = parseDescriptor(descriptorText(window), EMBEDDED_DESCRIPTOR_OFFSET);
+  const tables = await loadSparseTables(io, fileSize, sparse);
 
   let backing: BackingReference | undefined;
   if (descriptor.parentFileNameHint !== undefined) {
@@ -285,14 +310,10 @@ export async function openSparse(io: BlockIO, options: OpenOptions, fileSize: nu
   return new SparseVmdkImage({
     io,
     fileSize,
-    header,
-    geometry,
+    ...sparse,
+    ...tables,
     descriptor,
-    gd,
-    rgd,
-    footer,
-    protectedEnd,
-    createType: geometry.compressed ? 'streamOptimized' : 'monolithicSparse',
+    createType: sparse.geometry.compressed ? 'streamOptimized' : 'monolithicSparse',
     backing,
     options,
   });
