@@ -111,3 +111,32 @@ describe('qcow2 <-> QED in place, judged by qemu-img', () => {
     });
   }
 });
+
+describe('cluster sizes that differ', () => {
+  const scratch = tempDir('ic-geometry-');
+  beforeAll(() => requireQemu());
+  afterAll(() => scratch.cleanup());
+
+  it('qcow2 with 512-byte clusters -> QED (at least 4 KiB): the geometry moving the fewest bytes, explained, and identical content', async () => {
+    const image = scratch.path('small.qcow2');
+    qemuCreate(image, 'qcow2', '64M', { o: 'cluster_size=512' });
+    qemuIo(image, 'qcow2', ['write -P 0x91 0 64k', 'write -P 0x92 1M 8k', 'write -P 0x93 40M 512', 'write -z 50M 4k']);
+    const pristine = scratch.path('small-pristine.qcow2');
+    copyFileSync(image, pristine);
+    const plan = await convertFile(image, 'qed', { dryRun: true });
+    expect(plan.sourceClusterSize).toBe(512);
+    expect(plan.targetClusterSize).toBeGreaterThanOrEqual(4096);
+    expect(plan.geometryReason).toMatch(/fewest bytes/);
+    const report = await convertFile(image, 'qed');
+    expect(report.targetClusterSize).toBe(plan.targetClusterSize);
+    expect(report.clustersRelocated).toBe(plan.clustersRelocated);
+    expect(qemuCheck(image, 'qed').code).toBe(0);
+    expect(qemuCompare(image, 'qed', pristine, 'qcow2').code).toBe(0);
+    // An explicit cluster size wins over the engine's choice.
+    copyFileSync(pristine, image);
+    const forced = await convertFile(image, 'qed', { targetOptions: { cluster_size: 65536 } });
+    expect(forced.targetClusterSize).toBe(65536);
+    expect(forced.geometryReason).toMatch(/requested/);
+    expect(qemuCompare(image, 'qed', pristine, 'qcow2').code).toBe(0);
+  });
+});
