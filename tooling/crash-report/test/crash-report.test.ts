@@ -35,6 +35,7 @@ import {
   type Outcome,
   type ReportRow,
   type View,
+  WEAK_DEVICE_GENERATORS,
 } from '../../../packages/conformance/src/crash/index.js';
 
 const enabled = process.env.IC_CRASH_REPORT === '1';
@@ -118,6 +119,10 @@ describe.runIf(enabled)('crash-safety report', () => {
     const faultRows: string[] = [];
     const mutantRows: string[] = [];
     const beforeRecovery: Partial<Record<View, number>> = {};
+    /** Non-intact views before recovery, by pair and reason. */
+    const unrecoveredViews = new Map<string, number>();
+    const weakRows: ReportRow[] = [];
+    const weakBad = new Map<string, number>();
 
     try {
       for (const source of sources) {
@@ -149,6 +154,11 @@ describe.runIf(enabled)('crash-safety report', () => {
                   samples: SAMPLES,
                   seed: SEED,
                   onState: async ({ phase, state, classification, io, describe: describeState }) => {
+                    const view = classification.beforeRecovery;
+                    if (view && view !== 'old' && view !== 'new' && view !== 'old-grown') {
+                      const reason = `${pair}: ${view}: ${(classification.beforeRecoveryDetail ?? '').replace(/\d+/g, 'N')}`;
+                      unrecoveredViews.set(reason, (unrecoveredViews.get(reason) ?? 0) + 1);
+                    }
                     if (!useQemu || phase !== 'conversion' || samples.length >= QEMU_SAMPLES) return;
                     const outcome = classification.outcome;
                     if (!['OLD_INTACT', 'NEW_INTACT', 'RECOVERED_OLD', 'RECOVERED_NEW'].includes(outcome)) return;
@@ -193,6 +203,30 @@ describe.runIf(enabled)('crash-safety report', () => {
                   if (compare.code === 0) qemu.compareAgrees++;
                   else qemu.disagreements.push(`${pair}, ${shape.name}: ${sample.outcome} ${sample.state}: qemu-img compare exit ${compare.code}: ${(compare.stdout + compare.stderr).trim().split('\n')[0]}`);
                 }
+              }
+
+              // Beyond the model: LINEAR tears and GARBAGE sectors (measured, not required to be clean).
+              const weak = await runCrashCampaign({
+                registry,
+                sourceDriver: source.name,
+                targetDriver: target.name,
+                buildSource: async () => built.io,
+                expectedContent: built.expected,
+                ...(built.openOptions ? { openOptions: built.openOptions } : {}),
+                generators: WEAK_DEVICE_GENERATORS,
+                samples: 0,
+                seed: SEED,
+                recoveryCrashes: 0,
+                viewBeforeRecovery: false,
+                keepFailures: 1000,
+              });
+              weakRows.push({ pair, shape: shape.name, clusterSize, result: weak });
+              for (const f of weak.failures) {
+                // Name the write the weak model damaged (the one torn at a byte or filled with garbage).
+                const hit = /write (\d+)@(\d+): (sectors garbage|torn \(t1\[)/.exec(f.state);
+                const damaged = hit ? `a ${hit[3]!.startsWith('torn') ? 'byte-torn' : 'garbage-filled'} ${hit[1]}-byte write ${Number(hit[2]) < 512 ? 'in sector 0' : 'past sector 0'}` : f.state;
+                const reason = `${pair}: ${f.outcome} after ${damaged}: ${f.detail.replace(/\d+/g, 'N')}`;
+                weakBad.set(reason, (weakBad.get(reason) ?? 0) + 1);
               }
 
               // G7: an I/O error at every call, on the checkerboard shape only (one per pair and cluster size).
@@ -265,6 +299,10 @@ describe.runIf(enabled)('crash-safety report', () => {
       '',
       `States that carry an interrupted-conversion mark (intent record or transitional sector), opened as they are by probing (old = the source, intact; old-grown = a raw source with the record appended; new = the target, intact; other-format = probed as another format, e.g. raw; wrong = opens with wrong content): ${views || 'none'}.`,
       '',
+      unrecoveredViews.size > 0
+        ? `Where such a reader does not see an intact image (count of distinct states, numbers in messages replaced by N):\n\n${[...unrecoveredViews].map(([reason, count]) => `- ${count} × ${reason}`).join('\n')}`
+        : 'Every such state reads intact without recovery.',
+      '',
       '#### qemu-img cross-check of sampled states',
       '',
       useQemu
@@ -284,6 +322,16 @@ describe.runIf(enabled)('crash-safety report', () => {
       row(['pair', 'cluster', 'states', 'unique', ...OUTCOMES.map((o) => OUTCOME_COLUMNS[o])]),
       row(['---', '---', '---', '---', ...OUTCOMES.map(() => '---')]),
       ...mutantRows,
+      '',
+      '#### Beyond the model: devices that are not 512-byte atomic',
+      '',
+      `LINEAR = a write cut at a byte that is not a sector boundary (up to 4 cuts per write); G3 = every sector a write overlaps filled with random bytes. Each with the rest of the epoch kept or lost. Not required to be clean; DETECTED_REFUSED is the acceptable result here (reliability.md §2.2).`,
+      '',
+      formatCampaignTable(weakRows, WEAK_DEVICE_GENERATORS),
+      '',
+      weakBad.size > 0
+        ? `Where these models produce SILENT_BAD, DATA_LOSS or UNTYPED (distinct states; numbers replaced by N):\n\n${[...weakBad].map(([reason, count]) => `- ${count} × ${reason}`).join('\n')}`
+        : 'No SILENT_BAD, DATA_LOSS or UNTYPED under these models either.',
       '',
       '#### Not run',
       '',

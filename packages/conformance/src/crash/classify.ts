@@ -49,6 +49,8 @@ export interface Classification {
   detail: string;
   /** For states that carry an interrupted-conversion mark: what a reader that does not recover sees. */
   beforeRecovery?: View;
+  /** Why, when that reader does not see an intact image. */
+  beforeRecoveryDetail?: string;
   recovery?: 'none' | 'rolled-back' | 'rolled-forward';
   /** Leaked clusters reported by the driver's check, when intact. */
   leaks?: number;
@@ -195,6 +197,7 @@ export class Classifier {
       return { outcome: isIcError(error) ? 'DETECTED_REFUSED' : 'UNTYPED_ERROR', detail: `inspectInterrupted: ${message(error)}` };
     }
     let beforeRecovery: View | undefined;
+    let beforeRecoveryDetail: string | undefined;
     if (interrupted === 'none') {
       const first = await this.look(io);
       if (first.kind === 'intact' && !first.grown) {
@@ -204,7 +207,9 @@ export class Classifier {
       if (first.kind === 'untyped') return { outcome: 'UNTYPED_ERROR', detail: `before recovery: ${first.detail}` };
       // Refused, or a raw source that grew: see whether recovery changes anything.
     } else if (this.options.viewBeforeRecovery !== false) {
-      beforeRecovery = this.view(await this.look(io));
+      const before = await this.look(io);
+      beforeRecovery = this.view(before);
+      if (before.kind !== 'intact') beforeRecoveryDetail = before.detail;
     }
     let action: Classification['recovery'];
     try {
@@ -212,7 +217,7 @@ export class Classifier {
     } catch (error) {
       return { outcome: isIcError(error) ? 'DETECTED_REFUSED' : 'UNTYPED_ERROR', detail: `recover: ${message(error)}`, ...(beforeRecovery ? { beforeRecovery } : {}) };
     }
-    const extra = { recovery: action, ...(beforeRecovery ? { beforeRecovery } : {}) };
+    const extra = { recovery: action, ...(beforeRecovery ? { beforeRecovery } : {}), ...(beforeRecoveryDetail ? { beforeRecoveryDetail } : {}) };
     const still = await inspectInterrupted(io).catch(() => 'none' as const);
     if (still !== 'none') return { outcome: 'DETECTED_REFUSED', detail: `still marked '${still}' after recovery (${action})`, ...extra };
     const second = await this.look(io);

@@ -13,9 +13,17 @@ import { SparseBytes } from './sparse.js';
  * in issue order; nothing crosses a flush.
  */
 
-export type GeneratorName = 'prefix' | 'omit-one' | 'tear-512' | 'tear-4096' | 'subsets' | 'extension' | 'random';
+export type GeneratorName = 'prefix' | 'omit-one' | 'tear-512' | 'tear-4096' | 'subsets' | 'extension' | 'random' | 'tear-linear' | 'garbage-one';
 
+/** The generators of the adopted model (sector-atomic devices): SILENT_BAD and DATA_LOSS must be 0 under them. */
 export const GENERATORS: readonly GeneratorName[] = ['prefix', 'omit-one', 'tear-512', 'tear-4096', 'subsets', 'extension', 'random'];
+
+/**
+ * Generators beyond the adopted model (devices that are not 512-byte atomic): LINEAR tears cut a write at
+ * any byte, GARBAGE fills every sector a write overlaps with random bytes. Measured and reported, not
+ * required to be clean (reliability.md §2.2: the nightly models).
+ */
+export const WEAK_DEVICE_GENERATORS: readonly GeneratorName[] = ['tear-linear', 'garbage-one'];
 
 /** Names used in reports, after reliability.md §2.3. */
 export const GENERATOR_LABELS: Readonly<Record<GeneratorName, string>> = {
@@ -26,6 +34,8 @@ export const GENERATOR_LABELS: Readonly<Record<GeneratorName, string>> = {
   subsets: 'G4 all subsets',
   extension: 'G6 extension',
   random: 'G5 random',
+  'tear-linear': 'G2 tear-one LINEAR',
+  'garbage-one': 'G3 garbage-one',
 };
 
 /** How one pending operation reached the disk in a crash state (absent from the state = lost). */
@@ -34,7 +44,9 @@ export type OpFate =
   /** Only these byte ranges of the write (relative to its offset, each a run of whole aligned units) persisted. */
   | { kind: 'torn'; unit: number; ranges: readonly (readonly [number, number])[] }
   /** The file grew to the end of the write but the data did not arrive: the new range is zeros or garbage. */
-  | { kind: 'extension'; fill: 'zeros' | 'garbage'; seed: number };
+  | { kind: 'extension'; fill: 'zeros' | 'garbage'; seed: number }
+  /** Every 512-byte sector the write overlaps holds random bytes (a device without powersafe overwrite). */
+  | { kind: 'garbage'; seed: number };
 
 export interface CrashState {
   generator: GeneratorName;
@@ -85,6 +97,8 @@ function fateKey(fate: OpFate): string {
       return `t${fate.unit}[${fate.ranges.map(([a, b]) => `${a}-${b}`).join(',')}]`;
     case 'extension':
       return fate.fill === 'zeros' ? 'x0' : `xg${fate.seed}`;
+    case 'garbage':
+      return `g${fate.seed}`;
   }
 }
 
@@ -173,7 +187,15 @@ export class CrashSpace {
       const op = this.ops[i]!;
       const what = op.kind === 'write' ? `write ${op.data.length}@${op.offset}` : op.kind === 'truncate' ? `truncate ${op.size}` : 'flush';
       const fate = state.kept.get(i);
-      const how = !fate ? 'lost' : fate.kind === 'full' ? 'kept' : fate.kind === 'torn' ? `torn (${fateKey(fate)})` : `size only, ${fate.fill}`;
+      const how = !fate
+        ? 'lost'
+        : fate.kind === 'full'
+          ? 'kept'
+          : fate.kind === 'torn'
+            ? `torn (${fateKey(fate)})`
+            : fate.kind === 'garbage'
+              ? 'sectors garbage'
+              : `size only, ${fate.fill}`;
       return `#${i} ${what}: ${how}`;
     });
     return `epoch ${state.epoch} [${parts.join('; ')}]`;
@@ -192,6 +214,10 @@ export class CrashSpace {
         if (fate.kind === 'full') await io.write(op.offset, op.data);
         else if (fate.kind === 'torn') {
           for (const [from, to] of fate.ranges) await io.write(op.offset + from, op.data.subarray(from, to));
+        } else if (fate.kind === 'garbage') {
+          const from = Math.floor(op.offset / 512) * 512;
+          const to = Math.ceil((op.offset + op.data.length) / 512) * 512;
+          await io.write(from, new Random(fate.seed).bytes(to - from));
         } else {
           const size = await io.size();
           const end = op.offset + op.data.length;
@@ -269,6 +295,36 @@ export class CrashSpace {
           if (pending.length === 0 || pending.length > maxSubsetOps) break;
           for (let mask = 0; mask < 1 << pending.length; mask++) {
             yield this.state(generator, epoch.index, this.allFull(pending.filter((_, bit) => (mask >> bit) & 1)));
+          }
+          break;
+        case 'tear-linear':
+          // A cut at any byte: a few cuts per write, never on a sector boundary (T512 covers those).
+          for (const index of pending) {
+            if (!this.isWrite(index)) continue;
+            const op = this.ops[index] as Extract<RecordedOp, { kind: 'write' }>;
+            if (op.data.length < 2) continue;
+            const cuts = new Set<number>();
+            for (let tries = 0; tries < 16 && cuts.size < Math.min(4, op.data.length - 1); tries++) {
+              const cut = 1 + random.below(op.data.length - 1);
+              if ((op.offset + cut) % 512 !== 0) cuts.add(cut);
+            }
+            for (const cut of [...cuts].sort((a, b) => a - b)) {
+              for (const restKept of [true, false]) {
+                const kept = restKept ? this.allFull(pending, index) : new Map<number, OpFate>();
+                kept.set(index, { kind: 'torn', unit: 1, ranges: [[0, cut]] });
+                yield this.state(generator, epoch.index, kept);
+              }
+            }
+          }
+          break;
+        case 'garbage-one':
+          for (const index of pending) {
+            if (!this.isWrite(index)) continue;
+            for (const restKept of [true, false]) {
+              const kept = restKept ? this.allFull(pending, index) : new Map<number, OpFate>();
+              kept.set(index, { kind: 'garbage', seed: 1 + random.below(0x7fffffff) });
+              yield this.state(generator, epoch.index, kept);
+            }
           }
           break;
         case 'extension':

@@ -23,6 +23,8 @@ const GENERATOR_COLUMNS: Readonly<Record<GeneratorName, string>> = {
   subsets: 'G4',
   extension: 'G6',
   random: 'G5',
+  'tear-linear': 'LINEAR',
+  'garbage-one': 'G3',
 };
 
 export interface ReportRow {
@@ -41,7 +43,7 @@ function row(cells: readonly (string | number)[]): string {
  * One markdown table: a line per pair × shape with the trace size, the states each generator produced, the
  * outcome counts of the conversion's crash states, the states of the crashed recoveries, and a totals line.
  */
-export function formatCampaignTable(rows: readonly ReportRow[]): string {
+export function formatCampaignTable(rows: readonly ReportRow[], generators: readonly GeneratorName[] = GENERATORS): string {
   const header = [
     'pair',
     'shape',
@@ -49,7 +51,7 @@ export function formatCampaignTable(rows: readonly ReportRow[]): string {
     'commit',
     'ops (w/f)',
     'max |P|',
-    ...GENERATORS.map((g) => GENERATOR_COLUMNS[g]),
+    ...generators.map((g) => GENERATOR_COLUMNS[g]),
     'unique',
     ...OUTCOMES.map((o) => OUTCOME_COLUMNS[o]),
     'recovery crash states',
@@ -58,7 +60,7 @@ export function formatCampaignTable(rows: readonly ReportRow[]): string {
   ];
   const lines = [row(header), row(header.map(() => '---'))];
   const total = emptyCounts();
-  const generatorTotals = Object.fromEntries(GENERATORS.map((g) => [g, 0])) as Record<GeneratorName, number>;
+  const generatorTotals = Object.fromEntries(generators.map((g) => [g, 0])) as Record<GeneratorName, number>;
   let unique = 0;
   let recoveryStates = 0;
   let recoveryBad = 0;
@@ -74,7 +76,7 @@ export function formatCampaignTable(rows: readonly ReportRow[]): string {
         result.conversion?.commit ?? '-',
         `${result.trace.ops} (${result.trace.writes}/${result.trace.flushes})`,
         result.trace.maxPending,
-        ...GENERATORS.map((g) => result.generators[g]?.states ?? 0),
+        ...generators.map((g) => result.generators[g]?.states ?? 0),
         result.unique,
         ...OUTCOMES.map((o) => result.totals[o]),
         recovery?.states ?? 0,
@@ -83,7 +85,7 @@ export function formatCampaignTable(rows: readonly ReportRow[]): string {
       ]),
     );
     addCounts(total, result.totals);
-    for (const g of GENERATORS) generatorTotals[g] += result.generators[g]?.states ?? 0;
+    for (const g of generators) generatorTotals[g] += result.generators[g]?.states ?? 0;
     unique += result.unique;
     recoveryStates += recovery?.states ?? 0;
     recoveryBad += bad;
@@ -97,7 +99,7 @@ export function formatCampaignTable(rows: readonly ReportRow[]): string {
       '',
       '',
       '',
-      ...GENERATORS.map((g) => generatorTotals[g]),
+      ...generators.map((g) => generatorTotals[g]),
       unique,
       ...OUTCOMES.map((o) => total[o]),
       recoveryStates,
@@ -135,8 +137,8 @@ export function formatTotals(results: readonly CampaignResult[]): string {
 }
 
 /** Legend of the generator columns. */
-export function generatorLegend(): string {
-  return GENERATORS.map((g) => `${GENERATOR_COLUMNS[g]} = ${GENERATOR_LABELS[g]}`).join(', ');
+export function generatorLegend(generators: readonly GeneratorName[] = GENERATORS): string {
+  return generators.map((g) => `${GENERATOR_COLUMNS[g]} = ${GENERATOR_LABELS[g]}`).join(', ');
 }
 
 /** One line for a campaign, for test logs. */

@@ -1,0 +1,124 @@
+import { describe, expect, it } from 'vitest';
+import { convertInPlace, hasCapability, isIcError, Registry, type Driver } from '@ic/core';
+import { FAILING_OUTCOMES } from './classify.js';
+import { runCrashCampaign, type CampaignResult, type EnumerationResult } from './campaign.js';
+import type { GeneratorName } from './enumerate.js';
+import { DroppedFlushesIO } from './recording-io.js';
+import { summariseCampaign } from './report.js';
+import { buildCrashSource, canBeCrashSource, crashShapes, type CrashShape } from './sources.js';
+
+export interface CrashSuiteOptions {
+  /** Cluster size the sources are built with (default 65536). */
+  clusterSize?: number;
+  /** Default: prefix, omit-one, tear-512, subsets, extension, random. */
+  generators?: readonly GeneratorName[];
+  /** Random states per conversion (default 200). */
+  samples?: number;
+  /** All subsets only for epochs of at most this many pending operations (default 10). */
+  maxSubsetOps?: number;
+  /** Interrupted states whose recovery is crashed, per conversion (default 3). */
+  recoveryCrashes?: number;
+  shapes?: readonly CrashShape[];
+  /** Run only every `of`-th pair starting at `index`, so that the pairs can be spread over test files. */
+  part?: { index: number; of: number };
+  /** Also show that an engine without flushes is caught (default true for part 0). */
+  selfTest?: boolean;
+}
+
+function failureList(result: Pick<EnumerationResult, 'failures'>): string {
+  return result.failures.map((f) => `${f.phase} ${f.outcome} [${f.generator}] ${f.state}: ${f.detail}`).join('\n');
+}
+
+/** The assertions every campaign under the adopted model must pass. */
+export function expectCrashSafe(result: CampaignResult): void {
+  for (const outcome of [...FAILING_OUTCOMES, 'DETECTED_REFUSED'] as const) expect(result.totals[outcome], failureList(result)).toBe(0);
+  expect(result.totals.OLD_INTACT + result.totals.RECOVERED_OLD, 'the old image is seen').toBeGreaterThan(0);
+  expect(result.totals.NEW_INTACT + result.totals.RECOVERED_NEW, 'the new image is seen').toBeGreaterThan(0);
+  // A raw source grows without a record only while the record itself is in flight (the first epoch).
+  result.epochs.slice(1).forEach((epoch, i) => expect(epoch.outcomes.OLD_INTACT_GROWN, `epoch ${i + 1}`).toBe(0));
+  const recovery = result.recovery.result;
+  expect(recovery, 'recovery was crashed too').toBeDefined();
+  for (const outcome of [...FAILING_OUTCOMES, 'DETECTED_REFUSED'] as const) expect(recovery!.totals[outcome], failureList(recovery!)).toBe(0);
+}
+
+/**
+ * Crash campaigns for every ordered pair of `drivers` (source: an in-place source that can build images, or
+ * a raw-like driver; target: an in-place target) × every crash shape, as vitest tests. A pair whose target
+ * cannot represent a shape (refused up front with UNSUPPORTED) is skipped.
+ */
+export function describeCrashCampaigns(drivers: readonly Driver[], options: CrashSuiteOptions = {}): void {
+  const registry = new Registry(drivers);
+  const sources = drivers.filter(canBeCrashSource);
+  const targets = drivers.filter((d) => hasCapability(d, 'inPlaceTarget') && d.inPlace !== undefined);
+  const clusterSize = options.clusterSize ?? 65536;
+  const generators = options.generators ?? ['prefix', 'omit-one', 'tear-512', 'subsets', 'extension', 'random'];
+  const part = options.part ?? { index: 0, of: 1 };
+  const pairs = sources.flatMap((source) => targets.filter((target) => target !== source).map((target) => [source, target] as const)).filter((_, i) => i % part.of === part.index);
+  const ran = new Set<string>();
+
+  describe.runIf(pairs.length > 0)(`crash campaigns (${drivers.map((d) => d.name).join(', ')}; part ${part.index + 1} of ${part.of})`, () => {
+    for (const [source, target] of pairs) {
+      describe(`${source.name} → ${target.name}`, () => {
+        for (const shape of options.shapes ?? crashShapes) {
+          if (shape.needsBacking && !(hasCapability(source, 'backing') && hasCapability(target, 'backing'))) continue;
+          it(shape.name, async (context) => {
+            const built = await buildCrashSource(source, shape, clusterSize);
+            const result = await runCrashCampaign({
+              registry,
+              sourceDriver: source.name,
+              targetDriver: target.name,
+              buildSource: async () => built.io,
+              expectedContent: built.expected,
+              ...(built.openOptions ? { openOptions: built.openOptions } : {}),
+              generators,
+              samples: options.samples ?? 200,
+              maxSubsetOps: options.maxSubsetOps ?? 10,
+              recoveryCrashes: options.recoveryCrashes ?? 3,
+              recoverySamples: 30,
+              viewBeforeRecovery: false,
+              seed: 1,
+            }).catch((error: unknown) => error);
+            if (isIcError(result) && result.code === 'UNSUPPORTED') {
+              // The target cannot represent this image (refused before anything is written): nothing to crash.
+              context.skip(result.message);
+              return;
+            }
+            if (result instanceof Error) throw result;
+            const campaign = result as CampaignResult;
+            console.log(`${shape.name}: ${summariseCampaign(campaign)}`);
+            expectCrashSafe(campaign);
+            ran.add(`${source.name}->${target.name}`);
+          });
+        }
+      });
+    }
+
+    if (options.selfTest ?? part.index === 0) {
+      it('catches an engine that drops its flushes (the harness can fail)', async () => {
+        const [source, target] = pairs.find(([s]) => s.inPlace !== undefined) ?? pairs[0]!;
+        const shape = crashShapes.find((s) => s.name === 'checkerboard')!;
+        const built = await buildCrashSource(source, shape, clusterSize);
+        const result = await runCrashCampaign({
+          registry,
+          sourceDriver: source.name,
+          targetDriver: target.name,
+          buildSource: async () => built.io,
+          operation: async (io) => {
+            await convertInPlace({ io: new DroppedFlushesIO(io), source, target });
+            await io.flush();
+          },
+          generators: ['omit-one', 'random'],
+          samples: 150,
+          recoveryCrashes: 0,
+          viewBeforeRecovery: false,
+        });
+        console.log(`without flushes: ${summariseCampaign(result)}`);
+        expect(result.totals.SILENT_BAD + result.totals.DATA_LOSS).toBeGreaterThan(0);
+      });
+    }
+
+    it('ran campaigns for every pair', () => {
+      for (const [source, target] of pairs) expect(ran.has(`${source.name}->${target.name}`), `${source.name} → ${target.name}`).toBe(true);
+    });
+  });
+}
