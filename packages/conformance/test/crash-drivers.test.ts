@@ -5,20 +5,9 @@
  */
 import type { Driver } from '@ic/core';
 import { describeCrashCampaigns } from '../src/crash/index.js';
+import { installedDrivers } from './installed-drivers.js';
 
-/** Loads a driver without a static dependency: conformance must not depend on the drivers it tests. */
-async function loadDriver(specifier: string, exportName: string): Promise<Driver | undefined> {
-  try {
-    const module = (await import(/* @vite-ignore */ specifier)) as Record<string, unknown>;
-    const driver = module[exportName] as Driver | undefined;
-    return driver && typeof driver.probe === 'function' && typeof driver.open === 'function' ? driver : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
-const drivers = (
-  await Promise.all([loadDriver('@ic/qcow2', 'qcow2Driver'), loadDriver('@ic/qed', 'qedDriver'), loadDriver('@ic/vmdk', 'vmdkDriver'), loadDriver('@ic/raw', 'rawDriver')])
-).filter((d): d is Driver => d !== undefined);
+const drivers = await installedDrivers();
 
 describeCrashCampaigns(drivers, { part: { index: 0, of: 2 } });

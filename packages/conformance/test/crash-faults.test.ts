@@ -8,6 +8,7 @@ import { hasCapability, IcError, isIcError, MemoryIO, Registry, writeImage, type
 import { buildCrashSource, canBeCrashSource, contentFromImageContent, crashShapes, describeFault, FaultyIO, runFaultSweep, type FaultSweepResult } from '../src/crash/index.js';
 import { makeToyFormat, makeToyRaw } from '../src/crash/toy-formats.js';
 import { pattern } from '../src/shapes.js';
+import { installedDrivers } from './installed-drivers.js';
 
 function expectSweepSafe(result: FaultSweepResult): void {
   const describeRuns = (runs: FaultSweepResult['runs']) =>
@@ -89,19 +90,8 @@ describe('fault sweep on toy formats', () => {
   });
 });
 
-async function loadDriver(specifier: string, exportName: string): Promise<Driver | undefined> {
-  try {
-    const module = (await import(/* @vite-ignore */ specifier)) as Record<string, unknown>;
-    const driver = module[exportName] as Driver | undefined;
-    return driver && typeof driver.probe === 'function' && typeof driver.open === 'function' ? driver : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
-const drivers = (
-  await Promise.all([loadDriver('@ic/qcow2', 'qcow2Driver'), loadDriver('@ic/qed', 'qedDriver'), loadDriver('@ic/vmdk', 'vmdkDriver'), loadDriver('@ic/raw', 'rawDriver')])
-).filter((d): d is Driver => d !== undefined);
+const drivers = await installedDrivers();
 const registry = new Registry(drivers);
 const sources = drivers.filter(canBeCrashSource);
 const targets = drivers.filter((d) => hasCapability(d, 'inPlaceTarget') && d.inPlace !== undefined);

@@ -37,6 +37,7 @@ import {
   type View,
   WEAK_DEVICE_GENERATORS,
 } from '../../../packages/conformance/src/crash/index.js';
+import { installedDrivers } from '../../../packages/conformance/test/installed-drivers.js';
 
 const enabled = process.env.IC_CRASH_REPORT === '1';
 const SAMPLES = Number(process.env.IC_CRASH_SAMPLES ?? 10_000);
@@ -49,15 +50,6 @@ const END = '<!-- crash-report:end -->';
 /** Sampled states per conversion checked with qemu-img (one per outcome and epoch, up to this many). */
 const QEMU_SAMPLES = 8;
 
-async function loadDriver(specifier: string, exportName: string): Promise<Driver | undefined> {
-  try {
-    const module = (await import(/* @vite-ignore */ specifier)) as Record<string, unknown>;
-    const driver = module[exportName] as Driver | undefined;
-    return driver && typeof driver.probe === 'function' && typeof driver.open === 'function' ? driver : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 function writeSparse(path: string, bytes: SparseBytes): void {
   const fd = openSync(path, 'w');
@@ -101,9 +93,7 @@ function row(cells: readonly (string | number)[]): string {
 describe.runIf(enabled)('crash-safety report', () => {
   it('measures every pair × shape and writes docs/crash-safety.md', { timeout: 6 * 3600_000 }, async () => {
     const started = Date.now();
-    const drivers = (
-      await Promise.all([loadDriver('@ic/qcow2', 'qcow2Driver'), loadDriver('@ic/qed', 'qedDriver'), loadDriver('@ic/vmdk', 'vmdkDriver'), loadDriver('@ic/raw', 'rawDriver')])
-    ).filter((d): d is Driver => d !== undefined);
+    const drivers = await installedDrivers();
     const registry = new Registry(drivers);
     const sources = drivers.filter(canBeCrashSource);
     const targets = drivers.filter((d) => hasCapability(d, 'inPlaceTarget') && d.inPlace !== undefined);
