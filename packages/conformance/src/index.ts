@@ -241,3 +241,4 @@ export function describeDriver(driver: Driver, options: ConformanceOptions = {})
 }
 
 export type { ImageContent };
+export * from './crash/index.js';
