@@ -59,6 +59,8 @@ const scenarios = [
   { name: 'qcow2-to-vmdk', from: 'qcow2', to: 'vmdk' },
   { name: 'vmdk-to-qcow2', from: 'vmdk', to: 'qcow2' },
   { name: 'raw-to-qcow2', from: 'raw', to: 'qcow2' },
+  { name: 'raw-to-qed', from: 'raw', to: 'qed' },
+  { name: 'raw-to-vmdk', from: 'raw', to: 'vmdk' },
 ].filter((s) => !only || s.name === only);
 
 const icFormats = JSON.parse(run("node", [icBin, "formats", "--output=json"]).stdout).drivers;
