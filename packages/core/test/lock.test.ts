@@ -5,6 +5,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileIO, isIcError, posix } from '../src/index.js';
 
+/** Resolves when the child has exited (at once if it already has), or after 5 s. */
+function exited(child: import('node:child_process').ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, 5000);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+
 const dir = mkdtempSync(join(tmpdir(), 'ic-lock-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -42,14 +55,14 @@ describe('QEMU-compatible locking', () => {
     const nbd = spawn('qemu-nbd', ['-k', socket, '-f', 'qcow2', path], { stdio: 'ignore' });
     try {
       // Wait until qemu-nbd holds the image.
-      for (let i = 0; i < 100 && spawnSync('qemu-img', ['info', path]).status === 0; i++) await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0; i < 400 && spawnSync('qemu-img', ['info', path]).status === 0; i++) await new Promise((r) => setTimeout(r, 50));
       const before = readFileSync(path);
       const error = await FileIO.open(path, { writable: true, lock: true }).catch((e: unknown) => e);
       expect(isIcError(error) && error.code).toBe('LOCKED');
       expect(readFileSync(path)).toEqual(before);
     } finally {
       nbd.kill('SIGTERM');
-      await new Promise((r) => nbd.once('exit', r));
+      await exited(nbd);
     }
   });
 });

@@ -6,6 +6,19 @@ import { join } from 'node:path';
 import { qemuCompare, qemuCreate, qemuIo, requireQemu, run, sha256File, tempDir } from '@ic/test-utils';
 import { copyFileSync } from 'node:fs';
 
+/** Resolves when the child has exited (at once if it already has), or after 5 s. */
+function exited(child: import('node:child_process').ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, 5000);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+
 const icBin = fileURLToPath(new URL('../../../apps/cli/bin/ic.js', import.meta.url));
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -20,7 +33,7 @@ describe('locking', () => {
     qemuIo(image, 'qcow2', ['write -P 0x5a 0 1M']);
     const nbd = spawn('qemu-nbd', ['-k', scratch.path('nbd.sock'), '-f', 'qcow2', image], { stdio: 'ignore' });
     try {
-      for (let i = 0; i < 100 && run('qemu-img', ['info', image]).code === 0; i++) await sleep(50);
+      for (let i = 0; i < 400 && run('qemu-img', ['info', image]).code === 0; i++) await sleep(50);
       const before = sha256File(image);
       const result = spawnSync(process.execPath, [icBin, 'convert-inplace', image, 'qed'], { encoding: 'utf8' });
       expect(result.status).toBe(1);
@@ -28,7 +41,7 @@ describe('locking', () => {
       expect(sha256File(image)).toBe(before);
     } finally {
       nbd.kill('SIGTERM');
-      await new Promise((resolve) => nbd.once('exit', resolve));
+      await exited(nbd);
     }
   });
 
