@@ -16,6 +16,8 @@ export interface ImageContent {
   data: readonly { guestOffset: number; bytes: Uint8Array }[];
   /** Guest ranges that read as zero and hide the backing file (cluster-aligned). */
   zero?: readonly { guestOffset: number; length: number }[];
+  /** Order of the data clusters in the file: guest order (default) or reversed (a fragmented file). */
+  hostOrder?: 'guest' | 'reverse';
 }
 
 /**
@@ -63,9 +65,10 @@ export async function writeImage(io: BlockIO, driver: Driver, content: ImageCont
   }
 
   const mapping: Extent[] = [];
-  let host = alignUp(target.layout.headerRegionSize, clusterSize);
+  const firstHost = alignUp(target.layout.headerRegionSize, clusterSize);
   const clusterCount = Math.ceil(virtualSize / clusterSize);
   const dataIndexes = [...clusters.keys()].sort((a, b) => a - b);
+  const hostOf = (rank: number) => firstHost + (content.hostOrder === 'reverse' ? dataIndexes.length - 1 - rank : rank) * clusterSize;
   let next = 0;
   const emitGap = (from: number, to: number) => {
     for (let index = from; index < to; index++) {
@@ -74,18 +77,17 @@ export async function writeImage(io: BlockIO, driver: Driver, content: ImageCont
       pushExtent(mapping, { kind: zeroClusters.has(index) ? 'zero' : 'unallocated', guestOffset, length });
     }
   };
-  for (const index of dataIndexes) {
+  for (const [rank, index] of dataIndexes.entries()) {
     emitGap(next, index);
     const guestOffset = index * clusterSize;
-    await io.write(host, clusters.get(index)!);
-    pushExtent(mapping, { kind: 'data', guestOffset, length: Math.min(clusterSize, virtualSize - guestOffset), hostOffset: host });
-    host += clusterSize;
+    await io.write(hostOf(rank), clusters.get(index)!);
+    pushExtent(mapping, { kind: 'data', guestOffset, length: Math.min(clusterSize, virtualSize - guestOffset), hostOffset: hostOf(rank) });
     next = index + 1;
   }
   if (zeroClusters.size > 0) emitGap(next, clusterCount);
   else if (next < clusterCount) pushExtent(mapping, { kind: 'unallocated', guestOffset: next * clusterSize, length: virtualSize - next * clusterSize });
 
-  const allocator = new AppendAllocator(host, clusterSize, target.layout.maxHostOffset);
+  const allocator = new AppendAllocator(firstHost + dataIndexes.length * clusterSize, clusterSize, target.layout.maxHostOffset);
   const build = await target.build(mapping, allocator);
   for (const write of build.writes) await io.write(write.offset, write.data);
   const region = new Uint8Array(Math.min(target.layout.headerRegionSize, alignUp(build.header.length, 512)));

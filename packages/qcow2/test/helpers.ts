@@ -90,15 +90,4 @@ export function u32be(value: number): number[] {
   return [...bytes];
 }
 
-/** Deterministic non-zero bytes. */
-export function pattern(length: number, seed: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let state = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    out[i] = (state >>> 0) & 0xff || 1;
-  }
-  return out;
-}
+export { pattern } from '@ic/conformance';

@@ -1,12 +1,9 @@
 import {
-  AppendAllocator,
   alignUp,
   IcError,
   MemoryIO,
-  pushExtent,
   writeImage,
   type Driver,
-  type Extent,
   type ImageContent,
   type OpenOptions,
 } from '@ic/core';
@@ -56,45 +53,7 @@ const MAX_BACKING_SHAPE = 64 * 1024 * 1024;
  * (reverse: the last guest cluster first), so that host order differs from guest order.
  */
 export async function writeImageInHostOrder(io: MemoryIO, driver: Driver, content: ImageContent, clusterSize: number, order: 'guest' | 'reverse'): Promise<void> {
-  if (order === 'guest') return writeImage(io, driver, { ...content, clusterSize });
-  const factory = driver.inPlace;
-  if (!factory) throw new IcError('UNSUPPORTED', `the ${driver.name} driver cannot build images`);
-  if (content.backing || (content.zero?.length ?? 0) > 0) throw new IcError('UNSUPPORTED', 'reverse host order is only built for plain data shapes');
-  const { virtualSize } = content;
-  const target = factory.create({ source: { virtualSize, clusterSize, zeroExtents: false }, clusterSize, options: {} });
-  const clusters = new Map<number, Uint8Array>();
-  for (const { guestOffset, bytes } of content.data) {
-    for (let at = 0; at < bytes.length; ) {
-      const guest = guestOffset + at;
-      const index = Math.floor(guest / clusterSize);
-      const within = guest - index * clusterSize;
-      const take = Math.min(clusterSize - within, bytes.length - at);
-      let cluster = clusters.get(index);
-      if (!cluster) clusters.set(index, (cluster = new Uint8Array(clusterSize)));
-      cluster.set(bytes.subarray(at, at + take), within);
-      at += take;
-    }
-  }
-  const indexes = [...clusters.keys()].sort((a, b) => a - b);
-  const first = alignUp(target.layout.headerRegionSize, clusterSize);
-  const hostOf = (rank: number) => first + (indexes.length - 1 - rank) * clusterSize;
-  const mapping: Extent[] = [];
-  let next = 0;
-  for (const [rank, index] of indexes.entries()) {
-    if (index > next) pushExtent(mapping, { kind: 'unallocated', guestOffset: next * clusterSize, length: (index - next) * clusterSize });
-    const guestOffset = index * clusterSize;
-    await io.write(hostOf(rank), clusters.get(index)!);
-    pushExtent(mapping, { kind: 'data', guestOffset, length: Math.min(clusterSize, virtualSize - guestOffset), hostOffset: hostOf(rank) });
-    next = index + 1;
-  }
-  if (next * clusterSize < virtualSize) pushExtent(mapping, { kind: 'unallocated', guestOffset: next * clusterSize, length: virtualSize - next * clusterSize });
-  const allocator = new AppendAllocator(first + indexes.length * clusterSize, clusterSize, target.layout.maxHostOffset);
-  const build = await target.build(mapping, allocator);
-  for (const write of build.writes) await io.write(write.offset, write.data);
-  const region = new Uint8Array(Math.min(target.layout.headerRegionSize, alignUp(build.header.length, 512)));
-  region.set(build.header);
-  await io.write(0, region);
-  if ((await io.size()) < build.fileSize) await io.truncate(build.fileSize);
+  return writeImage(io, driver, { ...content, clusterSize, hostOrder: order });
 }
 
 /** Guest content of a top image over a backing image holding `backingBytes`. */
