@@ -1,21 +1,8 @@
 import { realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { inflateRawSync, inflateSync } from 'node:zlib';
-import {
-  FileIO,
-  IcError,
-  PROBE_LENGTH,
-  assertCoverage,
-  collectExtents,
-  hasCapability,
-  isIcError,
-  isTransitionalSector,
-  type BackingReference,
-  type BlockIO,
-  type Driver,
-  type Extent,
-  type Image,
-} from '@ic/core';
+import { IcError, PROBE_LENGTH, assertCoverage, collectExtents, hasCapability, isIcError, isTransitionalSector, type BackingReference, type BlockIO, type Driver, type Extent, type Image } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { usage, type Context } from './context.js';
 import { fullBackingFilename, hasProtocol } from './qemu-text.js';
 

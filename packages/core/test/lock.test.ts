@@ -3,7 +3,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FileIO, isIcError, posix } from '../src/index.js';
+import { isIcError } from '../src/index.js';
+import { FileIO, posix } from '../src/platform/index.js';
 
 /** Resolves when the child has exited (at once if it already has), or after 5 s. */
 function exited(child: import('node:child_process').ChildProcess): Promise<void> {

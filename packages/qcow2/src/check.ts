@@ -1,4 +1,4 @@
-import type { CheckReport } from '@ic/core';
+import type { CheckReport } from '@ic/core/sdk';
 import { BitmapTableEntry, type BitmapEntry } from './bitmaps.js';
 import { hex, limitExceeded } from './errors.js';
 import { MAX_L1_ENTRIES } from './header.js';

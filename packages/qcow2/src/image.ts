@@ -9,7 +9,7 @@ import {
   type Image,
   type ImageInfo,
   type OpenOptions,
-} from '@ic/core';
+} from '@ic/core/sdk';
 import { bitmapFlagNames, readBitmapDirectory, type BitmapEntry } from './bitmaps.js';
 import { checkImage } from './check.js';
 import { corruptAt, FORMAT, hex, unsupportedFeature } from './errors.js';

@@ -1,4 +1,4 @@
-import { canMerge, type Extent } from '@ic/core';
+import { canMerge, type Extent } from '@ic/core/sdk';
 import { corruptAt, hex } from './errors.js';
 import { MAX_HOST_OFFSET } from './header.js';
 import type { Qcow2State } from './state.js';

@@ -1,4 +1,4 @@
-import { IcError } from '@ic/core';
+import { IcError } from '@ic/core/sdk';
 import { FORMAT } from './errors.js';
 import { RefcountTableEntry } from './tables.js';
 

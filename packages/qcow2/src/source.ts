@@ -1,4 +1,4 @@
-import type { ConversionBlocker, ConversionSource, HostRange } from '@ic/core';
+import type { ConversionBlocker, ConversionSource, HostRange } from '@ic/core/sdk';
 import type { BitmapEntry } from './bitmaps.js';
 import { corruptAt, hex } from './errors.js';
 import { AutoclearFeature, KNOWN_AUTOCLEAR, MAX_HOST_OFFSET } from './header.js';

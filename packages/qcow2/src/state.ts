@@ -1,4 +1,4 @@
-import { IcError, type BackingReference, type BlockIO, type OpenOptions } from '@ic/core';
+import { IcError, type BackingReference, type BlockIO, type OpenOptions } from '@ic/core/sdk';
 import { corruptAt, FORMAT, hex } from './errors.js';
 import { parseExtensions, type HeaderExtensions } from './extensions.js';
 import {

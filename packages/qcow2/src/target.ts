@@ -8,7 +8,7 @@ import {
   type TargetBuild,
   type TargetLayout,
   type TargetRequest,
-} from '@ic/core';
+} from '@ic/core/sdk';
 import { backingProblems, encodeHeaderRegion, resolveParameters, type Qcow2Parameters } from './create.js';
 import { FORMAT, hex } from './errors.js';
 import { l1EntriesNeeded, MAX_CLUSTER_BITS, MAX_HOST_OFFSET, MAX_L1_ENTRIES, MIN_CLUSTER_BITS } from './header.js';

@@ -120,7 +120,7 @@ describe('conversionSource() blockers', () => {
     sh('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', raw, file]);
     expect(await blockersOf(file)).toEqual(['compressed clusters']);
     // Without a decompressor, reading compressed data is refused with a typed error.
-    const io = await import('@ic/core').then(({ FileIO }) => FileIO.open(file));
+    const io = await import('@ic/core/node').then(({ FileIO }) => FileIO.open(file));
     const { qcow2Driver } = await import('../src/index.js');
     const image = await qcow2Driver.open(io, {});
     expect(await errorCode(() => image.read(0, 4096))).toBe('UNSUPPORTED');

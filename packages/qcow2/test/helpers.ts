@@ -1,6 +1,7 @@
 import { inflateRawSync, inflateSync } from 'node:zlib';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
-import { collectExtents, FileIO, isIcError, mergeQemuMapEntries, toQemuMapEntry, type Extent, type Image, type OpenOptions } from '@ic/core';
+import { collectExtents, isIcError, mergeQemuMapEntries, toQemuMapEntry, type Extent, type Image, type OpenOptions } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuMap, type QemuMapEntry } from '@ic/test-utils';
 import { Qcow2Image, qcow2Driver } from '../src/index.js';
 

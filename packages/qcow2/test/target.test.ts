@@ -5,7 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
-import { AppendAllocator, assertCoverage, FileIO, pushExtent, type Extent } from '@ic/core';
+import { AppendAllocator, assertCoverage, pushExtent, type Extent } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCompare, qemuInfo, requireQemu, tempDir } from '@ic/test-utils';
 import { qcow2Driver } from '../src/index.js';
 import { asQemuRows, closeAll, mapOf, openQcow2, pattern, qemuRows } from './helpers.js';

@@ -1,4 +1,4 @@
-import { IcError, isIcError, type BlockIO, type CheckReport } from '@ic/core';
+import { IcError, isIcError, type BlockIO, type CheckReport } from '@ic/core/sdk';
 import { clusterOffsetProblem, FORMAT, tableOffsetProblem, type QedGeometry, type QedHeader } from './header.js';
 import { ENTRY_UNALLOCATED, ENTRY_ZERO, entryHex, entryHostOffset, decodeEntry, readTableEntries } from './tables.js';
 

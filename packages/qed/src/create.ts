@@ -1,4 +1,4 @@
-import { alignUp, encodeText, IcError, type BackingReference, type BlockIO, type CreateSpec, type OptionDescriptor, type OptionValues } from '@ic/core';
+import { alignUp, encodeText, IcError, type BackingReference, type BlockIO, type CreateSpec, type OptionDescriptor, type OptionValues } from '@ic/core/sdk';
 import {
   DEFAULT_CLUSTER_SIZE,
   DEFAULT_TABLE_SIZE,

@@ -1,4 +1,4 @@
-import { alignDown, ByteView, IcError, isPowerOfTwo, log2 } from '@ic/core';
+import { alignDown, ByteView, IcError, isPowerOfTwo, log2 } from '@ic/core/sdk';
 
 /** Name used in messages and as the qemu-img format name. */
 export const FORMAT = 'qed';

@@ -13,7 +13,7 @@ import {
   type ImageInfo,
   type MovableUnit,
   type OpenOptions,
-} from '@ic/core';
+} from '@ic/core/sdk';
 import { checkImage, scanTables } from './check.js';
 import {
   clusterOffsetProblem,

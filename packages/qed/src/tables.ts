@@ -1,4 +1,4 @@
-import { isAllZero, type BlockIO } from '@ic/core';
+import { isAllZero, type BlockIO } from '@ic/core/sdk';
 import type { QedGeometry } from './header.js';
 
 /**

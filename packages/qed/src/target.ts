@@ -8,7 +8,7 @@ import {
   type TargetBuild,
   type TargetLayout,
   type TargetRequest,
-} from '@ic/core';
+} from '@ic/core/sdk';
 import { ClusterSet } from './check.js';
 import { encodeBackingName, geometryOptions, headerRegionBytes, newHeader, type QedGeometryOptions } from './create.js';
 import { FORMAT, isValidClusterSize, MAX_CLUSTER_SIZE, maxImageSize, MIN_CLUSTER_SIZE, SECTOR_SIZE } from './header.js';

@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { assertCoverage, collectExtents, FileIO, type Image, type ImageInfo } from '@ic/core';
+import { assertCoverage, collectExtents, type Image, type ImageInfo } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qedDriver } from '../src/index.js';
 import { qemuConvert, qemuCreate, qemuInfo, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
 import { ourQemuMap, rawRange, theirQemuMap, withImage } from './helpers.js';

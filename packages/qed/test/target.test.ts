@@ -1,6 +1,7 @@
 import { closeSync, copyFileSync, ftruncateSync, openSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { alignUp, collectExtents, FileIO, mergeExtents, type Extent, type SpaceAllocator, type TargetRequest } from '@ic/core';
+import { alignUp, collectExtents, mergeExtents, type Extent, type SpaceAllocator, type TargetRequest } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCompare, qemuConvert, qemuCreate, qemuInfo, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
 import { qedDriver } from '../src/index.js';
 import { qemuCheckJson, withImage } from './helpers.js';

@@ -10,7 +10,7 @@ import {
   type Extent,
   type Image,
   type ImageInfo,
-} from '@ic/core';
+} from '@ic/core/sdk';
 
 /** qemu rounds image sizes of the other formats to whole sectors; a raw source is padded the same way. */
 const SECTOR = 512;

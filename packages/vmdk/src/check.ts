@@ -1,4 +1,4 @@
-import type { CheckReport } from '@ic/core';
+import type { CheckReport } from '@ic/core/sdk';
 import { GrainTableReader } from './grain-tables.js';
 import { SECTOR_SIZE } from './header.js';
 import { countOverlaps, NumberList, protectedHeaderEnd, rangesHitting, sparseMetadataRanges } from './host-ranges.js';

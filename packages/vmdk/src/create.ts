@@ -1,4 +1,4 @@
-import type { BackingReference, BlockIO, CreateSpec } from '@ic/core';
+import type { BackingReference, BlockIO, CreateSpec } from '@ic/core/sdk';
 import { baseName, MAX_PARENT_NAME, NO_PARENT_CID } from './descriptor.js';
 import { FORMAT, vmdkError } from './errors.js';
 import { qemuSparseLayout, writeU32Entries } from './grain-tables.js';

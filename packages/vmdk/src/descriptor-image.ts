@@ -11,7 +11,7 @@ import {
   type Image,
   type ImageInfo,
   type OpenOptions,
-} from '@ic/core';
+} from '@ic/core/sdk';
 import { checkSparse } from './check.js';
 import {
   DESCRIPTOR_FILE_CREATE_TYPES,

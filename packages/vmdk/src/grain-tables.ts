@@ -1,4 +1,4 @@
-import type { BlockIO } from '@ic/core';
+import type { BlockIO } from '@ic/core/sdk';
 import { corruptAt } from './errors.js';
 import { SECTOR_SIZE, type SparseGeometry } from './header.js';
 

@@ -1,4 +1,4 @@
-import type { HostRange } from '@ic/core';
+import type { HostRange } from '@ic/core/sdk';
 import { EMBEDDED_DESCRIPTOR_OFFSET, EMBEDDED_DESCRIPTOR_WINDOW } from './descriptor.js';
 import { GD_ENTRY_BYTES, type GrainDirectory } from './grain-tables.js';
 import { SECTOR_SIZE } from './header.js';

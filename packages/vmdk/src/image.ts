@@ -11,7 +11,7 @@ import {
   type Image,
   type ImageInfo,
   type OpenOptions,
-} from '@ic/core';
+} from '@ic/core/sdk';
 import { descriptorText, EMBEDDED_DESCRIPTOR_OFFSET, EMBEDDED_DESCRIPTOR_WINDOW, parseDescriptor, type Descriptor } from './descriptor.js';
 import { FORMAT, vmdkError } from './errors.js';
 import {

@@ -1,4 +1,4 @@
-import type { ConversionBlocker, ConversionSource } from '@ic/core';
+import type { ConversionBlocker, ConversionSource } from '@ic/core/sdk';
 import { corruptAt } from './errors.js';
 import { SECTOR_SIZE } from './header.js';
 import { firstOverlap, NumberList, protectedHeaderEnd, rangesHitting, sparseMetadataRanges } from './host-ranges.js';

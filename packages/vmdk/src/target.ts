@@ -8,7 +8,7 @@ import {
   type TargetBuild,
   type TargetLayout,
   type TargetRequest,
-} from '@ic/core';
+} from '@ic/core/sdk';
 import { MAX_PARENT_NAME, NO_PARENT_CID } from './descriptor.js';
 import { FORMAT } from './errors.js';
 import { GTE_ZEROED, writeU32Entries } from './grain-tables.js';

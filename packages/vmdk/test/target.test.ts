@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { alignUp, FileIO, mergeExtents, type Extent, type SpaceAllocator } from '@ic/core';
+import { alignUp, mergeExtents, type Extent, type SpaceAllocator } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCompare, qemuCreate, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
 import { HEADER_REGION_SIZE, vmdkDriver } from '../src/index.js';
 import { closeAll, mapOf, openVmdk, pattern, qemuRaw } from './helpers.js';

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
-import { FileIO } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCompare, qemuIo, qemuMap, requireQemu, tempDir } from '@ic/test-utils';
 import { writeSparseVmdk } from '../src/index.js';
 import { asQemuRows, closeAll, mapOf, openVmdk, pattern, qemuRowsAtDepth0 } from './helpers.js';

@@ -1,4 +1,5 @@
-import { FileIO, convertInPlace, isIcError, parseOptions, recover, type ConversionReport, type Image } from '@ic/core';
+import { convertInPlace, isIcError, parseOptions, recover, type ConversionReport, type Image } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { withKillSwitch } from '../kill-switch.js';
 import { EXIT, UsageError, printable, usage, type Context } from '../context.js';
 import { BackingChain, namedDriver, probeDriver } from '../images.js';

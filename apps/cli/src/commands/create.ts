@@ -1,5 +1,6 @@
 import { rm } from 'node:fs/promises';
-import { FileIO, IcError, hasCapability, parseOptions, parseSize, type BackingReference, type Driver, type OptionValues } from '@ic/core';
+import { IcError, hasCapability, parseOptions, parseSize, type BackingReference, type Driver, type OptionValues } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { EXIT, UsageError, usage, type Context } from '../context.js';
 import { openImage } from '../images.js';
 import { fullBackingFilename, hasProtocol } from '../qemu-text.js';

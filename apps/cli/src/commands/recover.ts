@@ -1,4 +1,5 @@
-import { FileIO, recover, type RecoverOptions } from '@ic/core';
+import { recover, type RecoverOptions } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { withKillSwitch } from '../kill-switch.js';
 import { EXIT, type Context } from '../context.js';
 

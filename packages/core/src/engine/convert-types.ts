@@ -1,5 +1,6 @@
-import type { Driver, OpenOptions, OptionValues } from './driver.js';
-import type { BlockIO, IoStats } from './io.js';
+import type { Driver, OpenOptions, OptionValues } from '../sdk/index.js';
+import type { BlockIO } from '../sdk/index.js';
+import type { IoStats } from './memory-io.js';
 
 export type ConversionPhase = 'validate' | 'plan' | 'relocate' | 'build' | 'commit' | 'verify' | 'cleanup';
 

@@ -1,6 +1,6 @@
-import { IcError } from './errors.js';
-import { DRIVER_API_VERSION, hasCapability, type Capabilities, type Driver } from './driver.js';
-import type { BlockIO } from './io.js';
+import { IcError } from '../sdk/index.js';
+import { DRIVER_API_VERSION, hasCapability, type Capabilities, type Driver } from '../sdk/index.js';
+import type { BlockIO } from '../sdk/index.js';
 
 /** How many bytes of a file probing looks at. */
 export const PROBE_LENGTH = 64 * 1024;

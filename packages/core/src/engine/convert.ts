@@ -1,12 +1,13 @@
 import { AppendAllocator } from './allocator.js';
-import { alignDown, alignUp, isAllZero, isPowerOfTwo } from './bytes.js';
-import { IcError, isIcError } from './errors.js';
-import { assertCoverage, collectExtents, mergeExtents, pushExtent, type Extent, type HostRange } from './extent.js';
-import { hasCapability, type ConversionOptions, type Driver, type Image, type InPlaceTarget, type InPlaceTargetFactory, type OptionValues, type TargetBuild } from './driver.js';
+import { alignDown, alignUp, isAllZero, isPowerOfTwo } from '../sdk/index.js';
+import { IcError, isIcError } from '../sdk/index.js';
+import { assertCoverage, collectExtents, mergeExtents, pushExtent, type Extent, type HostRange } from '../sdk/index.js';
+import { hasCapability, type ConversionOptions, type Driver, type Image, type InPlaceTarget, type InPlaceTargetFactory, type OptionValues, type TargetBuild } from '../sdk/index.js';
 import { planMapping, type Plan } from './planner.js';
 import { referencedRanges, zeroStaleHeaderBytes } from './host-ranges.js';
 import { compactImage } from './compact.js';
-import { CountingIO, type BlockIO } from './io.js';
+import type { BlockIO } from '../sdk/index.js';
+import { CountingIO } from './memory-io.js';
 import { encodeIntent, identityDigest, inspectInterrupted, intentBlockLength, rollBack, transitionalSector, type IntentRecord } from './intent.js';
 import type { ConversionPhase, ConversionReport, ConvertInPlaceRequest } from './convert-types.js';
 

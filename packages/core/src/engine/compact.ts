@@ -1,9 +1,9 @@
-import { alignDown, alignUp } from './bytes.js';
-import { IcError } from './errors.js';
-import { collectExtents } from './extent.js';
+import { alignDown, alignUp } from '../sdk/index.js';
+import { IcError } from '../sdk/index.js';
+import { collectExtents } from '../sdk/index.js';
 import { referencedRanges } from './host-ranges.js';
-import type { Driver, MovableUnit } from './driver.js';
-import type { BlockIO } from './io.js';
+import type { Driver, MovableUnit } from '../sdk/index.js';
+import type { BlockIO } from '../sdk/index.js';
 
 export interface CompactionReport {
   /** False when the plan was not carried out (it would move more than allowed). */

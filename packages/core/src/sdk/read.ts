@@ -1,5 +1,5 @@
 import { IcError } from './errors.js';
-import type { Image } from './driver.js';
+import type { Image } from './contract.js';
 import type { Extent } from './extent.js';
 import type { BlockIO } from './io.js';
 

@@ -1,6 +1,6 @@
-import { alignUp } from './bytes.js';
-import { IcError } from './errors.js';
-import type { SpaceAllocator } from './driver.js';
+import { alignUp } from '../sdk/index.js';
+import { IcError } from '../sdk/index.js';
+import type { SpaceAllocator } from '../sdk/index.js';
 
 /**
  * Hands out host space that nothing durable references: everything at or past `start`, which the engine

@@ -1,6 +1,6 @@
 import { open, type FileHandle } from 'node:fs/promises';
-import { IcError, type ErrorCode } from './errors.js';
-import { checkRange, MAX_IO_LENGTH, type BlockIO, type ByteRange } from './io.js';
+import { IcError, type ErrorCode } from '../sdk/index.js';
+import { checkRange, MAX_IO_LENGTH, type BlockIO, type ByteRange } from '../sdk/index.js';
 import { posix, posixUnavailableReason } from './posix.js';
 
 /**

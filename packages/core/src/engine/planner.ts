@@ -1,6 +1,6 @@
-import { IcError } from './errors.js';
-import { pushExtent, type Extent } from './extent.js';
-import type { SpaceAllocator, TargetLayout } from './driver.js';
+import { IcError } from '../sdk/index.js';
+import { pushExtent, type Extent } from '../sdk/index.js';
+import type { SpaceAllocator, TargetLayout } from '../sdk/index.js';
 
 /** A target cluster whose guest content is copied to new host space before the commit. */
 export interface Relocation {

@@ -1,9 +1,9 @@
 import { AppendAllocator } from './allocator.js';
-import { alignUp, isPowerOfTwo } from './bytes.js';
-import { IcError } from './errors.js';
-import { pushExtent, type Extent } from './extent.js';
-import type { BackingReference, Driver, ImageInfo } from './driver.js';
-import type { BlockIO } from './io.js';
+import { alignUp, isPowerOfTwo } from '../sdk/index.js';
+import { IcError } from '../sdk/index.js';
+import { pushExtent, type Extent } from '../sdk/index.js';
+import type { BackingReference, Driver, ImageInfo } from '../sdk/index.js';
+import type { BlockIO } from '../sdk/index.js';
 
 export interface ImageContent {
   virtualSize: number;

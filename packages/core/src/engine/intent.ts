@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
-import { alignUp, ByteView, bytesEqual } from './bytes.js';
-import { crc32c } from './crc32c.js';
-import { IcError } from './errors.js';
-import type { BlockIO } from './io.js';
+import { alignUp, ByteView, bytesEqual } from '../sdk/index.js';
+import { crc32c } from '../sdk/index.js';
+import { IcError } from '../sdk/index.js';
+import type { BlockIO } from '../sdk/index.js';
 import { zeroStaleHeaderBytes } from './host-ranges.js';
 
 /**

@@ -1,6 +1,6 @@
-import { IcError } from './errors.js';
-import type { Extent, HostRange } from './extent.js';
-import type { BlockIO } from './io.js';
+import { IcError } from '../sdk/index.js';
+import type { Extent, HostRange } from '../sdk/index.js';
+import type { BlockIO } from '../sdk/index.js';
 
 function describeRange(range: HostRange): string {
   return `${range.role} at ${range.offset}+${range.length}`;

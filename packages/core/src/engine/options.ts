@@ -1,5 +1,5 @@
-import { IcError } from './errors.js';
-import type { OptionDescriptor, OptionValues } from './driver.js';
+import { IcError } from '../sdk/index.js';
+import type { OptionDescriptor, OptionValues } from '../sdk/index.js';
 
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4, p: 1024 ** 5, e: 1024 ** 6 };
 
