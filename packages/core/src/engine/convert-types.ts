@@ -26,6 +26,17 @@ export interface ConvertInPlaceRequest {
   openOptions?: OpenOptions;
   onProgress?: (event: ProgressEvent) => void;
   /**
+   * Stops the conversion at its next safe point: before the commit the file is put back as it was (the error
+   * says so); after it, the new image is left valid and the error (code INTERRUPTED, with IcError.imageFormat)
+   * names the format it is in.
+   */
+  signal?: AbortSignal;
+  /**
+   * Write through a store that is not exclusive (BlockIO.exclusive is not true: QEMU's locks could not be
+   * taken). Another process may then use the image while it is rewritten; only for callers that know none will.
+   */
+  allowUnlocked?: boolean;
+  /**
    * After the switch, pack the file so that no cluster is left unreferenced (formats without refcounts count
    * those as leaks): 'auto' (default) when the moves cost no more than a small multiple of the metadata,
    * 'always', or 'never'. Needs a target whose images list their movable units.

@@ -7,6 +7,8 @@ import { checkRange, IcError, type BlockIO, type ByteRange } from '../sdk/index.
 export class MemoryIO implements BlockIO {
   static readonly CHUNK = 65536;
   readonly writable: boolean;
+  /** Nothing outside this process can reach an in-memory store. */
+  readonly exclusive = true;
   private readonly chunks = new Map<number, Uint8Array>();
   private length = 0;
 
@@ -131,6 +133,9 @@ export class CountingIO implements BlockIO {
   }
   get writable(): boolean {
     return this.inner.writable;
+  }
+  get exclusive(): boolean | undefined {
+    return this.inner.exclusive;
   }
   async read(offset: number, length: number): Promise<Uint8Array> {
     this.stats.reads++;

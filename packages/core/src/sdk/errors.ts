@@ -27,6 +27,8 @@ export const ERROR_CODES = {
   IO: 'IO',
   /** The image is in a transitional state left by an interrupted operation; run `ic recover`. */
   NEEDS_RECOVERY: 'NEEDS_RECOVERY',
+  /** The operation was stopped (a signal, or its caller) at a safe point; the message says what state the image is in. */
+  INTERRUPTED: 'INTERRUPTED',
   /** The file does not exist or cannot be opened. */
   NOT_FOUND: 'NOT_FOUND',
   /** ic found its own result inconsistent (a bug in ic); the operation was rolled back where possible. */
@@ -44,6 +46,11 @@ export interface ErrorContext {
   /** The step that failed, e.g. "read L2 table", "commit header". */
   step?: string;
   cause?: unknown;
+  /**
+   * Set when an operation failed after it changed the image's format (past the commit point): the format the
+   * file is in now. Its data is intact; what is left to do is said in the message (usually `ic recover`).
+   */
+  imageFormat?: string;
 }
 
 const BRAND = Symbol.for('ic.error');
@@ -54,6 +61,7 @@ export class IcError extends Error {
   readonly path: string | undefined;
   readonly offset: number | undefined;
   readonly step: string | undefined;
+  readonly imageFormat: string | undefined;
   readonly [BRAND] = true;
 
   constructor(code: ErrorCode, message: string, context: ErrorContext = {}) {
@@ -64,6 +72,7 @@ export class IcError extends Error {
     this.path = context.path;
     this.offset = context.offset;
     this.step = context.step;
+    this.imageFormat = context.imageFormat;
   }
 }
 

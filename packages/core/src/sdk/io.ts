@@ -8,6 +8,12 @@ export interface BlockIO {
   /** A name for messages (the file path, or a label for in-memory stores). */
   readonly name: string;
   readonly writable: boolean;
+  /**
+   * Optional: true while no other process can open this store (an in-memory store; a file whose QEMU lock
+   * bytes this process holds). The engine writes only through exclusive stores unless its caller opts out
+   * explicitly (ConvertInPlaceRequest.allowUnlocked).
+   */
+  readonly exclusive?: boolean;
   /** Exactly `length` bytes; the part past the end of the file reads as zeros. */
   read(offset: number, length: number): Promise<Uint8Array>;
   write(offset: number, data: Uint8Array): Promise<void>;
