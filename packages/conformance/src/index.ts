@@ -15,6 +15,7 @@ import {
   convertInPlace,
   IcError,
   isIcError,
+  itemBatches,
   MemoryIO,
   Registry,
   writeImage,
@@ -23,6 +24,11 @@ import {
   type Extent,
   type Image,
   type ImageContent,
+  type ConversionSource,
+  type HostRange,
+  type InPlaceTarget,
+  type SpaceAllocator,
+  type TargetBuild,
 } from '@ic/core';
 
 export { shapes, pattern, type Shape } from './shapes.js';
@@ -81,6 +87,38 @@ function firstDifference(a: Uint8Array, b: Uint8Array): number {
 export function expectSameContent(actual: Uint8Array, expected: Uint8Array, what = 'guest content'): void {
   const at = firstDifference(actual, expected);
   expect(at, `${what}: first difference at byte ${at}`).toBe(-1);
+}
+
+/** Every metadata range a conversion source lists, collected (for tests). */
+export async function metadataRangesOf(source: ConversionSource): Promise<HostRange[]> {
+  const out: HostRange[] = [];
+  for await (const batch of itemBatches(source.metadataRanges())) out.push(...batch);
+  return out;
+}
+
+/**
+ * Runs a target's build the way the engine does: the mapping handed over in batches, every metadata write checked
+ * against the space the target allocated (when the allocator can tell), and written into `io` when one is given.
+ * The writes are also returned, for driver tests that build by hand.
+ */
+export async function runTargetBuild(
+  target: InPlaceTarget,
+  mapping: readonly Extent[],
+  space: SpaceAllocator & { owns?(offset: number, length: number): boolean },
+  io?: BlockIO,
+): Promise<TargetBuild & { metadataBytes: number; writes: { offset: number; data: Uint8Array }[] }> {
+  const writes: { offset: number; data: Uint8Array }[] = [];
+  async function* batches(): AsyncGenerator<readonly Extent[]> {
+    yield mapping;
+  }
+  const build = await target.build(batches(), space, {
+    async write(offset: number, data: Uint8Array) {
+      if (space.owns && !space.owns(offset, data.length)) throw new IcError('INTERNAL', `target wrote ${data.length} bytes at ${offset}, outside the space it allocated`);
+      writes.push({ offset, data: data.slice() });
+      if (io) await io.write(offset, data);
+    },
+  });
+  return { ...build, metadataBytes: writes.reduce((sum, w) => sum + w.data.length, 0), writes };
 }
 
 /** A shape built as an image of some driver, in memory, with its backing image when the shape has one. */
@@ -216,7 +254,9 @@ export function describeDriver(driver: Driver, options: ConformanceOptions = {})
               const description = await image.conversionSource();
               expect(description.options.virtualSize).toBe(content.virtualSize);
               expect(description.blockers).toEqual([]);
-              for (const range of description.metadataRanges) expect(range.offset + range.length).toBeLessThanOrEqual(size);
+              for await (const batch of itemBatches(description.metadataRanges())) {
+                for (const range of batch) expect(range.offset + range.length).toBeLessThanOrEqual(size);
+              }
             }
             await image.close();
           });

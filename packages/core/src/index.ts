@@ -1,34 +1,36 @@
 /**
- * @ic/core — the engine: the driver registry, option parsing, in-place conversion, recovery, compaction,
+ * @ic/core — the engine: the driver registry, option parsing, in-place conversion, recovery, packing,
  * writeImage and in-memory stores. It re-exports the driver SDK (@ic/core/sdk) so that library users need
  * one import; file I/O and locks are in @ic/core/node. Browser-safe.
  */
 export * from './sdk/index.js';
-export { AppendAllocator } from './engine/allocator.js';
+export { AppendAllocator, SpaceCursor } from './engine/allocator.js';
 export { writeImage, type ImageContent } from './engine/build-image.js';
-export { compactImage, planCompaction, type CompactionReport, type CompactionMove } from './engine/compact.js';
 export { type ConversionPhase, type ProgressEvent, type ConvertInPlaceRequest, type ConversionReport } from './engine/convert-types.js';
-export { SECTOR_SIZE, chooseGeometry, convertInPlace, type GeometryChoice } from './engine/convert.js';
-export { referencedRanges, zeroStaleHeaderBytes } from './engine/host-ranges.js';
+export { SECTOR_SIZE, convertInPlace } from './engine/convert.js';
+export { candidateClusterSizes, chooseGeometry, type GeometryChoice } from './engine/geometry.js';
 export {
   TRAILER_SIZE,
   TRANSITIONAL_MAGIC,
-  intentBlockLength,
-  encodeIntent,
+  MAX_HEAD_LENGTH,
+  recordBlock,
+  encodeRecordStart,
   readIntent,
+  readLog,
   identityDigest,
   transitionalSector,
   isTransitionalSector,
   inspectInterrupted,
-  recover,
   rollBack,
   type IntentRecord,
   type FoundIntent,
   type InterruptedState,
-  type RecoveryResult,
-  type RecoverOptions,
+  type RecordBlock,
+  type PackMode,
 } from './engine/intent.js';
 export { MemoryIO, CountingIO, type IoStats } from './engine/memory-io.js';
 export { parseSize, parseOptions } from './engine/options.js';
-export { planMapping, type Relocation, type PlanStats, type Plan, type PlanInput } from './engine/planner.js';
+export { packImage, type PackOptions, type PackReport } from './engine/pack.js';
+export { MappingPlanner, planMapping, type Relocation, type RelocationReason, type PlanStats, type Plan, type PlanInput } from './engine/planner.js';
+export { recover, type RecoveryResult, type RecoverOptions } from './engine/recover.js';
 export { PROBE_LENGTH, Registry, type ProbeResult } from './engine/registry.js';

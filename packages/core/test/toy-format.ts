@@ -13,18 +13,13 @@ import {
   readExtents,
   type BlockIO,
   type Driver,
+  type CheckReport,
   type Extent,
   type Image,
-  type MovableUnit,
+  type UnitRun,
 } from '../src/index.js';
 
 const HEADER_LENGTH = 28;
-
-function u64(value: number): Uint8Array {
-  const view = ByteView.alloc(8);
-  view.setU64le(0, value);
-  return view.bytes;
-}
 
 export function makeToyDriver(name: string, magic: string, headerClusters: number, clusterSizes = { min: 512, max: 1 << 21 }): Driver {
   const magicBytes = new TextEncoder().encode(magic);
@@ -55,38 +50,36 @@ export function makeToyDriver(name: string, magic: string, headerClusters: numbe
       },
       read: (guestOffset, length) => readExtents(io, extents, guestOffset, length),
       conversionSource: async () => ({
-        options: { virtualSize, clusterSize, zeroExtents: extents.some((e) => e.kind === 'zero') },
+        options: { virtualSize, clusterSize },
         blockers: [],
         headerRegionSize: head.u32le(24) * clusterSize,
-        metadataRanges: [
-          { offset: 0, length: HEADER_LENGTH, role: 'header' },
-          { offset: tableOffset, length: alignUp(clusters * 8, clusterSize), role: 'table' },
+        metadataRanges: () => [
+          { offset: 0, length: HEADER_LENGTH, kind: 'header' as const },
+          { offset: tableOffset, length: alignUp(clusters * 8, clusterSize), kind: 'metadata' as const, role: 'table' },
         ],
       }),
-      movableUnits: async () => {
-        const units: MovableUnit[] = [
-          {
-            hostOffset: tableOffset,
-            length: alignUp(clusters * 8, clusterSize),
-            role: 'table',
-            pointerOffset: 16,
-            encodePointer: (hostOffset) => u64(hostOffset),
-          },
-        ];
+      units: () => {
+        const pointer = { encoding: 'u64le' as const };
+        const runs: UnitRun[] = [{ kind: 'table', hostOffset: tableOffset, unitLength: alignUp(clusters * 8, clusterSize), count: 1, pointerOffset: 16, pointerStride: 0, pointer }];
         for (const extent of extents) {
           if (extent.kind !== 'data') continue;
-          for (let at = 0; at < extent.length; at += clusterSize) {
-            const index = (extent.guestOffset + at) / clusterSize;
-            units.push({
-              hostOffset: extent.hostOffset + at,
-              length: clusterSize,
-              role: `data cluster ${index}`,
-              pointerOffset: tableOffset + index * 8,
-              encodePointer: (hostOffset) => u64(hostOffset),
-            });
-          }
+          const index = extent.guestOffset / clusterSize;
+          runs.push({ kind: 'data', hostOffset: extent.hostOffset, unitLength: clusterSize, count: Math.ceil(extent.length / clusterSize), pointerOffset: tableOffset + index * 8, pointerStride: 8, pointer });
         }
-        return units;
+        return runs;
+      },
+      check: async (): Promise<CheckReport> => {
+        // Leaks: clusters past the header region that nothing references (this format has no reference counts).
+        const used = new Set<number>();
+        const mark = (offset: number, length: number) => {
+          for (let c = Math.floor(offset / clusterSize); c < Math.ceil((offset + length) / clusterSize); c++) used.add(c);
+        };
+        mark(tableOffset, clusters * 8);
+        for (const extent of extents) if (extent.kind === 'data') mark(extent.hostOffset, alignUp(extent.length, clusterSize));
+        const fileClusters = Math.ceil((await io.size()) / clusterSize);
+        let leaks = 0;
+        for (let c = head.u32le(24); c < fileClusters; c++) if (!used.has(c)) leaks++;
+        return { corruptions: 0, leaks, checkErrors: 0, messages: [] };
       },
       close: async () => {},
     };
@@ -97,7 +90,7 @@ export function makeToyDriver(name: string, magic: string, headerClusters: numbe
     description: `toy format ${name} for engine tests`,
     version: '0.0.0',
     apiVersion: DRIVER_API_VERSION,
-    capabilities: { read: true, zeroExtents: true, inPlaceSource: true, inPlaceTarget: true },
+    capabilities: { read: true, zeroExtents: true, check: true, inPlaceSource: true, inPlaceTarget: true },
     probe: (head) => (magicBytes.every((b, i) => head[i] === b) ? 100 : 0),
     open,
     inPlace: {
@@ -108,27 +101,32 @@ export function makeToyDriver(name: string, magic: string, headerClusters: numbe
           headerRegionSize: headerClusters * request.clusterSize,
           maxHostOffset: Number.MAX_SAFE_INTEGER,
           zeroExtents: true,
+          unreferencedClustersLeak: true,
         },
         problems: [],
-        build: async (mapping, space) => {
+        estimate: () => ({ metadataBytes: alignUp(Math.ceil(request.source.virtualSize / request.clusterSize) * 8, request.clusterSize) }),
+        build: async (mapping, space, out) => {
           const clusterSize = request.clusterSize;
           const clusters = Math.ceil(request.source.virtualSize / clusterSize);
           const table = ByteView.alloc(clusters * 8);
-          for (const extent of mapping) {
-            for (let at = extent.guestOffset; at < extent.guestOffset + extent.length; at += clusterSize) {
-              const index = at / clusterSize;
-              if (extent.kind === 'data') table.setU64le(index * 8, extent.hostOffset + (at - extent.guestOffset));
-              else if (extent.kind === 'zero') table.setU64le(index * 8, 1);
+          for await (const batch of mapping) {
+            for (const extent of batch) {
+              for (let at = extent.guestOffset; at < extent.guestOffset + extent.length; at += clusterSize) {
+                const index = at / clusterSize;
+                if (extent.kind === 'data') table.setU64le(index * 8, extent.hostOffset + (at - extent.guestOffset));
+                else if (extent.kind === 'zero') table.setU64le(index * 8, 1);
+              }
             }
           }
           const tableOffset = space.allocate(alignUp(table.length, clusterSize), clusterSize);
+          await out.write(tableOffset, table.bytes);
           const header = ByteView.alloc(HEADER_LENGTH);
           header.bytes.set(magicBytes, 0);
           header.setU32le(4, clusterSize);
           header.setU64le(8, request.source.virtualSize);
           header.setU64le(16, tableOffset);
           header.setU32le(24, headerClusters);
-          return { writes: [{ offset: tableOffset, data: table.bytes }], header: header.bytes, fileSize: space.end };
+          return { header: header.bytes, fileSize: space.end };
         },
       }),
     },

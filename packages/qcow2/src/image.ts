@@ -77,7 +77,7 @@ export class Qcow2Image implements Image {
     };
   }
 
-  map(): AsyncIterable<Extent> {
+  map(): AsyncIterable<Extent[]> {
     return mergedExtents(walkMapping(this.state, 0, this.state.virtualSize));
   }
 

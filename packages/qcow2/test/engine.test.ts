@@ -45,7 +45,7 @@ describe('convertInPlace(qcow2 -> qcow2) on qemu-made images', () => {
         `write -P 3 ${64 * M - 4096} 4k`,
       ]);
       copyFileSync(original, file);
-      const io = await FileIO.open(file, { writable: true });
+      const io = await FileIO.open(file, { writable: true, lock: true });
       try {
         const report = await convertInPlace({ io, source: qcow2Driver, target: qcow2Driver, targetOptions: testCase.to, openOptions: { inflate } });
         expect(report.verified).toBe(true);

@@ -2,6 +2,7 @@
  * The oracle: images made by qemu-img / qemu-io, described by our driver and by qemu-img (map, info,
  * convert -O raw, check) must agree.
  */
+import { metadataRangesOf } from '@ic/conformance';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { qemuCheck, qemuConvert, qemuCreate, qemuInfo, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
@@ -215,11 +216,11 @@ describe('qemu-made images: map, info, read and check agree with qemu-img', () =
       it('conversionSource() validates every table and names only the expected blockers', async () => {
         const image = await openQcow2(file);
         const source = await image.conversionSource();
-        const expected = [...(shape.compressed ? ['compressed clusters'] : []), ...(shape.subclusters ? ['extended L2 (subclusters)'] : [])];
+        // Compressed clusters are found by the conversion's walk of the map, not listed as a blocker.
+        const expected = shape.subclusters ? ['extended L2 (subclusters)'] : [];
         expect(source.blockers.map((blocker) => blocker.feature).sort()).toEqual(expected.sort());
         expect(source.options.virtualSize).toBe(image.info().virtualSize);
-        expect(source.options.zeroExtents).toBe(shape.expectKinds.includes('zero') || shape.expectKinds.includes('zero-allocated'));
-        for (const range of source.metadataRanges) expect(range.offset + range.length).toBeLessThanOrEqual(image.state.fileSize);
+        for (const range of await metadataRangesOf(source)) expect(range.offset + range.length).toBeLessThanOrEqual(Math.max(image.state.fileSize, image.state.clusterSize));
       });
 
       it('check() reports what qemu-img check reports', async () => {

@@ -79,9 +79,9 @@ export async function checkSparse(image: SparseVmdkImage): Promise<CheckReport> 
     const sorted = starts.sorted();
     countOverlaps(sorted, geometry.grainSectors, (a, b) => findings.corruption(`grains at sectors ${a} and ${b} overlap`));
     for (const range of metadata) {
-      if (range.role === 'header' || range.role.startsWith('descriptor')) continue; // reported above
+      if (range.kind === 'header') continue; // reported above
       for (const hit of rangesHitting(sorted, geometry.grainSectors, range.offset, range.length)) {
-        findings.corruption(`grain at sector ${hit} overlaps the ${range.role}`);
+        findings.corruption(`grain at sector ${hit} overlaps the ${range.role ?? range.kind}`);
       }
     }
   } else {
@@ -99,11 +99,11 @@ export async function checkSparse(image: SparseVmdkImage): Promise<CheckReport> 
       }
     }
     for (const range of metadata) {
-      if (range.role === 'header' || range.role.startsWith('descriptor')) continue;
+      if (range.kind === 'header') continue;
       const first = range.offset / SECTOR_SIZE;
       const end = (range.offset + range.length) / SECTOR_SIZE;
       for (let i = 0; i < count; i++) {
-        if (startOf[i]! < end && first < endOf[i]!) findings.corruption(`compressed grain at sector ${startOf[i]} overlaps the ${range.role}`);
+        if (startOf[i]! < end && first < endOf[i]!) findings.corruption(`compressed grain at sector ${startOf[i]} overlaps the ${range.role ?? range.kind}`);
       }
     }
   }

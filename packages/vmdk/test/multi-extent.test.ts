@@ -123,7 +123,7 @@ describe.each(SUBFORMATS)('%s with openFile', (subformat) => {
     await image.close();
 
     // Through the engine, as `ic convert-inplace` runs it (the CLI closes the extent files it handed out).
-    const io = await FileIO.open(file, { writable: true });
+    const io = await FileIO.open(file, { writable: true, lock: true });
     const handedOut: BlockIO[] = [];
     const openFile = async (name: string): Promise<BlockIO> => {
       const extent = await opener(tmp.dir)(name);

@@ -163,7 +163,7 @@ describe('zero scan (explicit)', () => {
     const { convertInPlace } = await import('@ic/core');
     const { FileIO } = await import('@ic/core/node');
     const { registry } = await import('../src/registry.js');
-    const io = await FileIO.open(copy, { writable: true });
+    const io = await FileIO.open(copy, { writable: true, lock: true });
     const scanned = await convertInPlace({ io, source: registry.get('raw'), target: registry.get('qcow2'), zeroScan: true });
     await io.close();
     expect(scanned.clustersKept + scanned.clustersRelocated).toBe((3 * MiB) / 65536);

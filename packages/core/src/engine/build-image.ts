@@ -1,8 +1,5 @@
 import { AppendAllocator } from './allocator.js';
-import { alignUp, isPowerOfTwo } from '../sdk/index.js';
-import { IcError } from '../sdk/index.js';
-import { pushExtent, type Extent } from '../sdk/index.js';
-import type { BackingReference, Driver, ImageInfo } from '../sdk/index.js';
+import { alignUp, IcError, isPowerOfTwo, pushExtent, type BackingReference, type Driver, type Extent, type ImageInfo } from '../sdk/index.js';
 import type { BlockIO } from '../sdk/index.js';
 
 export interface ImageContent {
@@ -32,7 +29,7 @@ export async function writeImage(io: BlockIO, driver: Driver, content: ImageCont
   if (!isPowerOfTwo(clusterSize)) throw new IcError('INVALID', `cluster size ${clusterSize} is not a power of two`);
   const { virtualSize } = content;
   const target = factory.create({
-    source: { virtualSize, clusterSize, zeroExtents: (content.zero?.length ?? 0) > 0, ...(content.backing ? { backing: content.backing } : {}) },
+    source: { virtualSize, clusterSize, ...(content.backing ? { backing: content.backing } : {}) },
     clusterSize,
     options: {},
     ...(content.backingInfo ? { backingInfo: content.backingInfo } : {}),
@@ -88,8 +85,15 @@ export async function writeImage(io: BlockIO, driver: Driver, content: ImageCont
   else if (next < clusterCount) pushExtent(mapping, { kind: 'unallocated', guestOffset: next * clusterSize, length: virtualSize - next * clusterSize });
 
   const allocator = new AppendAllocator(firstHost + dataIndexes.length * clusterSize, clusterSize, target.layout.maxHostOffset);
-  const build = await target.build(mapping, allocator);
-  for (const write of build.writes) await io.write(write.offset, write.data);
+  async function* batches(): AsyncGenerator<readonly Extent[]> {
+    yield mapping;
+  }
+  const build = await target.build(batches(), allocator, {
+    write: async (offset, data) => {
+      if (!allocator.owns(offset, data.length)) throw new IcError('INTERNAL', `${driver.name} target wrote ${data.length} bytes at ${offset}, outside its allocations`);
+      await io.write(offset, data);
+    },
+  });
   const region = new Uint8Array(Math.min(target.layout.headerRegionSize, alignUp(build.header.length, 512)));
   region.set(build.header);
   await io.write(0, region);

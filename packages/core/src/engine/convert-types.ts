@@ -2,7 +2,7 @@ import type { Driver, OpenOptions, OptionValues } from '../sdk/index.js';
 import type { BlockIO } from '../sdk/index.js';
 import type { IoStats } from './memory-io.js';
 
-export type ConversionPhase = 'validate' | 'plan' | 'relocate' | 'build' | 'commit' | 'verify' | 'cleanup';
+export type ConversionPhase = 'validate' | 'plan' | 'relocate' | 'build' | 'commit' | 'verify' | 'cleanup' | 'pack';
 
 export interface ProgressEvent {
   phase: ConversionPhase;
@@ -37,9 +37,10 @@ export interface ConvertInPlaceRequest {
    */
   allowUnlocked?: boolean;
   /**
-   * After the switch, pack the file so that no cluster is left unreferenced (formats without refcounts count
-   * those as leaks): 'auto' (default) when the moves cost no more than a small multiple of the metadata,
-   * 'always', or 'never'. Needs a target whose images list their movable units.
+   * After the switch, pack the file so that no cluster is left unreferenced, for targets whose format counts
+   * those as leaks (TargetLayout.unreferencedClustersLeak): 'auto' (default) packs when the moves cost no more
+   * than twice the metadata the conversion reads and writes (the report says what was left and why otherwise),
+   * 'always', or 'never'. A dry run reports what packing would cost.
    */
   compact?: 'auto' | 'always' | 'never';
   /**
@@ -82,8 +83,18 @@ export interface ConversionReport {
    */
   commit: 'single-sector' | 'tail-then-sector-0' | 'transitional' | 'none';
   verified: boolean;
-  /** What packing the file did (absent when the target has nothing to pack or compaction was off). */
-  compaction?: { done: boolean; unitsMoved: number; bytesMoved: number; bytesPlanned: number; reason: string };
+  /** What packing the file did (absent when the target has nothing to pack or packing was off). */
+  compaction?: {
+    done: boolean;
+    unitsMoved: number;
+    bytesMoved: number;
+    bytesPlanned: number;
+    /** Unreferenced clusters left in the file (qemu-img check's leaks); 0 when done. */
+    leaksLeft: number;
+    reason: string;
+  };
+  /** Bytes the engine reserved past the source's end before building (relocations + the target's estimate). */
+  spaceReserved: number;
 }
 
 export type { Driver, BlockIO };

@@ -1,424 +1,698 @@
-import { AppendAllocator } from './allocator.js';
-import { alignDown, alignUp, isAllZero, isPowerOfTwo } from '../sdk/index.js';
-import { IcError, isIcError } from '../sdk/index.js';
-import { assertCoverage, collectExtents, mergeExtents, pushExtent, type Extent, type HostRange } from '../sdk/index.js';
-import { hasCapability, type ConversionOptions, type Driver, type Image, type InPlaceTarget, type InPlaceTargetFactory, type OptionValues, type TargetBuild } from '../sdk/index.js';
-import { planMapping, type Plan } from './planner.js';
-import { referencedRanges, zeroStaleHeaderBytes } from './host-ranges.js';
-import { compactImage } from './compact.js';
-import type { BlockIO } from '../sdk/index.js';
-import { CountingIO } from './memory-io.js';
-import { encodeIntent, identityDigest, inspectInterrupted, intentBlockLength, rollBack, transitionalSector, type IntentRecord } from './intent.js';
+import { ClusterBitmap } from '../sdk/bitmap.js';
+import {
+  alignDown,
+  alignUp,
+  extentBatches,
+  hasCapability,
+  IcError,
+  isAllZero,
+  isIcError,
+  itemBatches,
+  type BlockIO,
+  type ConversionOptions,
+  type ConversionSource,
+  type Driver,
+  type Extent,
+  type Image,
+  type InPlaceTarget,
+  type MetadataWriter,
+  type TargetBuild,
+} from '../sdk/index.js';
+import { AppendAllocator, SpaceCursor } from './allocator.js';
+import { COPY_CHUNK, RelocationCopier } from './copy.js';
 import type { ConversionPhase, ConversionReport, ConvertInPlaceRequest } from './convert-types.js';
+import { MappingDigest } from './digest.js';
+import { candidateClusterSizes, chooseGeometry, GeometryCandidate, type CandidateCost, type GeometryChoice } from './geometry.js';
+import { zeroStaleHeaderBytes } from './host-ranges.js';
+import {
+  encodeRecordStart,
+  identityDigest,
+  inspectInterrupted,
+  logCapacityFor,
+  logOffsetOf,
+  MAX_HEAD_LENGTH,
+  readIntent,
+  recordBlock,
+  rollBack,
+  transitionalSector,
+  writeNextSlot,
+  type FoundIntent,
+  type IntentRecord,
+  type PackMode,
+  type RecordBlock,
+} from './intent.js';
+import { CountingIO } from './memory-io.js';
+import { HostOccupancy } from './occupancy.js';
+import { packImage, type PackReport } from './pack.js';
+import { MappingPlanner, type PlanStats, type Relocation } from './planner.js';
+import { ReadView } from './view.js';
 
 /** The commit sector: writes of one aligned 512-byte sector are taken as atomic (reliability.md R2). */
 export const SECTOR_SIZE = 512;
 
-/** Chunk size for copying relocated clusters. */
-const COPY_CHUNK = 8 * 1024 * 1024;
-
-function overlapsAny(ranges: readonly HostRange[], offset: number, length: number): HostRange | undefined {
-  return ranges.find((r) => r.offset < offset + length && offset < r.offset + r.length);
-}
-
-export interface GeometryChoice {
-  clusterSize: number;
-  reason: string;
-}
-
-/**
- * Picks the target cluster size: the user's -o value when given; otherwise the source's own cluster size
- * when the target supports it and nothing has to move for alignment; otherwise, among nearby sizes the
- * target supports, the one that relocates the fewest bytes.
- */
-export function chooseGeometry(
-  factory: InPlaceTargetFactory,
-  source: ConversionOptions,
-  extents: readonly Extent[],
-  options: OptionValues,
-  planFor: (clusterSize: number) => Plan | undefined,
-): GeometryChoice {
-  const { min, max } = factory.clusterSizes;
-  const requested = factory.clusterSizeOption ? options[factory.clusterSizeOption] : undefined;
-  if (typeof requested === 'number') {
-    if (!isPowerOfTwo(requested) || requested < min || requested > max) {
-      throw new IcError('INVALID', `${factory.clusterSizeOption}=${requested} is not a power of two in [${min}, ${max}]`);
-    }
-    return { clusterSize: requested, reason: `requested with -o ${factory.clusterSizeOption}` };
-  }
-  const sourceSize = source.clusterSize;
-  const candidates = new Set<number>();
-  const clamped = Math.min(max, Math.max(min, sourceSize));
-  candidates.add(clamped);
-  for (let size = clamped / 4; size <= clamped * 4; size *= 2) if (size >= min && size <= max && isPowerOfTwo(size)) candidates.add(size);
-
-  const sourcePlan = sourceSize === clamped ? planFor(sourceSize) : undefined;
-  if (sourcePlan && sourcePlan.relocations.every((r) => r.reason === 'header-region')) {
-    return { clusterSize: sourceSize, reason: `the source's cluster size; every data cluster outside the new header region stays in place` };
-  }
-  let best: { size: number; bytes: number } | undefined;
-  for (const size of [...candidates].sort((a, b) => b - a)) {
-    const plan = size === sourceSize && sourcePlan ? sourcePlan : planFor(size);
-    if (!plan) continue;
-    const bytes = plan.stats.bytesRelocated;
-    const closer = (a: number, b: number) => Math.abs(Math.log2(a / sourceSize)) < Math.abs(Math.log2(b / sourceSize));
-    if (!best || bytes < best.bytes || (bytes === best.bytes && closer(size, best.size))) best = { size, bytes };
-  }
-  if (!best) throw new IcError('UNSUPPORTED', `no cluster size in [${min}, ${max}] can hold this image`);
-  const reason =
-    best.size === sourceSize
-      ? `the source's cluster size (${best.bytes} bytes must move)`
-      : `moves the fewest bytes (${best.bytes}) among ${[...candidates].sort((a, b) => a - b).join(', ')}; the source uses ${sourceSize}`;
-  return { clusterSize: best.size, reason };
-}
-
-/**
- * The source map as the planner needs it. A source may end mid-sector (a raw file of odd size): the
- * target's virtual size is whole sectors, and the padding reads as zeros. A source that declares no zero
- * extents (and has no backing file) has its zero runs (raw holes) planned as unallocated clusters.
- */
-async function sourceMapForConversion(image: Image, options: ConversionOptions, keepHoleHosts: boolean): Promise<Extent[]> {
-  const extents = await collectExtents(image.map());
-  const mappedEnd = extents.reduce((end, e) => Math.max(end, e.guestOffset + e.length), 0);
-  if (mappedEnd < options.virtualSize && options.virtualSize - mappedEnd < SECTOR_SIZE) {
-    extents.push({ kind: 'unallocated', guestOffset: mappedEnd, length: options.virtualSize - mappedEnd });
-  }
-  if (options.zeroExtents || options.backing) return extents;
-  // Keep the host range of zero runs that really read as zeros there (raw holes): a cluster mixing them
-  // with data can then stay in place. Whole zero clusters still become unallocated in the planner.
-  return mergeExtents(
-    extents.map((e) => (e.kind === 'zero' && !(keepHoleHosts && e.hostOffset !== undefined) ? { kind: 'unallocated', guestOffset: e.guestOffset, length: e.length } : e)),
-  );
-}
-
-/** Splits data extents at the source's cluster boundaries and turns all-zero clusters into empty ones. */
-async function scanForZeroClusters(image: Image, extents: readonly Extent[], options: ConversionOptions): Promise<Extent[]> {
-  const clusterSize = options.clusterSize;
-  const out: Extent[] = [];
-  const empty = (guestOffset: number, length: number): Extent =>
-    options.backing ? { kind: 'zero', guestOffset, length } : { kind: 'unallocated', guestOffset, length };
-  for (const extent of extents) {
-    if (extent.kind !== 'data') {
-      pushExtent(out, extent);
-      continue;
-    }
-    const end = extent.guestOffset + extent.length;
-    for (let guest = extent.guestOffset; guest < end; ) {
-      const next = Math.min(end, alignDown(guest, clusterSize) + clusterSize);
-      const bytes = await image.read(guest, next - guest);
-      const whole = guest % clusterSize === 0 && (next % clusterSize === 0 || next === options.virtualSize);
-      if (whole && isAllZero(bytes)) pushExtent(out, empty(guest, next - guest));
-      else pushExtent(out, { kind: 'data', guestOffset: guest, length: next - guest, hostOffset: extent.hostOffset + (guest - extent.guestOffset) });
-      guest = next;
-    }
-  }
-  return out;
-}
-
-interface PreparedConversion {
-  sourceImage: Image;
-  extents: Extent[];
-  referenced: HostRange[];
-  options: ConversionOptions;
-  target: InPlaceTarget;
-  geometry: GeometryChoice;
-  plan: Plan;
-  allocator: AppendAllocator;
-  build: TargetBuild;
-  fileSizeBefore: number;
-  commit: ConversionReport['commit'];
-}
+type Step = (phase: ConversionPhase, done: number, total: number) => void;
 
 function refuse(sourceName: string, targetName: string, reason: string): IcError {
   return new IcError('UNSUPPORTED', `cannot convert ${sourceName} to ${targetName} in place: ${reason}`);
 }
 
-async function prepare(request: ConvertInPlaceRequest, step: (phase: ConversionPhase, done: number, total: number) => void): Promise<PreparedConversion> {
-  let opened: Image | undefined;
-  try {
-    return await prepareOpened(request, step, (image) => (opened = image));
-  } catch (error) {
-    // A refused conversion must not leave the source (and any files it opened) open.
-    await opened?.close().catch(() => undefined);
-    throw error;
+/** How the engine reads the source map: what it keeps of zero runs, and the padding of an odd-sized disk. */
+interface SourceView {
+  image: Image;
+  description: ConversionSource;
+  options: ConversionOptions;
+  hasBacking: boolean;
+  holesReadZero: boolean;
+  /** With --zero-scan: source clusters found to hold only zeros (filled by the first pass, read by the second). */
+  zeroClusters?: ClusterBitmap;
+}
+
+/**
+ * The source map as the planner needs it, in batches. A source may end mid-sector (a raw file of odd size): the
+ * target's virtual size is whole sectors, and the padding reads as zeros. Without a backing file, zero runs are
+ * planned as unallocated, except raw holes (zero runs whose host range reads as zeros), which keep their host
+ * range so that a cluster mixing them with data can stay in place. `visit` sees every extent as the driver
+ * gave it (the survey records the host ranges it references).
+ */
+async function* plannedExtents(view: SourceView, visit?: (extent: Extent) => void): AsyncGenerator<Extent[]> {
+  const { virtualSize } = view.options;
+  let mappedEnd = 0;
+  for await (const batch of extentBatches(view.description.map?.() ?? view.image.map())) {
+    const out: Extent[] = [];
+    for (const extent of batch) {
+      visit?.(extent);
+      mappedEnd = extent.guestOffset + extent.length;
+      if (extent.kind === 'zero' && !view.hasBacking && !(view.holesReadZero && extent.hostOffset !== undefined)) {
+        out.push({ kind: 'unallocated', guestOffset: extent.guestOffset, length: extent.length });
+      } else if (extent.kind === 'data' && view.zeroClusters) {
+        splitZeroClusters(view, extent, out);
+      } else out.push(extent);
+    }
+    yield out;
+  }
+  if (mappedEnd < virtualSize && virtualSize - mappedEnd < SECTOR_SIZE) yield [{ kind: 'unallocated', guestOffset: mappedEnd, length: virtualSize - mappedEnd }];
+}
+
+/** Splits a data extent at the source's cluster boundaries and plans its all-zero clusters as empty. */
+function splitZeroClusters(view: SourceView, extent: Extent & { kind: 'data' }, out: Extent[]): void {
+  const clusterSize = view.options.clusterSize;
+  const empty = (guestOffset: number, length: number): Extent =>
+    view.hasBacking ? { kind: 'zero', guestOffset, length } : { kind: 'unallocated', guestOffset, length };
+  const end = extent.guestOffset + extent.length;
+  for (let guest = extent.guestOffset; guest < end; ) {
+    const next = Math.min(end, alignDown(guest, clusterSize) + clusterSize);
+    const whole = guest % clusterSize === 0 && (next % clusterSize === 0 || next === view.options.virtualSize);
+    const piece = whole && view.zeroClusters!.has(guest / clusterSize) ? empty(guest, next - guest) : { kind: 'data' as const, guestOffset: guest, length: next - guest, hostOffset: extent.hostOffset + (guest - extent.guestOffset) };
+    const last = out[out.length - 1];
+    if (last && last.kind === piece.kind && last.guestOffset + last.length === guest && (piece.kind !== 'data' || (last.kind === 'data' && last.hostOffset + last.length === piece.hostOffset))) last.length += piece.length;
+    else out.push(piece);
+    guest = next;
   }
 }
 
-async function prepareOpened(
+/** --zero-scan: reads every data cluster once (large reads) and records the all-zero ones. */
+async function scanZeroClusters(io: BlockIO, view: SourceView, signal: AbortSignal | undefined): Promise<ClusterBitmap> {
+  const zero = new ClusterBitmap();
+  const clusterSize = view.options.clusterSize;
+  for await (const batch of extentBatches(view.description.map?.() ?? view.image.map())) {
+    for (const extent of batch) {
+      if (extent.kind !== 'data') continue;
+      const end = extent.guestOffset + extent.length;
+      let guest = alignUp(extent.guestOffset, clusterSize);
+      while (guest < end) {
+        throwIfAborted(signal, 'scan');
+        const chunkEnd = Math.min(end, guest + alignDown(COPY_CHUNK, clusterSize) || guest + clusterSize);
+        const bytes = await io.read(extent.hostOffset + (guest - extent.guestOffset), chunkEnd - guest);
+        for (let at = 0; at < bytes.length; at += clusterSize) {
+          const piece = bytes.subarray(at, Math.min(bytes.length, at + clusterSize));
+          const whole = piece.length === clusterSize || guest + at + piece.length === view.options.virtualSize;
+          if (whole && isAllZero(piece)) zero.add((guest + at) / clusterSize);
+        }
+        guest = chunkEnd;
+      }
+    }
+  }
+  return zero;
+}
+
+function throwIfAborted(signal: AbortSignal | undefined, where: string): void {
+  if (signal?.aborted) throw new IcError('INTERRUPTED', `stopped during ${where}`);
+}
+
+interface Survey {
+  occupancy: HostOccupancy;
+  costs: CandidateCost[];
+  failures: IcError[];
+  spaceStart: number;
+}
+
+/**
+ * Pass 1: one walk of the source map and its metadata. Records every host range the source references (and
+ * refuses overlaps), and plans every candidate geometry in count mode.
+ */
+async function survey(
+  io: BlockIO,
   request: ConvertInPlaceRequest,
-  step: (phase: ConversionPhase, done: number, total: number) => void,
-  track: (image: Image) => void,
-): Promise<PreparedConversion> {
-  const { io, source, target } = request;
-  const factory = target.inPlace;
-  if (!hasCapability(source, 'inPlaceSource')) throw refuse(source.name, target.name, `the ${source.name} driver cannot be an in-place source`);
-  if (!factory || !hasCapability(target, 'inPlaceTarget')) throw refuse(source.name, target.name, `the ${target.name} driver cannot be an in-place target`);
-
-  step('validate', 0, 0);
-  const interrupted = await inspectInterrupted(io);
-  if (interrupted !== 'none') {
-    throw new IcError('NEEDS_RECOVERY', `${io.name}: an earlier conversion was interrupted; run \`ic recover ${io.name}\` first`, { path: io.name });
+  view: SourceView,
+  fileSizeBefore: number,
+  step: Step,
+): Promise<Survey> {
+  const { source, target } = request;
+  const factory = target.inPlace!;
+  const format = source.name;
+  const occupancy = new HostOccupancy(Math.min(65536, Math.max(512, view.options.clusterSize)), format);
+  for await (const batch of itemBatches(view.description.metadataRanges())) {
+    for (const range of batch) occupancy.add(range.offset, range.length, range.kind);
   }
-  const sourceImage = await source.open(io, request.openOptions);
-  track(sourceImage);
-  if (!sourceImage.conversionSource) throw refuse(source.name, target.name, `the ${source.name} driver does not describe its images for conversion`);
-  const description = await sourceImage.conversionSource();
-  const [blocker] = description.blockers;
-  if (blocker) throw refuse(source.name, target.name, `${blocker.feature}: ${blocker.reason}`);
-  const options = description.options;
-  if (options.backing && request.openOptions?.untrusted) {
-    throw new IcError('EXTERNAL_REF', `${io.name}: the image references backing file '${options.backing.name}' (refused in untrusted mode)`);
-  }
-
-  const holesReadZero = description.zeroHostRangesReadAsZero === true;
-  const sourceExtents = await sourceMapForConversion(sourceImage, options, holesReadZero);
-  // The zero scan changes the plan only: until the switch the source still references every one of its clusters.
-  const extents = request.zeroScan ? await scanForZeroClusters(sourceImage, sourceExtents, options) : sourceExtents;
-  assertCoverage(extents, options.virtualSize, `${source.name} map`);
-  for (const extent of extents) {
+  // Ranges of the source's metadata come first; the map's host ranges follow while the candidates plan.
+  const sizes = candidateClusterSizes(factory, view.options.clusterSize, request.targetOptions ?? {});
+  const backingInfo = request.openOptions?.backing?.info();
+  const plannerOptions = {
+    virtualSize: view.options.virtualSize,
+    hasBacking: view.hasBacking,
+    zeroHostRangesReadAsZero: view.holesReadZero,
+    zeroAsUnallocated: !view.hasBacking,
+  };
+  // The space for relocations and metadata starts past the file and past everything referenced; the survey
+  // knows the latter only at its end, so candidates plan with the file's end and the engine re-checks below.
+  const provisionalStart = fileSizeBefore;
+  const candidates = sizes.map(
+    (clusterSize) =>
+      new GeometryCandidate(
+        clusterSize,
+        factory.create({ source: view.options, clusterSize, options: request.targetOptions ?? {}, ...(backingInfo ? { backingInfo } : {}) }),
+        plannerOptions,
+        provisionalStart,
+      ),
+  );
+  let mapped = 0;
+  const visit = (extent: Extent) => {
     if (extent.kind === 'compressed' || extent.kind === 'encrypted') {
       throw refuse(source.name, target.name, `${extent.kind} clusters (guest offset ${extent.guestOffset}) cannot be reused in place; use qemu-img convert`);
     }
-  }
-  const referenced = referencedRanges(description.metadataRanges, sourceExtents, source.name);
-  const fileSizeBefore = await io.size();
-  const referencedEnd = referenced.reduce((end, r) => Math.max(end, r.offset + r.length), 0);
-  const hasBacking = options.backing !== undefined;
-  const planFlags = { zeroHostRangesReadAsZero: holesReadZero, zeroAsUnallocated: !options.zeroExtents && !hasBacking };
-
-  step('plan', 0, 0);
-  const backingInfo = request.openOptions?.backing?.info();
-  const targetFor = (clusterSize: number) =>
-    factory.create({ source: options, clusterSize, options: request.targetOptions ?? {}, ...(backingInfo ? { backingInfo } : {}) });
-  const startFor = (clusterSize: number) => alignUp(Math.max(fileSizeBefore, referencedEnd), clusterSize);
-  const planFor = (clusterSize: number): Plan | undefined => {
-    const layout = targetFor(clusterSize).layout;
-    try {
-      return planMapping({ ...planFlags, extents, virtualSize: options.virtualSize, layout, hasBacking, space: new AppendAllocator(startFor(clusterSize), clusterSize) });
-    } catch (error) {
-      if (isIcError(error) && error.code === 'UNSUPPORTED') return undefined;
-      throw error;
-    }
+    if (extent.kind === 'data') occupancy.add(extent.hostOffset, extent.length, 'data');
+    else if (extent.kind === 'zero' && extent.hostOffset !== undefined) occupancy.add(extent.hostOffset, extent.length, 'zero');
   };
-  const geometry = chooseGeometry(factory, options, extents, request.targetOptions ?? {}, planFor);
-  const targetImage = targetFor(geometry.clusterSize);
-  const [problem] = targetImage.problems;
-  if (problem) throw refuse(source.name, target.name, problem);
-  const layout = targetImage.layout;
-  if (layout.clusterSize !== geometry.clusterSize) throw new IcError('INTERNAL', `${target.name} target ignored the cluster size ${geometry.clusterSize}`);
-
-  const allocator = new AppendAllocator(startFor(layout.clusterSize), layout.clusterSize, layout.maxHostOffset);
-  const plan = planMapping({ ...planFlags, extents, virtualSize: options.virtualSize, layout, hasBacking, space: allocator });
-
-  step('build', 0, 0);
-  const build = await targetImage.build(plan.mapping, allocator);
-  for (const write of build.writes) {
-    if (!allocator.owns(write.offset, write.data.length)) {
-      throw new IcError('INTERNAL', `${target.name} target wanted to write ${write.data.length} bytes at ${write.offset}, outside the space it was given`);
+  for await (const batch of plannedExtents(view, visit)) {
+    throwIfAborted(request.signal, 'planning');
+    for (const extent of batch) {
+      for (const candidate of candidates) candidate.push(extent);
+      mapped = extent.guestOffset + extent.length;
     }
+    step('plan', mapped, view.options.virtualSize);
   }
-  if (build.header.length === 0 || build.header.length > layout.headerRegionSize) {
-    throw new IcError('INTERNAL', `${target.name} target header is ${build.header.length} bytes; its header region is ${layout.headerRegionSize}`);
+  occupancy.finish();
+  const spaceStart = Math.max(fileSizeBefore, occupancy.end);
+  const costs: CandidateCost[] = [];
+  const failures: IcError[] = [];
+  for (const candidate of candidates) {
+    const stats = candidate.finish();
+    if (!stats) {
+      failures.push(candidate.failure!);
+      continue;
+    }
+    const metadataBytes = candidate.target.estimate(candidate.summary(view.options.virtualSize)).metadataBytes;
+    costs.push({ candidate, stats, metadataBytes, ioBytes: 2 * stats.bytesRelocated + metadataBytes });
   }
-  if (build.fileSize < allocator.end) throw new IcError('INTERNAL', `${target.name} target file size ${build.fileSize} is below its allocations (${allocator.end})`);
-
-  // The header tail (past sector 0) is written before sector 0. Where it would overwrite something the source
-  // still uses, sector 0 first gets the transitional marker, so that no reader takes the file for either format.
-  let commit: ConversionReport['commit'] = 'single-sector';
-  if (build.header.length > SECTOR_SIZE) {
-    commit = overlapsAny(referenced, SECTOR_SIZE, build.header.length - SECTOR_SIZE) ? 'transitional' : 'tail-then-sector-0';
-  }
-  return { sourceImage, extents, referenced, options, target: targetImage, geometry, plan, allocator, build, fileSizeBefore, commit };
+  return { occupancy, costs, failures, spaceStart };
 }
 
-async function copyRelocations(io: BlockIO, prepared: PreparedConversion, step: (phase: ConversionPhase, done: number, total: number) => void): Promise<void> {
-  const { plan, sourceImage } = prepared;
-  const clusterSize = prepared.target.layout.clusterSize;
-  const total = plan.stats.bytesRelocated;
-  let done = 0;
-  // Consecutive relocations of consecutive guest clusters go to consecutive host clusters: copy them in large runs.
-  let i = 0;
-  while (i < plan.relocations.length) {
-    const first = plan.relocations[i]!;
-    let j = i + 1;
-    let runLength = first.length;
-    while (j < plan.relocations.length && runLength < COPY_CHUNK) {
-      const next = plan.relocations[j]!;
-      const previous = plan.relocations[j - 1]!;
-      if (next.guestOffset !== previous.guestOffset + clusterSize || next.hostOffset !== previous.hostOffset + clusterSize || previous.length !== clusterSize) break;
-      runLength += next.length;
-      j++;
+/** Writes target metadata after checking it lies in the target's own allocations, merging adjacent writes. */
+class CheckedWriter implements MetadataWriter {
+  private buffer = new Uint8Array(0);
+  private start = 0;
+  private length = 0;
+  bytes = 0;
+
+  constructor(
+    private readonly io: BlockIO,
+    private readonly space: AppendAllocator,
+    private readonly name: string,
+  ) {}
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    if (data.length === 0) return;
+    if (!this.space.owns(offset, data.length)) {
+      throw new IcError('INTERNAL', `${this.name} target wanted to write ${data.length} bytes at ${offset}, outside the space it was given`);
     }
-    const data = await sourceImage.read(first.guestOffset, runLength);
-    const padded = new Uint8Array(alignUp(runLength, clusterSize));
-    padded.set(data);
-    await io.write(first.hostOffset, padded);
-    done += runLength;
-    step('relocate', done, total);
-    i = j;
+    this.bytes += data.length;
+    if (this.length > 0 && offset === this.start + this.length && this.length + data.length <= COPY_CHUNK) {
+      if (this.buffer.length < this.length + data.length) {
+        const grown = new Uint8Array(Math.min(COPY_CHUNK, Math.max(2 * this.buffer.length, this.length + data.length)));
+        grown.set(this.buffer.subarray(0, this.length));
+        this.buffer = grown;
+      }
+      this.buffer.set(data, this.length);
+      this.length += data.length;
+      return;
+    }
+    await this.flush();
+    if (data.length >= COPY_CHUNK) {
+      await this.io.write(offset, data);
+      return;
+    }
+    if (this.buffer.length < data.length) this.buffer = new Uint8Array(Math.max(data.length, 65536));
+    this.buffer.set(data, 0);
+    this.start = offset;
+    this.length = data.length;
+  }
+
+  async flush(): Promise<void> {
+    if (this.length === 0) return;
+    await this.io.write(this.start, this.buffer.subarray(0, this.length));
+    this.length = 0;
   }
 }
 
-async function verify(io: BlockIO, target: Driver, prepared: PreparedConversion): Promise<void> {
-  const image = await target.open(io);
-  try {
-    const actual = mergeExtents(await collectExtents(image.map()));
-    const expected = mergeExtents(prepared.plan.mapping);
-    const same =
-      actual.length === expected.length &&
-      actual.every((extent, i) => {
-        const other = expected[i]!;
-        const host = (e: Extent) => ('hostOffset' in e ? e.hostOffset : undefined);
-        return extent.kind === other.kind && extent.guestOffset === other.guestOffset && extent.length === other.length && host(extent) === host(other);
-      });
-    if (!same) throw new IcError('INTERNAL', `${target.name}: the converted image's map differs from the planned one`);
-    if (image.info().virtualSize !== prepared.options.virtualSize) {
-      throw new IcError('INTERNAL', `${target.name}: the converted image has virtual size ${image.info().virtualSize}, expected ${prepared.options.virtualSize}`);
-    }
-    if (image.check) {
-      const report = await image.check();
-      if (report.corruptions > 0 || report.checkErrors > 0) {
-        throw new IcError('INTERNAL', `${target.name}: the converted image fails its own check: ${report.messages[0] ?? `${report.corruptions} corruptions`}`);
+interface Built {
+  build: TargetBuild;
+  stats: PlanStats;
+  digest: string;
+  metadataBytes: number;
+  relocatedBytes: number;
+}
+
+/**
+ * Pass 2: walks the source map again at the chosen geometry; relocated clusters are copied as the plan meets
+ * them and the target consumes the mapping as it is made, writing its tables as they fill.
+ */
+async function build(
+  io: BlockIO,
+  request: ConvertInPlaceRequest,
+  view: SourceView,
+  target: InPlaceTarget,
+  cursor: SpaceCursor,
+  step: Step,
+): Promise<Built> {
+  const layout = target.layout;
+  const C = layout.clusterSize;
+  const keptClusters = new ClusterBitmap();
+  const digest = new MappingDigest();
+  const copier = new RelocationCopier(io, C);
+  const relocations: Relocation[] = [];
+  let output: Extent[] = [];
+  let relocatedBytes = 0;
+  const planner = new MappingPlanner(
+    { virtualSize: view.options.virtualSize, layout, hasBacking: view.hasBacking, zeroHostRangesReadAsZero: view.holesReadZero, zeroAsUnallocated: !view.hasBacking },
+    {
+      place: (length) => {
+        relocatedBytes += alignUp(length, C);
+        return cursor.take(alignUp(length, C), C, 'relocated clusters');
+      },
+      relocation: (relocation) => relocations.push(relocation),
+      extent: (extent) => {
+        if (extent.kind === 'data' && extent.hostOffset < cursor.start) {
+          // Kept clusters: two guest clusters must never share one (a corrupt source with aliased clusters).
+          const first = extent.hostOffset / C;
+          const clash = keptClusters.addRange(first, first + Math.ceil(extent.length / C));
+          if (clash >= 0) {
+            throw new IcError('CORRUPT', `${request.source.name}: two guest ranges map to host cluster at 0x${(clash * C).toString(16)}`, { format: request.source.name, offset: clash * C });
+          }
+        }
+        digest.push(extent);
+        output.push(extent);
+      },
+    },
+  );
+  let planned = 0;
+  async function* mapping(): AsyncGenerator<readonly Extent[]> {
+    for await (const batch of plannedExtents(view)) {
+      throwIfAborted(request.signal, 'the build');
+      for (const extent of batch) planner.push(extent);
+      for (const relocation of relocations.splice(0)) await copier.add(relocation);
+      planned = batch.length > 0 ? batch[batch.length - 1]!.guestOffset + batch[batch.length - 1]!.length : planned;
+      step('build', planned, view.options.virtualSize);
+      if (output.length > 0) {
+        const ready = output;
+        output = [];
+        yield ready;
       }
     }
+    planner.finish();
+    for (const relocation of relocations.splice(0)) await copier.add(relocation);
+    await copier.flush();
+    if (output.length > 0) yield output;
+  }
+  const space = new AppendAllocator(cursor, C, undefined, `${request.target.name} metadata`);
+  const writer = new CheckedWriter(io, space, request.target.name);
+  const built = await target.build(mapping(), space, writer);
+  await writer.flush();
+  return { build: built, stats: planner.stats, digest: digest.value(), metadataBytes: writer.bytes, relocatedBytes };
+}
+
+/** Reopens the result with the target driver: its map must be the planned one and its own check clean. */
+async function verify(io: BlockIO, target: Driver, expectedDigest: string, virtualSize: number, fileSize: number): Promise<{ leaks: number }> {
+  // The image as it is once the file is cut to its size (the intent record lies past it).
+  const image = await target.open(new ReadView(io, fileSize));
+  try {
+    if (image.info().virtualSize !== virtualSize) {
+      throw new IcError('INTERNAL', `${target.name}: the converted image has virtual size ${image.info().virtualSize}, expected ${virtualSize}`);
+    }
+    const digest = new MappingDigest();
+    for await (const batch of extentBatches(image.map())) for (const extent of batch) digest.push(extent);
+    const actual = digest.value();
+    if (actual !== expectedDigest) {
+      throw new IcError('INTERNAL', `${target.name}: the converted image's map differs from the planned one (${actual} vs ${expectedDigest}; starts ${JSON.stringify(digest.head)})`);
+    }
+    if (!image.check) return { leaks: 0 };
+    const report = await image.check();
+    if (report.corruptions > 0 || report.checkErrors > 0) {
+      throw new IcError('INTERNAL', `${target.name}: the converted image fails its own check: ${report.messages[0] ?? `${report.corruptions} corruptions`}`);
+    }
+    return { leaks: report.leaks };
   } finally {
     await image.close();
   }
 }
 
+/** Packing moves at most this much without being asked, however small the metadata (a small image packs). */
+export const PACK_BUDGET_FLOOR = 64 * 1024 * 1024;
+
+/**
+ * Bytes packing may move without being asked: twice the metadata the conversion read and wrote (and relocated),
+ * at least PACK_BUDGET_FLOOR. Past that, packing would mostly move data (a sparse raw source, say); the leaks are
+ * left and the report says so.
+ */
+function packBudget(occupancy: HostOccupancy, metadataBytes: number, relocatedBytes: number): number {
+  return Math.max(PACK_BUDGET_FLOOR, 2 * (occupancy.bytes.metadata + occupancy.bytes.header + metadataBytes + relocatedBytes));
+}
+
+/** Log capacity for packing: one sector entry per cluster the packing can move (the source's metadata, the target's, and relocations). */
+function packLogCapacity(occupancy: HostOccupancy, metadataBytes: number, relocatedBytes: number, clusterSize: number): number {
+  const units = Math.ceil((occupancy.bytes.metadata + occupancy.bytes.header + metadataBytes + relocatedBytes) / clusterSize) + 64;
+  return Math.min(16 * 1024 * 1024, logCapacityFor(units));
+}
+
+function packReportOf(result: PackReport): NonNullable<ConversionReport['compaction']> {
+  return {
+    done: result.done,
+    unitsMoved: result.unitsMoved,
+    bytesMoved: result.bytesMoved,
+    bytesPlanned: result.bytesPlanned,
+    leaksLeft: result.holesLeft,
+    reason: result.reason,
+  };
+}
+
 /**
  * Converts the image in `request.io` from `request.source`'s format to `request.target`'s, in place.
  *
- * 1. validate: open the source read-only, refuse features the target cannot keep, check every reference.
- * 2. plan: per target cluster keep / relocate / zero / unallocated; all new space lies past everything the
- *    source references, so the source stays a valid image until the commit.
- * 3. build: copy relocated clusters, write the target's metadata, extend the file, flush.
- * 4. commit: write the header region's tail (only where the source keeps nothing), flush, then sector 0, flush.
- * 5. verify: reopen with the target driver and compare its map with the plan; on a mismatch put the old
- *    sector 0 back (the source is still intact underneath) and fail.
- * 6. clean up: zero what is left of the old header in the target's header region.
+ * 1. validate: refuse a store another process may use, an interrupted earlier operation, features the target
+ *    cannot keep.
+ * 2. survey (pass 1): walk the source's metadata and map once; record every referenced host range (overlaps
+ *    are corruption), plan every candidate geometry in count mode, pick the cheapest, let the target estimate
+ *    its metadata, reserve that much space past the source.
+ * 3. record: write the intent record block at the end of the reserved space (slot A: "growing"), flush.
+ * 4. build (pass 2): plan again at the chosen geometry, copy relocated clusters, stream the mapping into the
+ *    target, which writes its tables as they fill; flush; slot B ("committing": old and new header), flush.
+ * 5. commit: the header region's tail (only where the source keeps nothing; else first a transitional marker
+ *    in sector 0), flush, sector 0, flush.
+ * 6. verify: reopen with the target driver; its map digest must equal the plan's and its check be clean; on a
+ *    mismatch the old header region is written back.
+ * 7. clean up: zero the rest of the old header in the new header region; pack where the target format counts
+ *    unreferenced clusters as leaks; cut the file to its final size, which drops the record.
+ * Before the commit any failure (or the abort signal) puts the file back as it was; after it the image is valid
+ * in the new format and the error says so (IcError.imageFormat) and that `ic recover` finishes the rest.
  */
 export async function convertInPlace(request: ConvertInPlaceRequest): Promise<ConversionReport> {
   const started = performance.now();
   const io = new CountingIO(request.io);
-  const { target } = request;
-  const step = (phase: ConversionPhase, done: number, total: number) => request.onProgress?.({ phase, done, total });
-  const prepared = await prepare({ ...request, io }, step);
-  const { plan, build, geometry, options } = prepared;
-  const layout = prepared.target.layout;
-
-  const report = (dryRun: boolean, verified: boolean, fileSizeAfter: number): ConversionReport => ({
-    sourceFormat: request.source.name,
-    targetFormat: target.name,
-    dryRun,
-    virtualSize: options.virtualSize,
-    sourceClusterSize: options.clusterSize,
-    targetClusterSize: layout.clusterSize,
-    geometryReason: geometry.reason,
-    ...plan.stats,
-    metadataBytes: build.writes.reduce((sum, w) => sum + w.data.length, 0),
-    headerBytes: Math.max(build.header.length, SECTOR_SIZE),
-    fileSizeBefore: prepared.fileSizeBefore,
-    fileSizeAfter,
-    io: { ...io.stats },
-    durationMs: Math.round(performance.now() - started),
-    commit: dryRun ? 'none' : prepared.commit,
-    verified,
-  });
-
-  if (request.dryRun) {
-    await prepared.sourceImage.close();
-    return report(true, false, Math.max(prepared.fileSizeBefore, build.fileSize));
+  const { source, target } = request;
+  const factory = target.inPlace;
+  const step: Step = (phase, done, total) => request.onProgress?.({ phase, done, total });
+  if (!hasCapability(source, 'inPlaceSource')) throw refuse(source.name, target.name, `the ${source.name} driver cannot be an in-place source`);
+  if (!factory || !hasCapability(target, 'inPlaceTarget')) throw refuse(source.name, target.name, `the ${target.name} driver cannot be an in-place target`);
+  if (!request.dryRun) {
+    if (!io.writable) throw new IcError('INVALID', `${io.name} is open read-only`);
+    if (io.exclusive !== true && !request.allowUnlocked) {
+      throw new IcError(
+        'LOCKED',
+        `${io.name}: refusing to rewrite an image without holding QEMU's locks on it (another process could be using it); open it with locks, or allow unlocked writes explicitly`,
+        { path: io.name },
+      );
+    }
   }
-  if (!io.writable) throw new IcError('INVALID', `${io.name} is open read-only`);
+  step('validate', 0, 0);
+  if ((await inspectInterrupted(io)) !== 'none') {
+    throw new IcError('NEEDS_RECOVERY', `${io.name}: an earlier conversion was interrupted; run \`ic recover ${io.name}\` first`, { path: io.name });
+  }
+  const fileSizeBefore = await io.size();
+  if (fileSizeBefore === 0) throw new IcError('WRONG_FORMAT', `${io.name}: the file is empty`, { path: io.name });
 
-  // 3. build: first the intent record, durably, at the end of the file-to-be; then relocated clusters and
-  // metadata. Nothing here touches a byte the source references.
-  const headLength = alignUp(Math.max(build.header.length, SECTOR_SIZE), SECTOR_SIZE);
-  const newHead = new Uint8Array(headLength);
-  newHead.set(build.header);
-  const intent: IntentRecord = {
-    identityDigest: await identityDigest(io),
-    fileSizeBefore: prepared.fileSizeBefore,
-    targetFileSize: build.fileSize,
-    headerRegionSize: layout.headerRegionSize,
-    sourceFormat: request.source.name,
-    targetFormat: target.name,
-    oldHead: await io.read(0, headLength),
-    newHead,
+  const image = await source.open(io, request.openOptions);
+  let sourceOpen = true;
+  const closeSource = async () => {
+    if (sourceOpen) {
+      sourceOpen = false;
+      await image.close().catch(() => undefined);
+    }
   };
-  const recordOffset = alignUp(Math.max(build.fileSize, prepared.allocator.end), layout.clusterSize);
-  const blockLength = intentBlockLength(headLength, SECTOR_SIZE);
-  await io.write(recordOffset, encodeIntent(intent, recordOffset, blockLength));
-  await io.flush();
-  await copyRelocations(io, prepared, step);
-  let written = 0;
-  for (const write of build.writes) {
-    await io.write(write.offset, write.data);
-    written += write.data.length;
-    step('build', written, 0);
-  }
-  await io.flush();
-  await prepared.sourceImage.close();
-
-  // 4. commit.
-  step('commit', 0, 1);
-  if (prepared.commit === 'transitional') {
-    await io.write(0, transitionalSector(recordOffset));
-    await io.flush();
-  }
-  if (headLength > SECTOR_SIZE) {
-    await io.write(SECTOR_SIZE, newHead.subarray(SECTOR_SIZE));
-    await io.flush();
-  }
-  await io.write(0, newHead.subarray(0, SECTOR_SIZE));
-  await io.flush();
-  step('commit', 1, 1);
-
-  // 5. verify, rolling back to the untouched source on a mismatch.
-  step('verify', 0, 1);
   try {
-    await verify(io, target, prepared);
-  } catch (error) {
-    await rollBack(io, intent);
-    throw error;
+    if (!image.conversionSource) throw refuse(source.name, target.name, `the ${source.name} driver does not describe its images for conversion`);
+    const description = await image.conversionSource();
+    const [blocker] = description.blockers;
+    if (blocker) throw refuse(source.name, target.name, `${blocker.feature}: ${blocker.reason}`);
+    const options = description.options;
+    if (options.backing && request.openOptions?.untrusted) {
+      throw new IcError('EXTERNAL_REF', `${io.name}: the image references backing file '${options.backing.name}' (refused in untrusted mode)`);
+    }
+    const view: SourceView = {
+      image,
+      description,
+      options,
+      hasBacking: options.backing !== undefined,
+      holesReadZero: description.zeroHostRangesReadAsZero === true,
+    };
+    if (request.zeroScan) view.zeroClusters = await scanZeroClusters(io, view, request.signal);
+
+    // 2. survey and geometry.
+    step('plan', 0, options.virtualSize);
+    const surveyed = await survey(io, request, view, fileSizeBefore, step);
+    if (surveyed.costs.length === 0) {
+      const [failure] = surveyed.failures;
+      throw refuse(source.name, target.name, failure?.message ?? `no cluster size in [${factory.clusterSizes.min}, ${factory.clusterSizes.max}] can hold this image`);
+    }
+    const requested = factory.clusterSizeOption !== undefined && typeof request.targetOptions?.[factory.clusterSizeOption] === 'number';
+    const geometry: GeometryChoice = chooseGeometry(surveyed.costs, options.clusterSize, requested);
+    const chosen = surveyed.costs.find((cost) => cost.candidate.clusterSize === geometry.clusterSize)!;
+    const targetImage = chosen.candidate.target;
+    const layout = targetImage.layout;
+    const C = layout.clusterSize;
+    // The estimate was made with the file's end as the start of free space; the referenced end may lie further.
+    // New space lies past the file, past everything the source references, and past the target's header region
+    // (a source smaller than that region must not get relocated clusters inside it).
+    const spaceStart = alignUp(Math.max(surveyed.spaceStart, layout.headerRegionSize), C);
+    const estimate = targetImage.estimate({ ...chosen.candidate.summary(options.virtualSize), spaceStart });
+    // Relocations take whole clusters; one table block of sector alignment (VMDK) may leave up to a cluster of padding.
+    const packs = layout.unreferencedClustersLeak === true && (request.compact ?? 'auto') !== 'never';
+    // Packing may move one table through the space past the image's end: as much again as the metadata (a hole
+    // until then, so it costs nothing on disk).
+    const reserved = chosen.stats.clustersRelocated * C + estimate.metadataBytes * (packs ? 2 : 1) + 2 * C;
+    const limit = spaceStart + reserved;
+    if (limit > layout.maxHostOffset && chosen.stats.clustersRelocated > 0) {
+      throw refuse(source.name, target.name, `the relocated clusters would lie past the ${layout.maxHostOffset} bytes a ${target.name} image can address`);
+    }
+    const headCapacity = Math.min(alignUp(layout.headerRegionSize, SECTOR_SIZE), MAX_HEAD_LENGTH);
+    const logCapacity = packs ? packLogCapacity(surveyed.occupancy, estimate.metadataBytes, chosen.stats.bytesRelocated, C) : 0;
+    const block = recordBlock(alignUp(limit, C), headCapacity, logCapacity, C);
+
+    const report = (dryRun: boolean, verified: boolean, fileSizeAfter: number, stats: PlanStats, metadataBytes: number, headerBytes: number, commit: ConversionReport['commit']): ConversionReport => ({
+      sourceFormat: source.name,
+      targetFormat: target.name,
+      dryRun,
+      virtualSize: options.virtualSize,
+      sourceClusterSize: options.clusterSize,
+      targetClusterSize: C,
+      geometryReason: geometry.reason,
+      ...stats,
+      metadataBytes,
+      headerBytes,
+      fileSizeBefore,
+      fileSizeAfter,
+      spaceReserved: reserved,
+      io: { ...io.stats },
+      durationMs: Math.round(performance.now() - started),
+      commit,
+      verified,
+    });
+
+    if (request.dryRun) {
+      await closeSource();
+      return report(true, false, Math.max(fileSizeBefore, limit), chosen.stats, estimate.metadataBytes, SECTOR_SIZE, 'none');
+    }
+
+    // 3. the record block, durably, before anything else is written.
+    const record: IntentRecord = {
+      state: 'growing',
+      identityDigest: await identityDigest(io),
+      fileSizeBefore,
+      targetFileSize: 0,
+      headerRegionSize: layout.headerRegionSize,
+      sourceFormat: source.name,
+      targetFormat: target.name,
+      pack: packs ? ((request.compact ?? 'auto') as PackMode) : 'never',
+      packBudget: 0,
+      // While growing, the head is the source's sector 0 (recover checks it is still there before cutting).
+      oldHead: await io.read(0, SECTOR_SIZE),
+      newHead: await io.read(0, SECTOR_SIZE),
+    };
+    /** 'switching' while sector 0 is being written: the file may hold either header until recover looks. */
+    let phase: 'before' | 'switching' | 'after' = 'before';
+    let found: FoundIntent = { record, block, slot: 0, sequence: 1 };
+    try {
+      // Slot A and the trailer, one write; the rest of the block (slots B and C, the log) is a hole of zeros.
+      const start = encodeRecordStart(block, record);
+      await io.write(start.offset, start.bytes);
+      await io.flush();
+
+      // 4. build.
+      const cursor = new SpaceCursor(spaceStart, block.offset);
+      const built = await build(io, request, view, targetImage, cursor, step);
+      const header = built.build.header;
+      if (header.length === 0 || header.length > layout.headerRegionSize || header.length > headCapacity) {
+        throw new IcError('INTERNAL', `${target.name} target header is ${header.length} bytes; its header region is ${layout.headerRegionSize}`);
+      }
+      if (built.build.fileSize < cursor.end || built.build.fileSize > block.offset) {
+        throw new IcError('INTERNAL', `${target.name} target file size ${built.build.fileSize} is outside [${cursor.end}, ${block.offset}]`);
+      }
+      const headLength = alignUp(Math.max(header.length, SECTOR_SIZE), SECTOR_SIZE);
+      const newHead = new Uint8Array(headLength);
+      newHead.set(header);
+      let commit: ConversionReport['commit'] = 'single-sector';
+      if (header.length > SECTOR_SIZE) commit = surveyed.occupancy.overlaps(SECTOR_SIZE, header.length - SECTOR_SIZE) ? 'transitional' : 'tail-then-sector-0';
+      // The metadata and slot B share one flush: slot B without the metadata durable still rolls back (the
+      // header never changed), and nothing is switched before that flush.
+      found = await writeNextSlot(io, found, {
+        ...record,
+        state: 'committing',
+        targetFileSize: built.build.fileSize,
+        packBudget: record.pack === 'auto' ? packBudget(surveyed.occupancy, built.metadataBytes, built.relocatedBytes) : 0,
+        oldHead: await io.read(0, headLength),
+        newHead,
+      });
+      await io.flush();
+      await closeSource();
+      throwIfAborted(request.signal, 'the build');
+
+      // 5. commit.
+      step('commit', 0, 1);
+      if (commit === 'transitional') {
+        await io.write(0, transitionalSector(block.offset));
+        await io.flush();
+      }
+      if (headLength > SECTOR_SIZE) {
+        await io.write(SECTOR_SIZE, newHead.subarray(SECTOR_SIZE));
+        await io.flush();
+      }
+      phase = 'switching';
+      await io.write(0, newHead.subarray(0, SECTOR_SIZE));
+      await io.flush();
+      phase = 'after';
+      step('commit', 1, 1);
+
+      // 6. verify, rolling back to the untouched source on a mismatch.
+      step('verify', 0, 1);
+      let leaks: number;
+      try {
+        leaks = (await verify(io, target, built.digest, options.virtualSize, built.build.fileSize)).leaks;
+      } catch (error) {
+        phase = 'before';
+        await rollBack(io, found.record);
+        throw error;
+      }
+      step('verify', 1, 1);
+
+      // 7. clean up, pack, cut to the final size (the record goes with it).
+      step('cleanup', 0, 1);
+      await zeroStaleHeaderBytes(io, headLength, Math.min(layout.headerRegionSize, built.build.fileSize));
+      let compaction: ConversionReport['compaction'];
+      if (packs && leaks > 0) {
+        // From here on packing may change header fields: the record stops comparing heads. (A torn slot leaves
+        // the committing one, whose new head is still in place: both roll forward.)
+        found = await writeNextSlot(io, found, { ...found.record, state: 'committed' });
+        await io.flush();
+        step('pack', 0, 0);
+        const result = await packImage(io, target, {
+          log: { offset: logOffsetOf(block), capacity: block.logCapacity },
+          imageEnd: built.build.fileSize,
+          limit: block.offset,
+          scratch: { offset: alignUp(built.build.fileSize, C), length: block.offset - alignUp(built.build.fileSize, C) },
+          ...(found.record.packBudget > 0 ? { maxBytes: found.record.packBudget } : {}),
+          ...(request.signal ? { signal: request.signal } : {}),
+          onProgress: (done, total) => step('pack', done, total),
+        });
+        compaction = packReportOf(result);
+        if (!result.done) {
+          await io.truncate(Math.max(built.build.fileSize, result.referencedEnd));
+          await io.flush();
+        }
+      } else {
+        if (layout.unreferencedClustersLeak && leaks > 0) {
+          compaction = { done: false, unitsMoved: 0, bytesMoved: 0, bytesPlanned: 0, leaksLeft: leaks, reason: 'packing was turned off (--compact never)' };
+        }
+        await io.truncate(built.build.fileSize);
+        await io.flush();
+      }
+      step('cleanup', 1, 1);
+      const final = report(false, true, await io.size(), built.stats, built.metadataBytes, headLength, commit);
+      return compaction ? { ...final, compaction } : final;
+    } catch (error) {
+      if (phase === 'after') throw afterCommit(error, io.name, source.name, target.name);
+      if (phase === 'switching') {
+        throw new IcError(isIcError(error) ? error.code : 'IO', `${io.name}: failed while switching the header (${error instanceof Error ? error.message : String(error)}); run \`ic recover ${io.name}\`, which finishes or undoes the conversion`, {
+          path: io.name,
+          cause: error,
+        });
+      }
+      await undoGrowth(io, fileSizeBefore, found);
+      throw beforeCommit(error, io.name, source.name);
+    }
+  } finally {
+    await closeSource();
   }
-  step('verify', 1, 1);
-
-  // 6. clean up: zero the rest of the old header inside the new header region, then drop the intent record.
-  step('cleanup', 0, 1);
-  const fileSizeAfter = build.fileSize;
-  await zeroStaleHeaderBytes(io, headLength, Math.min(layout.headerRegionSize, fileSizeAfter));
-  await io.flush();
-  await io.truncate(fileSizeAfter);
-  await io.flush();
-  step('cleanup', 1, 1);
-
-  // 7. pack: move units into the holes the old metadata left, each move crash-safe on its own.
-  const compaction = await packAfterConversion(io, target, request.compact ?? 'auto', prepared);
-  const final = report(false, true, await io.size());
-  return compaction ? { ...final, compaction } : final;
 }
 
-/** Bytes that compaction may move without being asked: a few times the metadata involved, at least 16 MiB. */
-function compactionBudget(prepared: PreparedConversion): number {
-  const sourceMetadata = prepared.referenced.filter((r) => !r.role.startsWith('data of') && !r.role.startsWith('zero-allocated')).reduce((sum, r) => sum + r.length, 0);
-  const targetMetadata = prepared.build.writes.reduce((sum, w) => sum + w.data.length, 0);
-  return Math.max(16 * 1024 * 1024, 4 * (sourceMetadata + targetMetadata + prepared.plan.stats.bytesRelocated));
+/** Before the commit the file is put back as it was: nothing at offset 0 changed, so cutting it is enough. */
+async function undoGrowth(io: BlockIO, fileSizeBefore: number, found: FoundIntent): Promise<void> {
+  try {
+    if (found.record.state === 'committing' && found.record.oldHead.length > 0) {
+      // The transitional marker or the tail may have been written: put the old header region back first.
+      const head = await io.read(0, found.record.oldHead.length);
+      if (!equalBytes(head, found.record.oldHead)) {
+        await rollBack(io, found.record);
+        return;
+      }
+    }
+    await io.truncate(fileSizeBefore);
+    await io.flush();
+  } catch {
+    // The store itself failed (a failed flush is final): the record says what `ic recover` must do.
+  }
 }
 
-async function packAfterConversion(io: BlockIO, target: Driver, mode: 'auto' | 'always' | 'never', prepared: PreparedConversion): Promise<ConversionReport['compaction']> {
-  if (mode === 'never') return undefined;
-  const probe = await target.open(io);
-  const movable = typeof probe.movableUnits === 'function';
-  await probe.close();
-  if (!movable) return undefined;
-  const budget = mode === 'always' ? undefined : compactionBudget(prepared);
-  const result = await compactImage(io, target, budget === undefined ? {} : { maxBytes: budget });
-  const reason = result.done
-    ? result.unitsMoved === 0
-      ? 'no holes to fill'
-      : `filled the holes left by the old metadata (${result.unitsMoved} units moved)`
-    : `skipped: packing would move ${result.bytesPlanned} bytes (more than ${budget}, mostly data); run with compaction forced to pack anyway`;
-  return { done: result.done, unitsMoved: result.unitsMoved, bytesMoved: result.bytesMoved, bytesPlanned: result.bytesPlanned, reason };
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
+
+function beforeCommit(error: unknown, path: string, sourceFormat: string): unknown {
+  if (!isIcError(error)) return error;
+  if (error.code === 'INTERRUPTED') {
+    return new IcError('INTERRUPTED', `${path}: stopped before the switch; the image is unchanged (still ${sourceFormat})`, { path, cause: error, imageFormat: sourceFormat });
+  }
+  return error;
+}
+
+function afterCommit(error: unknown, path: string, sourceFormat: string, targetFormat: string): IcError {
+  const code = isIcError(error) ? error.code : 'IO';
+  const reason = error instanceof Error ? error.message : String(error);
+  const what = code === 'INTERRUPTED' ? 'stopped after the switch' : `failed after the switch (${reason})`;
+  return new IcError(
+    code,
+    `${path}: ${what}: the image is now ${targetFormat} (no longer ${sourceFormat}) and its data is intact; run \`ic recover ${path}\` to finish the clean-up`,
+    { path, cause: error, imageFormat: targetFormat },
+  );
+}
+
+export { readIntent, recordBlock, type RecordBlock };

@@ -1,16 +1,26 @@
-import { IcError } from '../sdk/index.js';
-import { pushExtent, type Extent } from '../sdk/index.js';
-import type { SpaceAllocator, TargetLayout } from '../sdk/index.js';
+import { IcError, pushExtent, type Extent, type SpaceAllocator, type TargetLayout } from '../sdk/index.js';
 
-/** A target cluster whose guest content is copied to new host space before the commit. */
+export type RelocationReason = 'header-region' | 'misaligned' | 'beyond-addressable' | 'mixed-content' | 'zero-fill' | 'placement';
+
+/** Where the bytes of a relocated range come from. */
+export type RelocationSource =
+  /** One host run of the source: guest byte g of the range is host byte hostOffset + (g - guestOffset). */
+  | { kind: 'host'; hostOffset: number }
+  /** Zeros (a zero run the target cannot record over a backing file). */
+  | { kind: 'zero' }
+  /** Several pieces (a target cluster larger than the source's): data from the host, zeros elsewhere. */
+  | { kind: 'pieces'; pieces: readonly { guestOffset: number; length: number; hostOffset?: number }[] };
+
+/** Target clusters whose guest content is copied to new host space before the commit. */
 export interface Relocation {
   guestOffset: number;
-  /** Guest bytes in the cluster (less than the cluster size only for the last, partial cluster). */
+  /** Guest bytes (whole clusters, except for the last cluster of the disk). */
   length: number;
-  /** New host offset (cluster-aligned, a whole cluster reserved). */
+  /** New host offset (cluster-aligned; whole clusters reserved). */
   hostOffset: number;
   /** Why it cannot stay: for plans and messages. */
-  reason: 'header-region' | 'misaligned' | 'beyond-addressable' | 'mixed-content' | 'zero-fill';
+  reason: RelocationReason;
+  source: RelocationSource;
 }
 
 export interface PlanStats {
@@ -21,25 +31,23 @@ export interface PlanStats {
   unallocatedClusters: number;
 }
 
-export interface Plan {
-  /** The target's mapping: data, zero and unallocated extents, cluster-aligned, merged, covering the disk. */
-  mapping: Extent[];
-  relocations: Relocation[];
-  stats: PlanStats;
+/** Receives the plan as it is made: target mapping extents in guest order, and the ranges that must move. */
+export interface PlanSink {
+  /** Reserves host space for `length` guest bytes that must move (whole clusters) and returns its offset. */
+  place(length: number): number;
+  relocation?(relocation: Relocation): void;
+  /** The next extent of the target mapping (cluster-aligned, merged by the caller if it wants). */
+  extent(extent: Extent): void;
 }
 
-export interface PlanInput {
-  /** The source map, merged, covering [0, virtualSize). */
-  extents: readonly Extent[];
+export interface PlannerOptions {
   virtualSize: number;
   layout: TargetLayout;
   /** The source has a backing file: unallocated and zero differ. */
   hasBacking: boolean;
-  /** Space for relocated clusters. */
-  space: SpaceAllocator;
   /** Zero extents with a hostOffset read as zeros there (raw holes): they may share a kept cluster with data. */
   zeroHostRangesReadAsZero?: boolean;
-  /** The source declares no zero extents (and has no backing file): its zero runs become unallocated. */
+  /** Zero runs become unallocated (without a backing file both read as zeros; the default then). */
   zeroAsUnallocated?: boolean;
 }
 
@@ -47,47 +55,184 @@ const emptyStats = (): PlanStats => ({ clustersKept: 0, clustersRelocated: 0, by
 
 /**
  * Decides, for every target cluster, whether its data stays where it is, moves, or becomes a zero or
- * unallocated cluster. A data cluster stays only when its guest bytes are one host run starting on a
- * target-cluster boundary, outside the target's header region and inside its addressable range.
+ * unallocated cluster, as the source map streams in (guest order). A data cluster stays only when its guest
+ * bytes are one host run starting on a host-alignment boundary, outside the target's header region and inside
+ * its addressable range. Work is per extent, not per cluster: a long extent is split arithmetically into the
+ * runs that stay and the runs that move. Memory: the source extents of one target cluster.
  */
-export function planMapping(input: PlanInput): Plan {
-  const { extents, virtualSize, layout, hasBacking, space } = input;
-  const clusterSize = layout.clusterSize;
-  const mapping: Extent[] = [];
-  const relocations: Relocation[] = [];
-  const stats = emptyStats();
-  const clustersIn = (length: number) => Math.ceil(length / clusterSize);
+export class MappingPlanner {
+  readonly stats: PlanStats = emptyStats();
+  private readonly clusterSize: number;
+  private readonly alignment: number;
+  /** Source extents not yet fully planned, in guest order; the first may be partly planned. */
+  private pending: Extent[] = [];
+  private pendingEnd = 0;
+  /** Next guest offset to plan (a cluster boundary). */
+  private guest = 0;
 
-  const relocate = (guestOffset: number, length: number, reason: Relocation['reason']) => {
-    const hostOffset = space.allocate(clusterSize, clusterSize);
-    relocations.push({ guestOffset, length, hostOffset, reason });
-    pushExtent(mapping, { kind: 'data', guestOffset, length, hostOffset });
-    stats.clustersRelocated++;
-    stats.bytesRelocated += length;
-  };
+  constructor(
+    private readonly options: PlannerOptions,
+    private readonly sink: PlanSink,
+  ) {
+    this.clusterSize = options.layout.clusterSize;
+    this.alignment = options.layout.hostAlignment ?? this.clusterSize;
+    if ((options.layout.placement?.kind ?? 'anywhere') !== 'anywhere') {
+      throw new IcError('UNSUPPORTED', `the engine cannot yet place data for a target whose layout is '${options.layout.placement!.kind}'`);
+    }
+  }
 
-  const emitEmpty = (kind: 'zero' | 'unallocated', guestOffset: number, length: number) => {
-    if (input.zeroAsUnallocated) kind = 'unallocated';
-    if (kind === 'zero' && !layout.zeroExtents) {
-      if (hasBacking) {
-        // The target cannot say "zero, hide the backing file": store real zeros, cluster by cluster.
-        for (let at = guestOffset; at < guestOffset + length; at += clusterSize) {
-          relocate(at, Math.min(clusterSize, guestOffset + length - at), 'zero-fill');
+  /** The next source extent (guest order, contiguous with the previous one). */
+  push(extent: Extent): void {
+    if (extent.length <= 0) return;
+    if (extent.guestOffset !== this.pendingEnd) {
+      throw new IcError('INTERNAL', `plan: source extent at guest ${extent.guestOffset} does not continue from ${this.pendingEnd}`);
+    }
+    this.pending.push(extent);
+    this.pendingEnd = extent.guestOffset + extent.length;
+    this.drain(false);
+  }
+
+  /** Plans what is left; the source map must have covered the whole disk. */
+  finish(): PlanStats {
+    if (this.pendingEnd !== this.options.virtualSize) {
+      throw new IcError('INTERNAL', `plan: the source map ends at ${this.pendingEnd}, the virtual size is ${this.options.virtualSize}`);
+    }
+    this.drain(true);
+    return this.stats;
+  }
+
+  /** Plans every target cluster the pending extents cover completely (all of them at the end). */
+  private drain(final: boolean): void {
+    const { virtualSize } = this.options;
+    const C = this.clusterSize;
+    const limit = final ? virtualSize : Math.floor(this.pendingEnd / C) * C;
+    while (this.guest < limit) {
+      while (this.pending.length > 0 && this.pending[0]!.guestOffset + this.pending[0]!.length <= this.guest) this.pending.shift();
+      const first = this.pending[0];
+      if (!first || first.guestOffset > this.guest) throw new IcError('INTERNAL', `plan: source map has no extent at guest ${this.guest}`);
+      const firstEnd = first.guestOffset + first.length;
+      const clusterEnd = Math.min(this.guest + C, virtualSize);
+      if (firstEnd >= clusterEnd) {
+        // One source extent covers at least this whole cluster: plan every whole cluster it covers at once.
+        const runEnd = firstEnd >= virtualSize ? virtualSize : Math.min(limit, this.guest + Math.floor((firstEnd - this.guest) / C) * C);
+        this.planRun(first, this.guest, runEnd);
+        this.guest = runEnd;
+        continue;
+      }
+      this.planShared(this.guest, clusterEnd);
+      this.guest = clusterEnd;
+    }
+    // Keep only what the next clusters can still use.
+    while (this.pending.length > 0 && this.pending[0]!.guestOffset + this.pending[0]!.length <= this.guest) this.pending.shift();
+  }
+
+  private clustersIn(length: number): number {
+    return Math.ceil(length / this.clusterSize);
+  }
+
+  /** Guest range [from, to) of one source extent, cluster-aligned (to may be the disk's end). */
+  private planRun(extent: Extent, from: number, to: number): void {
+    switch (extent.kind) {
+      case 'unallocated':
+      case 'zero':
+        this.emitEmpty(extent.kind, from, to - from);
+        return;
+      case 'data': {
+        const C = this.clusterSize;
+        const { headerRegionSize, maxHostOffset } = this.options.layout;
+        const hostFrom = extent.hostOffset + (from - extent.guestOffset);
+        if (hostFrom % this.alignment !== 0) {
+          this.relocate(from, to - from, 'misaligned', { kind: 'host', hostOffset: hostFrom });
+          return;
         }
+        // Clusters under the header region move; so do those that would end past the addressable range.
+        const clusters = this.clustersIn(to - from);
+        const underHeader = Math.min(clusters, Math.max(0, Math.ceil((headerRegionSize - hostFrom) / C)));
+        const addressable = Math.max(underHeader, Math.min(clusters, Math.floor((maxHostOffset - hostFrom) / C)));
+        let at = from;
+        const hostAt = (guest: number) => extent.hostOffset + (guest - extent.guestOffset);
+        if (underHeader > 0) {
+          const end = Math.min(to, from + underHeader * C);
+          this.relocate(at, end - at, 'header-region', { kind: 'host', hostOffset: hostAt(at) });
+          at = end;
+        }
+        if (addressable > underHeader) {
+          const end = Math.min(to, from + addressable * C);
+          this.sink.extent({ kind: 'data', guestOffset: at, length: end - at, hostOffset: hostAt(at) });
+          this.stats.clustersKept += addressable - underHeader;
+          at = end;
+        }
+        if (at < to) this.relocate(at, to - at, 'beyond-addressable', { kind: 'host', hostOffset: hostAt(at) });
+        return;
+      }
+      default:
+        throw new IcError('UNSUPPORTED', `${extent.kind} data at guest offset ${from} cannot be kept in place`);
+    }
+  }
+
+  private relocate(guestOffset: number, length: number, reason: RelocationReason, source: RelocationSource): void {
+    const hostOffset = this.sink.place(length);
+    this.sink.relocation?.({ guestOffset, length, hostOffset, reason, source });
+    this.sink.extent({ kind: 'data', guestOffset, length, hostOffset });
+    this.stats.clustersRelocated += this.clustersIn(length);
+    this.stats.bytesRelocated += length;
+  }
+
+  private emitEmpty(kind: 'zero' | 'unallocated', guestOffset: number, length: number): void {
+    if (this.options.zeroAsUnallocated) kind = 'unallocated';
+    if (kind === 'zero' && !this.options.layout.zeroExtents) {
+      if (this.options.hasBacking) {
+        // The target cannot say "zero, hide the backing file": store real zeros.
+        this.relocate(guestOffset, length, 'zero-fill', { kind: 'zero' });
         return;
       }
       kind = 'unallocated'; // without a backing file both read as zeros
     }
-    pushExtent(mapping, { kind, guestOffset, length });
-    if (kind === 'zero') stats.zeroClusters += clustersIn(length);
-    else stats.unallocatedClusters += clustersIn(length);
-  };
+    this.sink.extent({ kind, guestOffset, length });
+    if (kind === 'zero') this.stats.zeroClusters += this.clustersIn(length);
+    else this.stats.unallocatedClusters += this.clustersIn(length);
+  }
+
+  /** One target cluster shared by several source extents (the target's clusters are larger than the source's). */
+  private planShared(guest: number, clusterEnd: number): void {
+    let hasData = false;
+    let hasZero = false;
+    let hasUnallocated = false;
+    const inCluster: Extent[] = [];
+    for (const extent of this.pending) {
+      if (extent.guestOffset >= clusterEnd) break;
+      if (extent.guestOffset + extent.length <= guest) continue;
+      inCluster.push(extent);
+      if (extent.kind === 'data') hasData = true;
+      else if (extent.kind === 'zero') hasZero = true;
+      else if (extent.kind === 'unallocated') hasUnallocated = true;
+      else throw new IcError('UNSUPPORTED', `${extent.kind} data at guest offset ${extent.guestOffset} cannot be kept in place`);
+    }
+    if (hasUnallocated && this.options.hasBacking && (hasData || hasZero)) {
+      throw new IcError(
+        'UNSUPPORTED',
+        `target cluster at guest offset ${guest} would mix backing-file content with this image's data; choose a target cluster size equal to the source's (${this.clusterSize} was used)`,
+      );
+    }
+    if (hasData && this.options.zeroHostRangesReadAsZero && this.keepMixed(inCluster, guest, clusterEnd)) return;
+    if (!hasData) {
+      this.emitEmpty(hasZero && !hasUnallocated ? 'zero' : 'unallocated', guest, clusterEnd - guest);
+      return;
+    }
+    const pieces = inCluster.map((extent) => {
+      const from = Math.max(guest, extent.guestOffset);
+      const to = Math.min(clusterEnd, extent.guestOffset + extent.length);
+      return extent.kind === 'data'
+        ? { guestOffset: from, length: to - from, hostOffset: extent.hostOffset + (from - extent.guestOffset) }
+        : { guestOffset: from, length: to - from };
+    });
+    this.relocate(guest, clusterEnd - guest, 'mixed-content', { kind: 'pieces', pieces });
+  }
 
   /** A cluster of data and zero-reading host holes that form one aligned host run is kept as data. */
-  const keepMixed = (from: number, guest: number, clusterEnd: number): boolean => {
+  private keepMixed(inCluster: readonly Extent[], guest: number, clusterEnd: number): boolean {
     let expectedHost: number | undefined;
-    for (let i = from; i < extents.length && extents[i]!.guestOffset < clusterEnd; i++) {
-      const extent = extents[i]!;
+    for (const extent of inCluster) {
       const host = 'hostOffset' in extent ? extent.hostOffset : undefined;
       if (host === undefined || (extent.kind !== 'data' && extent.kind !== 'zero')) return false;
       const at = host + (Math.max(guest, extent.guestOffset) - extent.guestOffset);
@@ -95,75 +240,39 @@ export function planMapping(input: PlanInput): Plan {
       expectedHost = at + (Math.min(clusterEnd, extent.guestOffset + extent.length) - Math.max(guest, extent.guestOffset));
     }
     const hostOffset = expectedHost! - (clusterEnd - guest);
-    if (hostOffset % clusterSize !== 0 || hostOffset < layout.headerRegionSize || hostOffset + clusterSize > layout.maxHostOffset) return false;
-    pushExtent(mapping, { kind: 'data', guestOffset: guest, length: clusterEnd - guest, hostOffset });
-    stats.clustersKept++;
+    const { headerRegionSize, maxHostOffset } = this.options.layout;
+    if (hostOffset % this.alignment !== 0 || hostOffset < headerRegionSize || hostOffset + this.clusterSize > maxHostOffset) return false;
+    this.sink.extent({ kind: 'data', guestOffset: guest, length: clusterEnd - guest, hostOffset });
+    this.stats.clustersKept++;
     return true;
-  };
-
-  let index = 0; // first extent that may overlap the current cluster
-  let guest = 0;
-  while (guest < virtualSize) {
-    while (index < extents.length && extents[index]!.guestOffset + extents[index]!.length <= guest) index++;
-    const first = extents[index];
-    if (!first || first.guestOffset > guest) throw new IcError('INTERNAL', `plan: source map has no extent at guest ${guest}`);
-    const clusterEnd = Math.min(guest + clusterSize, virtualSize);
-    const firstEnd = first.guestOffset + first.length;
-
-    if (firstEnd >= clusterEnd) {
-      // One source extent covers the whole cluster.
-      if (first.kind === 'unallocated' || first.kind === 'zero') {
-        // Take every whole cluster this extent covers in one step (and the partial last one at the disk's end).
-        const runEnd = firstEnd >= virtualSize ? virtualSize : guest + Math.floor((firstEnd - guest) / clusterSize) * clusterSize;
-        emitEmpty(first.kind, guest, runEnd - guest);
-        guest = runEnd;
-        continue;
-      }
-      if (first.kind === 'data') {
-        const hostOffset = first.hostOffset + (guest - first.guestOffset);
-        const reason =
-          hostOffset % clusterSize !== 0
-            ? 'misaligned'
-            : hostOffset < layout.headerRegionSize
-              ? 'header-region'
-              : hostOffset + clusterSize > layout.maxHostOffset
-                ? 'beyond-addressable'
-                : undefined;
-        if (reason) relocate(guest, clusterEnd - guest, reason);
-        else {
-          pushExtent(mapping, { kind: 'data', guestOffset: guest, length: clusterEnd - guest, hostOffset });
-          stats.clustersKept++;
-        }
-        guest = clusterEnd;
-        continue;
-      }
-      throw new IcError('UNSUPPORTED', `${first.kind} data at guest offset ${guest} cannot be kept in place`);
-    }
-
-    // Several source extents share this target cluster (the target's clusters are larger than the source's).
-    let hasData = false;
-    let hasZero = false;
-    let hasUnallocated = false;
-    for (let i = index; i < extents.length && extents[i]!.guestOffset < clusterEnd; i++) {
-      const kind = extents[i]!.kind;
-      if (kind === 'data') hasData = true;
-      else if (kind === 'zero') hasZero = true;
-      else if (kind === 'unallocated') hasUnallocated = true;
-      else throw new IcError('UNSUPPORTED', `${kind} data at guest offset ${extents[i]!.guestOffset} cannot be kept in place`);
-    }
-    if (hasUnallocated && hasBacking && (hasData || hasZero)) {
-      throw new IcError(
-        'UNSUPPORTED',
-        `target cluster at guest offset ${guest} would mix backing-file content with this image's data; choose a target cluster size equal to the source's (${clusterSize} was used)`,
-      );
-    }
-    if (hasData && input.zeroHostRangesReadAsZero && keepMixed(index, guest, clusterEnd)) {
-      guest = clusterEnd;
-      continue;
-    }
-    if (hasData) relocate(guest, clusterEnd - guest, 'mixed-content');
-    else emitEmpty(hasZero && !hasUnallocated ? 'zero' : 'unallocated', guest, clusterEnd - guest);
-    guest = clusterEnd;
   }
-  return { mapping, relocations, stats };
+}
+
+/** A whole plan in memory: for tests, dry runs of small images and writeImage. */
+export interface Plan {
+  /** The target's mapping: data, zero and unallocated extents, cluster-aligned, merged, covering the disk. */
+  mapping: Extent[];
+  relocations: Relocation[];
+  stats: PlanStats;
+}
+
+export interface PlanInput extends PlannerOptions {
+  /** The source map, covering [0, virtualSize). */
+  extents: readonly Extent[];
+  /** Space for relocated clusters. */
+  space: SpaceAllocator;
+}
+
+/** Plans a source map held in memory (see MappingPlanner). */
+export function planMapping(input: PlanInput): Plan {
+  const mapping: Extent[] = [];
+  const relocations: Relocation[] = [];
+  const clusterSize = input.layout.clusterSize;
+  const planner = new MappingPlanner(input, {
+    place: (length) => input.space.allocate(Math.ceil(length / clusterSize) * clusterSize, clusterSize),
+    relocation: (relocation) => relocations.push(relocation),
+    extent: (extent) => pushExtent(mapping, extent),
+  });
+  for (const extent of input.extents) planner.push(extent);
+  return { mapping, relocations, stats: planner.finish() };
 }

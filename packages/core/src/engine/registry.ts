@@ -1,5 +1,4 @@
-import { IcError } from '../sdk/index.js';
-import { DRIVER_API_VERSION, hasCapability, type Capabilities, type Driver } from '../sdk/index.js';
+import { capabilityMismatch, DRIVER_API_VERSION, hasCapability, IcError, type Capabilities, type Driver } from '../sdk/index.js';
 import type { BlockIO } from '../sdk/index.js';
 
 /** How many bytes of a file probing looks at. */
@@ -28,6 +27,8 @@ export class Registry {
     if (typeof driver.probe !== 'function' || typeof driver.open !== 'function') {
       throw new IcError('INVALID', `driver ${driver.name} lacks probe() or open()`);
     }
+    const mismatch = capabilityMismatch(driver);
+    if (mismatch) throw new IcError('INVALID', mismatch);
     if (this.drivers.has(driver.name)) throw new IcError('INVALID', `a driver named ${driver.name} is already registered`);
     this.drivers.set(driver.name, driver);
   }
@@ -54,12 +55,12 @@ export class Registry {
   }
 
   /** Scores of every driver for these bytes, best first; drivers that answer 0 are left out. */
-  probeBytes(head: Uint8Array, fileSize: number): ProbeResult[] {
+  probeBytes(head: Uint8Array, fileSize: number, tail?: Uint8Array): ProbeResult[] {
     const results: ProbeResult[] = [];
     for (const driver of this.drivers.values()) {
       let score = 0;
       try {
-        score = driver.probe(head, fileSize);
+        score = driver.probe(head, fileSize, tail);
       } catch {
         score = 0; // a probe must not throw; one that does is treated as "not mine"
       }
@@ -72,7 +73,9 @@ export class Registry {
   async probe(io: BlockIO): Promise<Driver> {
     const size = await io.size();
     const head = await io.read(0, Math.min(PROBE_LENGTH, size));
-    const [best] = this.probeBytes(head, size);
+    const tailLength = Math.min(PROBE_LENGTH, size);
+    const tail = tailLength === head.length ? head : await io.read(size - tailLength, tailLength);
+    const [best] = this.probeBytes(head, size, tail);
     if (!best) throw new IcError('WRONG_FORMAT', `${io.name}: no installed driver recognises this file`, { path: io.name });
     return best.driver;
   }

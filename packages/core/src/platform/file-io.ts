@@ -79,6 +79,11 @@ export class FileIO implements BlockIO {
     return this.lockState;
   }
 
+  /** True while this process holds QEMU's lock bytes on the file (see BlockIO.exclusive). */
+  get exclusive(): boolean {
+    return this.lockState.held;
+  }
+
   private otherHolder(native: NonNullable<ReturnType<typeof posix>>): string | undefined {
     const fd = this.handle.fd;
     for (let i = 0; i < QEMU_LOCK_COUNT; i++) {

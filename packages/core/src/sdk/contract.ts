@@ -1,17 +1,26 @@
 import type { Extent, HostRange } from './extent.js';
 import type { BlockIO } from './io.js';
 
-/** The version of this contract. A driver built against another major is refused by the registry. */
-export const DRIVER_API_VERSION = 1;
+/**
+ * The version of this contract. A driver built against another version is refused by the registry.
+ *
+ * 2 — map() may yield batches; ConversionSource.metadataRanges() streams typed host ranges and
+ *     ConversionOptions lost `zeroExtents`; in-place targets estimate their metadata before building
+ *     and write it as they build (streamed mapping, MetadataWriter); TargetLayout states host alignment,
+ *     placement and table coverage; units for the mover are runs with declarative pointers;
+ *     capabilities are checked against the members a driver implements.
+ */
+export const DRIVER_API_VERSION = 2;
 
 /**
- * What a driver can do, as data. Every flag is false unless the driver says otherwise; the engine, the
- * CLI and the conformance suite read these and never a format name.
+ * What a driver can do, as data. Every flag is false unless the driver says otherwise. The registry refuses a
+ * driver whose flags disagree with its members (create without create(), inPlaceTarget without inPlace, and
+ * the reverse); the conformance kit checks the image-level ones (check, inPlaceSource) on real images.
  */
 export interface Capabilities {
   /** open(), info(), map() and read() work on images of this format. */
   read: boolean;
-  /** create() makes an empty image of this format. */
+  /** driver.create() makes an empty image of this format. */
   create: boolean;
   /** Images of this format can name a backing file. */
   backing: boolean;
@@ -128,9 +137,10 @@ export interface ConversionOptions {
   /** The source's allocation unit in bytes: the target cluster size that keeps every data cluster in place. */
   clusterSize: number;
   backing?: BackingReference;
-  /** The source map contains zero extents. */
-  zeroExtents: boolean;
 }
+
+/** Host ranges, singly or in batches, in any order. */
+export type HostRangeStream = Iterable<HostRange | readonly HostRange[]> | AsyncIterable<HostRange | readonly HostRange[]>;
 
 /** What Image.conversionSource() returns: the full description of a source for the in-place engine. */
 export interface ConversionSource {
@@ -138,14 +148,20 @@ export interface ConversionSource {
   /** Features in use that no in-place target can keep. Empty when the image can be converted. */
   blockers: ConversionBlocker[];
   /**
-   * Every host byte range the format itself occupies (header, extensions, backing name, tables...).
-   * Together with the host ranges of the data extents this is everything the source references; the
-   * engine never writes there before the commit.
+   * Every host byte range the format itself occupies (header, extensions, backing name, tables...), with its
+   * kind ('header' or 'metadata'). Together with the host ranges of the map's data and zero extents this is
+   * everything the source references; the engine never writes there before the commit and refuses a source
+   * whose ranges overlap. Called once per conversion; may stream (tables of a large image).
    */
-  metadataRanges: HostRange[];
+  metadataRanges(): HostRangeStream;
+  /**
+   * The mapping the engine converts, when the driver validates more strictly for a conversion than for a read
+   * (reserved bits qemu ignores on reads, say). Default: the image's map(). Called once per pass.
+   */
+  map?(): ExtentStream;
   /**
    * Bytes at offset 0 the format reserves for its header even where they hold nothing (qcow2: cluster 0;
-   * QED: header_size clusters). Nothing else may live there; compaction never moves anything into it.
+   * QED: header_size clusters). Nothing else may live there; packing never moves anything into it.
    * Default 0.
    */
   headerRegionSize?: number;
@@ -157,71 +173,144 @@ export interface ConversionSource {
   zeroHostRangesReadAsZero?: boolean;
 }
 
+/** The mapping of an image: extents in guest order, singly or in arrays (batches are much faster for big maps). */
+export type ExtentStream = AsyncIterable<Extent | readonly Extent[]> | Iterable<Extent | readonly Extent[]>;
+
 /**
- * An allocation unit that can move to another host offset: a data cluster, a table... It is named by exactly
- * one pointer in the file (a table entry or a header field) that fits in one aligned sector, so switching
- * it is one atomic write.
+ * How a pointer in the file encodes the host offset of the unit it names: `value = (hostOffset - base) / unit`,
+ * stored in `encoding`, with `flags` OR-ed in. QED table entries: u64le, unit 1. qcow2 L2 entries: u64be,
+ * unit 1, flags 2^63 (COPIED). VMDK grain table entries: u32le, unit 512. VDI block map: u32le, unit block size,
+ * base data offset.
  */
-export interface MovableUnit {
-  hostOffset: number;
-  length: number;
-  /** For plans and messages, e.g. "L2 table", "data cluster of guest 65536". */
-  role: string;
-  /** File offset of the pointer that names this unit. */
-  pointerOffset: number;
-  /** The pointer's bytes when the unit lives at `hostOffset`. */
-  encodePointer(hostOffset: number): Uint8Array;
+export interface PointerFormat {
+  encoding: 'u32le' | 'u32be' | 'u64le' | 'u64be';
+  /** Bytes per pointer value step (1 for byte offsets, 512 for sector numbers). Default 1. */
+  unit?: number;
+  /** Host offset that the value 0 means. Default 0. */
+  base?: number;
+  /** Bits OR-ed into the stored value (a flag that must stay set). Default 0. */
+  flags?: bigint;
 }
+
+/**
+ * A run of movable units: `count` units of `unitLength` bytes each, host-contiguous from `hostOffset`, each named
+ * by exactly one pointer (a table entry or a header field) that fits in one aligned 512-byte sector. The first
+ * unit's pointer is at file offset `pointerOffset`, the next one's `pointerStride` bytes further.
+ */
+export interface UnitRun {
+  /** 'data' units hold guest data; 'table' units hold metadata (their pointers may live in other units). */
+  kind: 'data' | 'table';
+  hostOffset: number;
+  unitLength: number;
+  count: number;
+  pointerOffset: number;
+  pointerStride: number;
+  pointer: PointerFormat;
+  /** For plans and messages, e.g. "L2 table 3". */
+  role?: string;
+}
+
+/** Unit runs, singly or in batches, in any order. */
+export type UnitStream = AsyncIterable<UnitRun | readonly UnitRun[]> | Iterable<UnitRun | readonly UnitRun[]>;
 
 /** An opened image. */
 export interface Image {
   readonly format: string;
   info(): ImageInfo;
-  /** The whole guest mapping, in guest order, covering [0, virtualSize). */
-  map(): AsyncIterable<Extent>;
+  /** The whole guest mapping, in guest order, covering [0, virtualSize). Each call starts a new walk. */
+  map(): ExtentStream;
   /** Guest bytes. Unallocated ranges read from OpenOptions.backing when given, zeros otherwise. */
   read(guestOffset: number, length: number): Promise<Uint8Array>;
   check?(options?: CheckOptions): Promise<CheckReport>;
   conversionSource?(): Promise<ConversionSource>;
   /**
-   * Every unit that may move (with conversionSource's metadataRanges, everything the image references).
-   * Lets the core compact the file: fill holes left by old metadata, then truncate.
+   * Every unit of the file that may move: with the header region and the fixed ranges of conversionSource, this is
+   * everything the image references. Present only for formats whose pointer switches are plain writes (no
+   * reference counts to follow). The engine uses it to pack the file: fill holes, then truncate.
    */
-  movableUnits?(): Promise<MovableUnit[]>;
+  units?(): UnitStream;
   close(): Promise<void>;
 }
 
+/**
+ * Where a target's data clusters may live. 'anywhere': any host offset aligned to hostAlignment (qcow2, QED,
+ * VMDK). 'packed': cluster k of the allocation order at start + k * clusterSize with no gap (VDI: new blocks are
+ * appended at index blocks_allocated).
+ */
+export type Placement = { kind: 'anywhere' } | { kind: 'packed'; start: number };
+
 /** Where a target has to leave room and what it can address; the planner reads only this. */
 export interface TargetLayout {
-  /** Guest granularity of the target's mapping, and the host alignment of its data clusters. */
+  /** Guest granularity of the target's mapping (its cluster, grain or block size). */
   clusterSize: number;
+  /** A kept data cluster must start at a host offset that is a multiple of this. Default clusterSize. */
+  hostAlignment?: number;
   /** Bytes at offset 0 that the target's header owns after the commit: no data cluster may stay there. */
   headerRegionSize: number;
   /** A data cluster must end at or below this host offset. */
   maxHostOffset: number;
   /** The target can record zero extents (otherwise the planner turns them into unallocated or zero-filled data). */
   zeroExtents: boolean;
+  /** Default { kind: 'anywhere' }. */
+  placement?: Placement;
+  /**
+   * The format counts every cluster of the file that nothing references as a leak (QED: no reference counts).
+   * The engine then packs the file after the commit, through the image's units(). Default false.
+   */
+  unreferencedClustersLeak?: boolean;
+  /**
+   * Guest bytes one second-level table covers (qcow2/QED L2 table, VMDK grain table), when the target's
+   * metadata grows with the number of tables holding something: the plan summary counts those tables.
+   */
+  tableCoverage?: number;
+}
+
+/** What a plan amounts to, for a target to size its metadata before building it. */
+export interface PlanSummary {
+  virtualSize: number;
+  clusterSize: number;
+  /** Target clusters that map data (kept or relocated). */
+  dataClusters: number;
+  zeroClusters: number;
+  relocatedClusters: number;
+  /** Distinct tableCoverage windows that hold data or zero clusters (0 without tableCoverage). */
+  tablesUsed: number;
+  /** First host offset the allocator hands out (past everything the source references). */
+  spaceStart: number;
+  /** End of the kept data clusters (host). */
+  keptDataEnd: number;
+}
+
+export interface TargetEstimate {
+  /** An upper bound of the bytes the target will allocate (tables, directories, refcounts), alignment included. */
+  metadataBytes: number;
 }
 
 /** Hands out host space for target metadata and relocated clusters; owned by the engine. */
 export interface SpaceAllocator {
-  /** Reserves `length` bytes at an offset aligned to `alignment` (default: the target cluster size). */
+  /**
+   * Reserves `length` bytes at an offset aligned to `alignment` (default: the target cluster size). The space
+   * lies past everything the source references and reads as zeros until written.
+   */
   allocate(length: number, alignment?: number): number;
   /** First byte past every allocation and past everything the source references. */
   readonly end: number;
 }
 
-/** What a target wants written: metadata into allocated space, then its header at offset 0 as the commit. */
+/** Where a target writes its metadata while it builds: only into space its allocator handed out. */
+export interface MetadataWriter {
+  write(offset: number, data: Uint8Array): Promise<void>;
+}
+
+/** What a target returns once its metadata is written: its header, written last at offset 0 (the commit). */
 export interface TargetBuild {
-  /** Metadata writes; each must lie inside space the allocator handed out. */
-  writes: { offset: number; data: Uint8Array }[];
-  /** The complete meaningful content of the header region, written last (the commit). */
+  /** The complete meaningful content of the header region. */
   header: Uint8Array;
   /** The file length the target needs (at least the allocator's end). */
   fileSize: number;
 }
 
-/** Input of a target build: the final mapping, cluster-aligned, made of data, zero and unallocated extents only. */
+/** Input of a target: the geometry chosen by the engine and what the source needs represented. */
 export interface TargetRequest {
   source: ConversionOptions;
   /** Geometry chosen by the engine (within the driver's clusterSizes). */
@@ -232,11 +321,21 @@ export interface TargetRequest {
   backingInfo?: ImageInfo;
 }
 
+/** The final mapping handed to a target: batches of data, zero and unallocated extents, cluster-aligned, in guest order. */
+export type MappingBatches = AsyncIterable<readonly Extent[]>;
+
 export interface InPlaceTarget {
   readonly layout: TargetLayout;
   /** Things in the source this target cannot represent, one sentence each. Empty means convertible. */
   readonly problems: readonly string[];
-  build(mapping: readonly Extent[], space: SpaceAllocator): Promise<TargetBuild>;
+  /** Sizes the metadata for a plan (an upper bound); the engine reserves that much before building. */
+  estimate(summary: PlanSummary): TargetEstimate;
+  /**
+   * Consumes the mapping once, in guest order, writing tables through `out` as they fill (never holding the
+   * whole metadata of a large image), and returns the header. Every data extent lies at a host offset the
+   * layout allows; the engine has checked that no two of them share a cluster.
+   */
+  build(mapping: MappingBatches, space: SpaceAllocator, out: MetadataWriter): Promise<TargetBuild>;
 }
 
 /** The in-place target side of a driver. */
@@ -262,8 +361,9 @@ export interface Driver {
   /**
    * How sure the driver is that `head` (the first bytes of the file, up to 64 KiB) is its format:
    * 0 = not mine, 100 = certain. Raw answers 1 and only wins when nothing else claims the file.
+   * `tail` is the last 64 KiB of the file (formats with a footer, such as VHD, look there).
    */
-  probe(head: Uint8Array, fileSize: number): number;
+  probe(head: Uint8Array, fileSize: number, tail?: Uint8Array): number;
   open(io: BlockIO, options?: OpenOptions): Promise<Image>;
   create?(io: BlockIO, spec: CreateSpec): Promise<void>;
   readonly inPlace?: InPlaceTargetFactory;
@@ -271,4 +371,21 @@ export interface Driver {
 
 export function hasCapability(driver: Driver, capability: keyof Capabilities): boolean {
   return driver.capabilities[capability] === true;
+}
+
+/**
+ * Why a driver's declared capabilities disagree with the members it implements, or undefined when they agree.
+ * Only driver-level members can be checked here; image-level ones (check, conversionSource) are checked by the
+ * conformance kit on real images.
+ */
+export function capabilityMismatch(driver: Driver): string | undefined {
+  const pairs: [keyof Capabilities, boolean, string][] = [
+    ['create', typeof driver.create === 'function', 'create()'],
+    ['inPlaceTarget', typeof driver.inPlace?.create === 'function', 'inPlace.create()'],
+  ];
+  for (const [capability, present, member] of pairs) {
+    if (hasCapability(driver, capability) && !present) return `driver ${driver.name} claims capability '${capability}' but has no ${member}`;
+    if (!hasCapability(driver, capability) && present) return `driver ${driver.name} has ${member} but does not claim capability '${capability}'`;
+  }
+  return undefined;
 }

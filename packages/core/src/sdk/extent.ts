@@ -76,10 +76,47 @@ export function mergeExtents(extents: Iterable<Extent>): Extent[] {
   return out;
 }
 
-export async function collectExtents(source: AsyncIterable<Extent> | Iterable<Extent>): Promise<Extent[]> {
+/** Collects a map (single extents or batches, sync or async) into one merged array. For tests and small maps. */
+export async function collectExtents(source: AsyncIterable<Extent | readonly Extent[]> | Iterable<Extent | readonly Extent[]>): Promise<Extent[]> {
   const out: Extent[] = [];
-  for await (const extent of source) pushExtent(out, extent);
+  for await (const batch of extentBatches(source)) for (const extent of batch) pushExtent(out, extent);
   return out;
+}
+
+/**
+ * A map as batches of extents, whatever the driver yields (single extents are grouped). Consumers of large maps
+ * iterate this: one await per batch instead of one per extent.
+ */
+export function extentBatches(
+  source: AsyncIterable<Extent | readonly Extent[]> | Iterable<Extent | readonly Extent[]>,
+  batchSize = 4096,
+): AsyncGenerator<readonly Extent[]> {
+  return itemBatches(source, batchSize);
+}
+
+function isBatch<T>(item: T | readonly T[]): item is readonly T[] {
+  return Array.isArray(item);
+}
+
+/** Like extentBatches, for any stream of items that may come singly or in arrays (host ranges, unit runs). */
+export async function* itemBatches<T extends object>(source: AsyncIterable<T | readonly T[]> | Iterable<T | readonly T[]>, batchSize = 4096): AsyncGenerator<readonly T[]> {
+  let pending: T[] = [];
+  for await (const item of source as AsyncIterable<T | readonly T[]>) {
+    if (isBatch(item)) {
+      if (pending.length > 0) {
+        yield pending;
+        pending = [];
+      }
+      if (item.length > 0) yield item;
+    } else {
+      pending.push(item);
+      if (pending.length >= batchSize) {
+        yield pending;
+        pending = [];
+      }
+    }
+  }
+  if (pending.length > 0) yield pending;
 }
 
 /** Throws INTERNAL unless `extents` cover [0, virtualSize) exactly, in order. Used on driver output in tests and by the engine. */
@@ -149,9 +186,17 @@ export function mergeQemuMapEntries(entries: readonly QemuMapEntry[]): QemuMapEn
   return out;
 }
 
-/** A byte range of the host file, with the role it plays (for messages and plans). */
+/**
+ * What a host range holds: 'header' (the format's fixed header, extensions, names), 'metadata' (tables,
+ * directories, reference counts), 'data' (guest data), 'zero' (host space owned by a zero run).
+ */
+export type HostRangeKind = 'header' | 'metadata' | 'data' | 'zero';
+
+/** A byte range of the host file, with what it holds (and, for messages, the role it plays). */
 export interface HostRange {
   offset: number;
   length: number;
-  role: string;
+  kind: HostRangeKind;
+  /** For messages: "L2 table", "refcount block 3"... */
+  role?: string;
 }

@@ -20,6 +20,7 @@ export {
   DRIVER_API_VERSION,
   CAPABILITY_HELP,
   hasCapability,
+  capabilityMismatch,
   type Capabilities,
   type OptionDescriptor,
   type OptionValues,
@@ -32,16 +33,26 @@ export {
   type ConversionBlocker,
   type ConversionOptions,
   type ConversionSource,
-  type MovableUnit,
+  type HostRangeStream,
+  type ExtentStream,
+  type PointerFormat,
+  type UnitRun,
+  type UnitStream,
   type Image,
+  type Placement,
   type TargetLayout,
+  type PlanSummary,
+  type TargetEstimate,
   type SpaceAllocator,
+  type MetadataWriter,
   type TargetBuild,
   type TargetRequest,
+  type MappingBatches,
   type InPlaceTarget,
   type InPlaceTargetFactory,
   type Driver,
 } from './contract.js';
+export { ClusterBitmap } from './bitmap.js';
 export { crc32c } from './crc32c.js';
 export { ERROR_CODES, IcError, isIcError, corrupt, unsupported, invalid, type ErrorCode, type ErrorContext } from './errors.js';
 export {
@@ -49,6 +60,8 @@ export {
   pushExtent,
   mergeExtents,
   collectExtents,
+  extentBatches,
+  itemBatches,
   assertCoverage,
   toQemuMapEntry,
   mergeQemuMapEntries,
@@ -61,6 +74,7 @@ export {
   type ExtentKind,
   type QemuMapEntry,
   type HostRange,
+  type HostRangeKind,
 } from './extent.js';
 export { MAX_IO_LENGTH, checkRange, type BlockIO, type ByteRange } from './io.js';
 export { readExtents, type ReadExtentsOptions } from './read.js';

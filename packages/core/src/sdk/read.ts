@@ -16,7 +16,7 @@ export interface ReadExtentsOptions {
  */
 export async function readExtents(
   io: BlockIO,
-  extents: Iterable<Extent> | AsyncIterable<Extent>,
+  extents: Iterable<Extent | readonly Extent[]> | AsyncIterable<Extent | readonly Extent[]>,
   guestOffset: number,
   length: number,
   options: ReadExtentsOptions = {},
@@ -24,10 +24,10 @@ export async function readExtents(
   const out = new Uint8Array(length);
   const end = guestOffset + length;
   let covered = guestOffset;
-  for await (const extent of extents) {
+  const fill = async (extent: Extent): Promise<void> => {
     const from = Math.max(extent.guestOffset, guestOffset);
     const to = Math.min(extent.guestOffset + extent.length, end);
-    if (to <= from) continue;
+    if (to <= from) return;
     if (from !== covered) throw new IcError('INTERNAL', `read: mapping skips guest ${covered}..${from}`);
     const at = from - guestOffset;
     switch (extent.kind) {
@@ -50,6 +50,12 @@ export async function readExtents(
         break;
     }
     covered = to;
+  };
+  for await (const item of extents) {
+    for (const extent of Array.isArray(item) ? (item as readonly Extent[]) : [item as Extent]) {
+      await fill(extent);
+      if (covered >= end) break;
+    }
     if (covered >= end) break;
   }
   if (covered < end) throw new IcError('INTERNAL', `read: mapping ends at guest ${covered}, before ${end}`);
