@@ -46,6 +46,13 @@ export interface Context {
   isTTY: boolean;
   /** --untrusted: refuse images that reference other files, never open a backing file. */
   untrusted: boolean;
+  /**
+   * QEMU's lock bytes are taken (the default). --no-lock turns them off: reads then take and check none, and
+   * writes go ahead without them (with a warning), telling the engine so (allowUnlocked).
+   */
+  lock: boolean;
+  /** -U/--force-share (read commands): read an image another process uses, as qemu-img -U does. */
+  forceShare: boolean;
   /** --debug: stack traces for errors. */
   debug: boolean;
 }

@@ -14,12 +14,17 @@ import { recoverCommand } from './commands/recover.js';
 export const VERSION: string = packageJson.version;
 
 /** Flags that apply to every command and may appear anywhere on the line. */
-const GLOBAL_FLAGS = ['--debug', '--untrusted'];
+const GLOBAL_FLAGS = ['--debug', '--untrusted', '--no-lock'];
 
 type Output = 'human' | 'json';
 
 function outputOption(): Option {
   return new Option('--output <format>', 'output format').choices(['human', 'json']).default('human');
+}
+
+/** -U as qemu-img has it, on the commands that only read. */
+function forceShareOption(): Option {
+  return new Option('-U, --force-share', 'read the image even while another process (a VM) writes it; the result may be inconsistent');
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -35,6 +40,7 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
     .version(`ic ${VERSION}\ndrivers: ${drivers || 'none'}`, '-V, --version', 'print the version of ic and of its drivers')
     .option('--debug', 'show stack traces for errors')
     .option('--untrusted', 'refuse images that reference other files (backing files); never open them')
+    .option('--no-lock', "take and check no QEMU image lock: reads do not refuse an image in use, and writes go ahead without knowing whether a VM uses it (unsafe)")
     .helpOption('-h, --help', 'show help')
     .showSuggestionAfterError(true)
     .exitOverride()
@@ -49,6 +55,7 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
     .description('describe an image (qemu-img info)')
     .option('-f, --format <fmt>', 'image format (default: probe)')
     .addOption(outputOption())
+    .addOption(forceShareOption())
     .argument('<image>', 'image file')
     .action((image: string, options: { format?: string; output: Output }) => run(() => infoCommand(context, image, options)));
 
@@ -57,6 +64,7 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
     .description('show where the guest data lives, backing chain included (qemu-img map)')
     .option('-f, --format <fmt>', 'image format (default: probe)')
     .addOption(outputOption())
+    .addOption(forceShareOption())
     .argument('<image>', 'image file')
     .action((image: string, options: { format?: string; output: Output }) => run(() => mapCommand(context, image, options)));
 
@@ -65,6 +73,7 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
     .description('check an image for corruptions and leaks (qemu-img check; exit 0 clean, 2 corrupt, 3 leaks, 1 failed)')
     .option('-f, --format <fmt>', 'image format (default: probe)')
     .addOption(outputOption())
+    .addOption(forceShareOption())
     .addOption(new Option('-r, --repair <what>', 'repair leaks or all (only where a driver supports it)').choices(['leaks', 'all']))
     .argument('<image>', 'image file')
     .action((image: string, options: { format?: string; output: Output; repair?: 'leaks' | 'all' }) => run(() => checkCommand(context, image, options)));
@@ -137,9 +146,11 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
     );
 
   program.hook('preAction', (_program, action) => {
-    const globals = action.optsWithGlobals() as { debug?: boolean; untrusted?: boolean };
+    const globals = action.optsWithGlobals() as { debug?: boolean; untrusted?: boolean; lock?: boolean; forceShare?: boolean };
     context.debug = globals.debug === true;
     context.untrusted = globals.untrusted === true;
+    context.lock = globals.lock !== false;
+    context.forceShare = globals.forceShare === true;
   });
   return program;
 }
@@ -158,7 +169,7 @@ export async function main(argv: readonly string[], streams: CliStreams = defaul
   const err = (text: string) => void streams.stderr.write(text);
   try {
     const { registry, problems } = createRegistry();
-    const context: Context = { registry, registryProblems: problems, out, err, isTTY: streams.isTTY === true, untrusted: argv.includes('--untrusted'), debug };
+    const context: Context = { registry, registryProblems: problems, out, err, isTTY: streams.isTTY === true, untrusted: argv.includes('--untrusted'), lock: true, forceShare: false, debug };
     if (debug) for (const problem of problems) err(`ic: warning: driver not loaded: ${problem}\n`);
     if (argv.filter((arg) => !GLOBAL_FLAGS.includes(arg)).length === 0) {
       err(errorLine("missing command (try 'ic --help')", 'USAGE'));

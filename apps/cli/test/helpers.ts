@@ -26,4 +26,4 @@ export async function icJson<T = unknown>(args: readonly string[]): Promise<T> {
 }
 
 /** The error line format: exactly one line, `ic: <message> [<CODE>]`. */
-export const ERROR_LINE = /^ic: [^\n]+ \[[A-Z_]+\]\n$/;
+export { IC_ERROR_LINE as ERROR_LINE } from '@ic/test-utils';

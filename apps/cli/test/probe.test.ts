@@ -19,7 +19,7 @@ function toy(name: string, score: number): Driver {
 }
 
 function context(drivers: Driver[], untrusted = false): Context {
-  return { registry: new Registry(drivers), registryProblems: [], out() {}, err() {}, isTTY: false, untrusted, debug: false };
+  return { registry: new Registry(drivers), registryProblems: [], out() {}, err() {}, isTTY: false, untrusted, lock: true, forceShare: false, debug: false };
 }
 
 async function probed(drivers: Driver[], untrusted = false): Promise<string> {

@@ -1,8 +1,7 @@
 import { convertInPlace, isIcError, parseOptions, recover, type ConversionReport, type Image } from '@ic/core';
-import { FileIO } from '@ic/core/node';
 import { withKillSwitch } from '../kill-switch.js';
 import { EXIT, UsageError, printable, usage, type Context } from '../context.js';
-import { BackingChain, namedDriver, probeDriver } from '../images.js';
+import { BackingChain, namedDriver, openFile, probeDriver } from '../images.js';
 import { createProgress } from '../progress.js';
 import { sizeToString } from '../qemu-text.js';
 
@@ -57,11 +56,9 @@ export async function convertCommand(context: Context, filename: string, targetN
   }
   const compact = options.compact ?? 'auto';
   if (compact !== 'auto' && compact !== 'always' && compact !== 'never') throw new UsageError(`--compact takes auto, always or never, not '${compact}'`);
-  const io = withKillSwitch(await FileIO.open(filename, { writable: !options.dryRun, lock: !options.dryRun }));
+  // A dry run reads the whole mapping: it takes qemu-img map's read locks, so it is refused while a VM writes.
+  const io = withKillSwitch(await openFile(context, filename, options.dryRun ? 'read' : 'write'));
   try {
-    if (!options.dryRun && !io.lock.held) {
-      context.err(`ic: warning: ${printable(io.lock.reason)}; make sure no virtual machine is using '${printable(filename)}'\n`);
-    }
     if (!options.dryRun) {
       // Every command that writes first finishes or undoes an interrupted conversion.
       const recovered = await recover(io);
@@ -92,6 +89,8 @@ export async function convertCommand(context: Context, filename: string, targetN
         dryRun: options.dryRun,
         zeroScan: options.zeroScan === true,
         compact,
+        // Only --no-lock writes through a file whose locks are not held; the engine refuses that otherwise.
+        allowUnlocked: !context.lock,
         openOptions: { untrusted: context.untrusted, ...(backing ? { backing } : {}) },
         ...(progress.onProgress ? { onProgress: progress.onProgress } : {}),
       });

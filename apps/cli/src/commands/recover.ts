@@ -1,11 +1,11 @@
 import { recover, type RecoverOptions } from '@ic/core';
-import { FileIO } from '@ic/core/node';
 import { withKillSwitch } from '../kill-switch.js';
 import { EXIT, type Context } from '../context.js';
+import { openFile } from '../images.js';
 
 /** `ic recover`: finishes or undoes an interrupted in-place conversion; touches nothing when there is none. */
 export async function recoverCommand(context: Context, filename: string, options: RecoverOptions = {}): Promise<number> {
-  const io = withKillSwitch(await FileIO.open(filename, { writable: true, lock: true }));
+  const io = withKillSwitch(await openFile(context, filename, 'write'));
   try {
     const result = await recover(io, options);
     const after = result.format ? ` (the image is now ${result.format})` : '';
