@@ -4,6 +4,7 @@ import { inflateRawSync, inflateSync } from 'node:zlib';
 import { IcError, PROBE_LENGTH, assertCoverage, collectExtents, hasCapability, isIcError, isTransitionalSector, type BackingReference, type BlockIO, type Driver, type Extent, type Image } from '@ic/core';
 import { FileIO, QEMU_LOCKS, type FileOpenOptions } from '@ic/core/node';
 import { printable, usage, type Context } from './context.js';
+import { FOREIGN_TAIL_LENGTH, recogniseForeign } from './foreign-formats.js';
 import { fullBackingFilename, hasProtocol } from './qemu-text.js';
 
 /** The driver named by -f (never probing then); a usage error when no installed driver has that name. */
@@ -12,11 +13,22 @@ export function namedDriver(context: Context, name: string | undefined): Driver 
 }
 
 /**
+ * The probe score of a driver that claims any file (the driver contract: "Raw answers 1 and only wins when
+ * nothing else claims the file"). A best score this low means no installed driver recognised the file.
+ */
+export const ANY_FILE_SCORE = 1;
+
+/**
  * Picks the driver for a file by probe score. Raw answers the lowest score and only wins when nothing else
  * claims the file. Two drivers equally sure of a file are refused as ambiguous; in untrusted mode any second
  * claim above the "any file" score is refused (reliability.md G-1: reject multiple matches).
+ *
+ * When only the any-file driver claims the file, it is never chosen silently (DESIGN.md §6): a command that
+ * writes (`purpose` 'write') is refused, since an unknown format taken for raw would have its container
+ * rewritten as a guest disk; a read goes on with one warning. Both name a well-known format whose signature
+ * the file carries (foreign-formats.ts). `-f` skips probing altogether.
  */
-export async function probeDriver(context: Context, io: BlockIO): Promise<Driver> {
+export async function probeDriver(context: Context, io: BlockIO, purpose: 'read' | 'write'): Promise<Driver> {
   const size = await io.size();
   const head = await io.read(0, Math.min(PROBE_LENGTH, size));
   const results = context.registry.probeBytes(head, size);
@@ -27,6 +39,24 @@ export async function probeDriver(context: Context, io: BlockIO): Promise<Driver
     const names = results.filter((r) => r.score > lowest).map((r) => `${r.driver.name} (score ${r.score})`).join(', ');
     throw new IcError('WRONG_FORMAT', `${io.name}: several formats claim this file: ${names}; name one with -f`, { path: io.name });
   }
+  if (best.score > ANY_FILE_SCORE) return best.driver;
+  const fallback = best.driver.name;
+  const tailLength = Math.min(FOREIGN_TAIL_LENGTH, size);
+  const foreign = recogniseForeign(head, await io.read(size - tailLength, tailLength), size);
+  let what = '';
+  if (foreign) {
+    what = context.registry.find(foreign.name)
+      ? ` (it carries the signature of ${foreign.what}, which the installed ${foreign.name} driver does not accept)`
+      : ` (it looks like ${foreign.what}, a format no installed driver handles)`;
+  }
+  if (purpose === 'write') {
+    throw new IcError(
+      'WRONG_FORMAT',
+      `${io.name}: no installed driver recognised the file${what}; it is not treated as ${fallback} unless -f ${fallback} is given: install a driver for its format, or pass -f ${fallback} if it really is a ${fallback} disk`,
+      { path: io.name },
+    );
+  }
+  context.err(`ic: warning: ${printable(`image format was not specified for '${io.name}' and probing guessed ${fallback}: no installed driver recognised it${what}; pass -f ${fallback} to read it as ${fallback} without this warning`)}\n`);
   return best.driver;
 }
 
@@ -100,7 +130,7 @@ export async function openImage(
     if (size >= 512 && isTransitionalSector(await io.read(0, 512))) {
       throw new IcError('NEEDS_RECOVERY', `${filename}: an in-place conversion was interrupted; run \`ic recover ${filename}\` first`, { path: filename });
     }
-    const driver = options.driver ?? (await probeDriver(context, io));
+    const driver = options.driver ?? (await probeDriver(context, io, access === 'write' ? 'write' : 'read'));
     if (!hasCapability(driver, 'read')) throw new IcError('UNSUPPORTED', `${driver.name}: the installed driver cannot open images`);
     const untrusted = options.untrusted ?? context.untrusted;
     const image = await driver.open(io, {

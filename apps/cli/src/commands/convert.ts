@@ -64,7 +64,8 @@ export async function convertCommand(context: Context, filename: string, targetN
       const recovered = await recover(io);
       if (recovered.action !== 'none') context.err(`ic: ${printable(filename)}: ${recovered.detail}\n`);
     }
-    const source = named ?? (await probeDriver(context, io));
+    // A dry run is refused like the real run when only raw would claim the file: it previews that run.
+    const source = named ?? (await probeDriver(context, io, 'write'));
     // Some targets record facts about the backing file (VMDK: its CID), so open it read-only when there is one.
     const sourceImage = await source.open(io, { untrusted: context.untrusted });
     let chain: BackingChain | undefined;
