@@ -71,15 +71,15 @@ export function systemError(error: unknown, path: string, step: string): IcError
 /** What kind of non-regular file this is, for the refusal message. */
 function kindOf(stats: Stats): string {
   if (stats.isDirectory()) return 'a directory';
-  if (stats.isFIFO()) return 'a FIFO (named pipe)';
+  if (stats.isFIFO()) return 'a FIFO';
   if (stats.isSocket()) return 'a socket';
   if (stats.isCharacterDevice()) return 'a character device';
   if (stats.isBlockDevice()) return 'a block device';
-  return 'not a regular file';
+  return 'a special file';
 }
 
 function notRegular(path: string, stats: Stats): IcError {
-  return new IcError('INVALID', `${path}: not a regular file (${kindOf(stats)}); ic opens only regular files`, { path, step: 'open' });
+  return new IcError('INVALID', `${path}: is ${kindOf(stats)}, not a regular file; ic opens only regular files`, { path, step: 'open' });
 }
 
 /**
