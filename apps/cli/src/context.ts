@@ -1,5 +1,6 @@
 import { getSystemErrorMap } from 'node:util';
 import { isIcError, type Registry } from '@ic/core';
+import type { Activity, Interrupts } from './signals.js';
 
 /** Where the CLI writes. Tests pass string collectors; the real entry passes process.stdout/stderr. */
 export interface Writer {
@@ -55,6 +56,10 @@ export interface Context {
   forceShare: boolean;
   /** --debug: stack traces for errors. */
   debug: boolean;
+  /** How writing commands are stopped (SIGINT/SIGTERM, or the caller's AbortSignal) at a safe point. */
+  interrupts: Interrupts;
+  /** What the command is doing now; SIGUSR1 prints it. */
+  activity: Activity;
 }
 
 /**
@@ -87,7 +92,7 @@ export function reportError(context: Pick<Context, 'err' | 'debug'>, error: unkn
     return EXIT.USAGE;
   }
   if (isIcError(error)) {
-    context.err(errorLine(withErrnoText(error.message), error.code));
+    context.err(errorLine(withErrnoText(interruptedMessage(error) ?? error.message), error.code));
     if (context.debug) context.err(`${stackOf(error)}\n`);
     return EXIT.FAILURE;
   }
@@ -95,6 +100,16 @@ export function reportError(context: Pick<Context, 'err' | 'debug'>, error: unkn
   context.err(errorLine(`internal error: ${message}${context.debug ? '' : ' (run with --debug for the stack trace)'}`, 'INTERNAL'));
   if (context.debug) context.err(`${stackOf(error)}\n`);
   return EXIT.FAILURE;
+}
+
+/**
+ * An INTERRUPTED error stopped past the commit point (it carries imageFormat): the message says which format
+ * the image is in now, that its data is intact, and what to run. Undefined for any other error.
+ */
+export function interruptedMessage(error: unknown): string | undefined {
+  if (!isIcError(error) || error.code !== 'INTERRUPTED' || error.imageFormat === undefined) return undefined;
+  const file = error.path ?? 'IMAGE';
+  return `${error.message}; the image is now ${error.imageFormat} and its data is intact; run 'ic recover ${file}' to finish (safe to run at any time)`;
 }
 
 let errnoText: Map<string, string> | undefined;

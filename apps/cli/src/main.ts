@@ -10,6 +10,7 @@ import { formatsCommand } from './commands/formats.js';
 import { infoCommand } from './commands/info.js';
 import { mapCommand } from './commands/map.js';
 import { recoverCommand } from './commands/recover.js';
+import { Interrupts, activityLine, type Activity } from './signals.js';
 
 export const VERSION: string = packageJson.version;
 
@@ -151,6 +152,7 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
     context.untrusted = globals.untrusted === true;
     context.lock = globals.lock !== false;
     context.forceShare = globals.forceShare === true;
+    Object.assign(context.activity, { command: action.name(), file: typeof action.args[0] === 'string' ? action.args[0] : '', phase: 'starting' });
   });
   return program;
 }
@@ -159,17 +161,46 @@ function defaultStreams(): CliStreams {
   return { stdout: process.stdout, stderr: process.stderr, isTTY: process.stderr.isTTY === true };
 }
 
+export interface MainOptions {
+  /**
+   * The executable sets it: while a writing command runs, SIGINT and SIGTERM stop it at the engine's next
+   * safe point (exit 128 + signal number); SIGUSR1 prints one progress line on stderr. Library callers leave it
+   * off (their process's signals stay theirs) and may pass `signal` instead.
+   */
+  handleSignals?: boolean;
+  /** Stops a writing command at its next safe point, as SIGINT does (exit status 1). */
+  signal?: AbortSignal;
+}
+
 /**
  * Runs the ic command line and returns the exit status. Never throws: every failure is reported as one line
  * on stderr (`ic: <message> [<CODE>]`), with the stack trace only under --debug.
  */
-export async function main(argv: readonly string[], streams: CliStreams = defaultStreams()): Promise<number> {
+export async function main(argv: readonly string[], streams: CliStreams = defaultStreams(), options: MainOptions = {}): Promise<number> {
   const debug = argv.includes('--debug');
   const out = (text: string) => void streams.stdout.write(text);
   const err = (text: string) => void streams.stderr.write(text);
+  const isTTY = streams.isTTY === true;
+  const handleSignals = options.handleSignals === true;
+  const activity: Activity = { command: 'ic', file: '', phase: 'starting', done: 0, total: 0 };
+  const onProgressSignal = () => err(activityLine(activity));
+  if (handleSignals) process.on('SIGUSR1', onProgressSignal);
   try {
     const { registry, problems } = createRegistry();
-    const context: Context = { registry, registryProblems: problems, out, err, isTTY: streams.isTTY === true, untrusted: argv.includes('--untrusted'), lock: true, forceShare: false, debug };
+    const context: Context = {
+      registry,
+      registryProblems: problems,
+      out,
+      err,
+      isTTY,
+      untrusted: argv.includes('--untrusted'),
+      lock: true,
+      forceShare: false,
+      debug,
+      // On a terminal, a signal is acknowledged at once; the line saying what state the image is in follows.
+      interrupts: new Interrupts(handleSignals, isTTY ? err : () => undefined, options.signal),
+      activity,
+    };
     if (debug) for (const problem of problems) err(`ic: warning: driver not loaded: ${problem}\n`);
     if (argv.filter((arg) => !GLOBAL_FLAGS.includes(arg)).length === 0) {
       err(errorLine("missing command (try 'ic --help')", 'USAGE'));
@@ -181,6 +212,7 @@ export async function main(argv: readonly string[], streams: CliStreams = defaul
         status = await work();
       } catch (error) {
         status = reportError(context, error);
+        if (context.interrupts.stopped) status = context.interrupts.exitStatus();
       }
     };
     const program = buildProgram(context, run);
@@ -196,5 +228,7 @@ export async function main(argv: readonly string[], streams: CliStreams = defaul
     return status;
   } catch (error) {
     return reportError({ err, debug }, error);
+  } finally {
+    if (handleSignals) process.off('SIGUSR1', onProgressSignal);
   }
 }

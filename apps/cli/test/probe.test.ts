@@ -3,6 +3,7 @@ import { describe, expect, test } from 'vitest';
 import { DRIVER_API_VERSION, MemoryIO, Registry, isIcError, type Driver } from '@ic/core';
 import type { Context } from '../src/context.js';
 import { probeDriver } from '../src/images.js';
+import { Interrupts } from '../src/signals.js';
 
 function toy(name: string, score: number): Driver {
   return {
@@ -19,7 +20,10 @@ function toy(name: string, score: number): Driver {
 }
 
 function context(drivers: Driver[], untrusted = false): Context {
-  return { registry: new Registry(drivers), registryProblems: [], out() {}, err() {}, isTTY: false, untrusted, lock: true, forceShare: false, debug: false };
+  return { registry: new Registry(drivers), registryProblems: [], out() {}, err() {}, isTTY: false, untrusted, lock: true, forceShare: false, debug: false,
+    interrupts: new Interrupts(false, () => undefined),
+    activity: { command: 'test', file: '', phase: 'starting', done: 0, total: 0 },
+  };
 }
 
 async function probed(drivers: Driver[], untrusted = false): Promise<string> {

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -83,4 +83,70 @@ export async function serveWithQemuNbd(
     throw error;
   }
   return server;
+}
+
+/** The state letter of a process from /proc/PID/stat ('R', 'S', 'T' stopped, 'Z', ...), or undefined once gone. */
+export function processState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Waits until the child is stopped (SIGSTOP, e.g. by ic's IC_TEST_STOP_AFTER_WRITES hook): resolves true, or
+ * false when it exited instead. Generous default timeout for a loaded machine.
+ */
+export async function stoppedOrExited(child: ChildProcess, timeoutMs = 60_000): Promise<boolean> {
+  let stopped = false;
+  await waitFor(
+    () => {
+      if (child.exitCode !== null || child.signalCode !== null) return true;
+      const state = child.pid === undefined ? undefined : processState(child.pid);
+      stopped = state === 'T' || state === 't';
+      return stopped || state === undefined || state === 'Z';
+    },
+    () => `process ${child.pid} neither stopped nor exited`,
+    timeoutMs,
+  );
+  return stopped;
+}
+
+/** Listening TCP sockets (IPv4 and IPv6) as "local-address inode" strings, from /proc/net/tcp and tcp6. */
+export function listeningTcpSockets(): Set<string> {
+  const out = new Set<string>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try {
+      text = readFileSync(table, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (fields[3] === '0A') out.add(`${fields[1]} ${fields[9]}`); // state 0A = LISTEN; field 9 = inode
+    }
+  }
+  return out;
+}
+
+/** The socket inodes a process has open (from its /proc/PID/fd links), to tell which listeners are its own. */
+export function socketInodes(pid: number): Set<string> {
+  const out = new Set<string>();
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        const target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+        const match = target.match(/^socket:\[(\d+)\]$/);
+        if (match) out.add(match[1]!);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  } catch {
+    // gone
+  }
+  return out;
 }
