@@ -42,6 +42,8 @@ export interface Context {
   registry: Registry;
   /** Drivers the registry refused, one line each (shown by `ic formats`). */
   registryProblems: readonly string[];
+  /** Where each registered driver came from ('bundled' or a module's path) and what it replaced. */
+  driverSources: ReadonlyMap<string, { source: string; replaced?: string }>;
   out(text: string): void;
   err(text: string): void;
   isTTY: boolean;

@@ -1,7 +1,8 @@
 import { Command, CommanderError, Option } from 'commander';
 import packageJson from '../package.json' with { type: 'json' };
-import { EXIT, errorLine, reportError, type CliStreams, type Context } from './context.js';
-import { createRegistry } from './drivers.js';
+import { EXIT, errorLine, printable, reportError, type CliStreams, type Context } from './context.js';
+import type { Driver } from '@ic/core';
+import { bundledDrivers, createRegistry, driverModulesFromArgv, driverModulesFromEnv, loadDriverModules, type SourcedDriver } from './drivers.js';
 import { checkCommand } from './commands/check.js';
 import { convertCommand } from './commands/convert.js';
 import { createCommand } from './commands/create.js';
@@ -41,6 +42,7 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
     .version(`ic ${VERSION}\ndrivers: ${drivers || 'none'}`, '-V, --version', 'print the version of ic and of its drivers')
     .option('--debug', 'show stack traces for errors')
     .option('--untrusted', 'refuse images that reference other files (backing files); never open them')
+    .option('--driver <module>', 'also load format drivers from MODULE: a path (./x.js, /abs/x.js) or a package name resolved from the current directory; repeatable; IC_DRIVERS=MODULE,... too; a loaded driver replaces a bundled one of the same name', collect, [])
     .option('--no-lock', "take and check no QEMU image lock: reads do not refuse an image in use, and writes go ahead without knowing whether a VM uses it (unsafe)")
     .helpOption('-h, --help', 'show help')
     .showSuggestionAfterError(true)
@@ -157,11 +159,29 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
   return program;
 }
 
+/** The command line without its --driver options (they are read before the commands are set up). */
+function withoutDriverOptions(argv: readonly string[]): string[] {
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--driver') i++;
+    else if (!argv[i]!.startsWith('--driver=')) rest.push(argv[i]!);
+  }
+  return rest;
+}
+
 function defaultStreams(): CliStreams {
   return { stdout: process.stdout, stderr: process.stderr, isTTY: process.stderr.isTTY === true };
 }
 
 export interface MainOptions {
+  /** Drivers to register besides the bundled ones (a driver with a bundled one's name replaces it). */
+  drivers?: readonly Driver[];
+  /** Modules to load drivers from, as --driver takes them (before IC_DRIVERS and --driver, which win on a name clash). */
+  driverModules?: readonly string[];
+  /** The environment IC_DRIVERS is read from (default: process.env). */
+  env?: Readonly<Record<string, string | undefined>>;
+  /** Where package names given to --driver and IC_DRIVERS are resolved from (default: the current directory). */
+  cwd?: string;
   /**
    * The executable sets it: while a writing command runs, SIGINT and SIGTERM stop it at the engine's next
    * safe point (exit 128 + signal number); SIGUSR1 prints one progress line on stderr. Library callers leave it
@@ -186,10 +206,16 @@ export async function main(argv: readonly string[], streams: CliStreams = defaul
   const onProgressSignal = () => err(activityLine(activity));
   if (handleSignals) process.on('SIGUSR1', onProgressSignal);
   try {
-    const { registry, problems } = createRegistry();
+    const warn = (line: string) => err(`ic: warning: ${printable(line)}\n`);
+    // Order: bundled, main()'s, IC_DRIVERS, --driver; a later driver of the same name replaces an earlier one.
+    const modules = [...(options.driverModules ?? []), ...driverModulesFromEnv((options.env ?? process.env).IC_DRIVERS), ...driverModulesFromArgv(argv)];
+    const given: SourcedDriver[] = (options.drivers ?? []).map((driver) => ({ driver, source: 'main() options' }));
+    const loaded = modules.length > 0 ? await loadDriverModules(modules, options.cwd ?? process.cwd(), warn) : [];
+    const { registry, problems, sources } = createRegistry([...bundledDrivers(), ...given, ...loaded], warn);
     const context: Context = {
       registry,
       registryProblems: problems,
+      driverSources: sources,
       out,
       err,
       isTTY,
@@ -202,7 +228,7 @@ export async function main(argv: readonly string[], streams: CliStreams = defaul
       activity,
     };
     if (debug) for (const problem of problems) err(`ic: warning: driver not loaded: ${problem}\n`);
-    if (argv.filter((arg) => !GLOBAL_FLAGS.includes(arg)).length === 0) {
+    if (withoutDriverOptions(argv).filter((arg) => !GLOBAL_FLAGS.includes(arg)).length === 0) {
       err(errorLine("missing command (try 'ic --help')", 'USAGE'));
       return EXIT.USAGE;
     }

@@ -20,7 +20,7 @@ function toy(name: string, score: number): Driver {
 }
 
 function context(drivers: Driver[], untrusted = false): Context {
-  return { registry: new Registry(drivers), registryProblems: [], out() {}, err() {}, isTTY: false, untrusted, lock: true, forceShare: false, debug: false,
+  return { registry: new Registry(drivers), registryProblems: [], driverSources: new Map(), out() {}, err() {}, isTTY: false, untrusted, lock: true, forceShare: false, debug: false,
     interrupts: new Interrupts(false, () => undefined),
     activity: { command: 'test', file: '', phase: 'starting', done: 0, total: 0 },
   };
