@@ -29,7 +29,7 @@ function forceShareOption(): Option {
   return new Option('-U, --force-share', 'read the image even while another process (a VM) writes it; the result may be inconsistent');
 }
 
-function collect(value: string, previous: string[]): string[] {
+function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
 }
 
@@ -42,8 +42,9 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
     .version(`ic ${VERSION}\ndrivers: ${drivers || 'none'}`, '-V, --version', 'print the version of ic and of its drivers')
     .option('--debug', 'show stack traces for errors')
     .option('--untrusted', 'refuse images that reference other files (backing files); never open them')
-    .option('--driver <module>', 'also load format drivers from MODULE: a path (./x.js, /abs/x.js) or a package name resolved from the current directory; repeatable; IC_DRIVERS=MODULE,... too; a loaded driver replaces a bundled one of the same name', collect, [])
-    .option('--no-lock', "take and check no QEMU image lock: reads do not refuse an image in use, and writes go ahead without knowing whether a VM uses it (unsafe)")
+    // Read before the commands are set up (driverModulesFromArgv); declared here for --help and parsing.
+    .option('--driver <module>', 'load format drivers from MODULE (./path.js or a package name); repeatable; also IC_DRIVERS=MODULE,...', collect)
+    .option('--no-lock', "take and check no QEMU image lock (unsafe: a write cannot tell whether a VM uses the image)")
     .helpOption('-h, --help', 'show help')
     .showSuggestionAfterError(true)
     .exitOverride()
