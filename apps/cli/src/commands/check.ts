@@ -29,7 +29,7 @@ export async function checkCommand(context: Context, filename: string, options: 
     if (options.repair) {
       if (!canRepair(driver)) throw new IcError('UNSUPPORTED', `${driver.name}: repair is not supported yet (check without -r reports the problems)`);
       await opened.close();
-      opened = await openImage(context, filename, { driver, writable: true, lock: true });
+      opened = await openImage(context, filename, { driver, access: 'write' });
     }
     const check = opened.image.check!.bind(opened.image);
     let report: CheckReport = await check(options.repair ? { repair: options.repair } : {});

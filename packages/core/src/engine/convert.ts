@@ -679,7 +679,8 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
 function beforeCommit(error: unknown, path: string, sourceFormat: string): unknown {
   if (!isIcError(error)) return error;
   if (error.code === 'INTERRUPTED') {
-    return new IcError('INTERRUPTED', `${path}: stopped before the switch; the image is unchanged (still ${sourceFormat})`, { path, cause: error, imageFormat: sourceFormat });
+    // No imageFormat: the format did not change (callers say so in their words).
+    return new IcError('INTERRUPTED', `${path}: stopped before the switch, and the file is back as it was (${sourceFormat})`, { path, cause: error });
   }
   return error;
 }

@@ -1,6 +1,6 @@
 import { bytesEqual, IcError, isIcError, type BlockIO, type Driver } from '../sdk/index.js';
 import { zeroStaleHeaderBytes } from './host-ranges.js';
-import { identityDigest, isTransitionalSector, LOG_INVALID, logOffsetOf, readIntent, readLog, rollBack, transitionalSector, type FoundIntent, type IntentRecord } from './intent.js';
+import { identityDigest, isTransitionalSector, LOG_INVALID, logOffsetOf, readIntent, readLog, rollBack, transitionalSector, writeNextSlot, type FoundIntent, type IntentRecord } from './intent.js';
 import { applyLog, packImage } from './pack.js';
 import { ReadView } from './view.js';
 
@@ -114,7 +114,10 @@ export async function recover(io: BlockIO, options: RecoverOptions = {}): Promis
 /** The commit happened: re-apply an interrupted packing wave, finish the clean-up and the packing, cut the file. */
 async function rollForward(io: BlockIO, found: FoundIntent, options: RecoverOptions, head: Uint8Array): Promise<RecoveryResult> {
   const { record, block } = found;
-  await checkProspect(io, options, record.targetFormat, head, record.targetFileSize, 'finishing the conversion');
+  // Once packing started (committed), a table may lie in the scratch space past the target's end: the image is
+  // everything below the record.
+  const prospectSize = record.state === 'committed' ? found.block.offset : record.targetFileSize;
+  await checkProspect(io, options, record.targetFormat, head, prospectSize, 'finishing the conversion');
   const log = await readLog(io, block);
   if (log) {
     await applyLog(io, log);
@@ -127,6 +130,11 @@ async function rollForward(io: BlockIO, found: FoundIntent, options: RecoverOpti
   const result: RecoveryResult = { action: 'rolled-forward', format: record.targetFormat, detail: `finished the conversion from ${record.sourceFormat} to ${record.targetFormat}` };
   const driver = record.pack !== 'never' ? options.drivers?.find(record.targetFormat) : undefined;
   if (driver) {
+    // Packing may change header fields: from here on the record must not compare heads (state committed).
+    if (record.state !== 'committed') {
+      await writeNextSlot(io, found, { ...record, state: 'committed' });
+      await io.flush();
+    }
     const packed = await packImage(io, driver, {
       log: { offset: logOffsetOf(block), capacity: block.logCapacity },
       imageEnd: record.targetFileSize,
