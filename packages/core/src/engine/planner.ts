@@ -76,8 +76,8 @@ export class MappingPlanner {
   ) {
     this.clusterSize = options.layout.clusterSize;
     this.alignment = options.layout.hostAlignment ?? this.clusterSize;
-    if ((options.layout.placement?.kind ?? 'anywhere') !== 'anywhere') {
-      throw new IcError('UNSUPPORTED', `the engine cannot yet place data for a target whose layout is '${options.layout.placement!.kind}'`);
+    if ((options.layout.placement?.kind ?? 'anywhere') !== 'anywhere' || (options.layout.headerOffset ?? 0) !== 0) {
+      throw new IcError('UNSUPPORTED', `this engine cannot yet place data for a target whose layout is '${options.layout.placement?.kind ?? 'anywhere'}' with its header at ${options.layout.headerOffset ?? 0}`);
     }
   }
 

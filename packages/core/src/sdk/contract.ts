@@ -233,11 +233,16 @@ export interface Image {
 }
 
 /**
- * Where a target's data clusters may live. 'anywhere': any host offset aligned to hostAlignment (qcow2, QED,
- * VMDK). 'packed': cluster k of the allocation order at start + k * clusterSize with no gap (VDI: new blocks are
- * appended at index blocks_allocated).
+ * Where a target's data clusters may live.
+ *  - 'anywhere': any host offset that is a multiple of hostAlignment (qcow2, QED, VMDK).
+ *  - 'packed': cluster k of the allocation order at start + k * clusterSize, with no gap (VDI: new blocks are
+ *    appended at index blocks_allocated).
+ *  - 'prefixed': each data cluster is preceded by `prefix` bytes that belong to it and that the target writes
+ *    (dynamic VHD: a block's sector bitmap lies right before its data); a cluster stays only where those bytes
+ *    are free.
+ *  - 'identity': guest offset g lives at host offset g (raw, fixed VHD); nothing can be relocated.
  */
-export type Placement = { kind: 'anywhere' } | { kind: 'packed'; start: number };
+export type Placement = { kind: 'anywhere' } | { kind: 'packed'; start: number } | { kind: 'prefixed'; prefix: number } | { kind: 'identity' };
 
 /** Where a target has to leave room and what it can address; the planner reads only this. */
 export interface TargetLayout {
@@ -245,8 +250,13 @@ export interface TargetLayout {
   clusterSize: number;
   /** A kept data cluster must start at a host offset that is a multiple of this. Default clusterSize. */
   hostAlignment?: number;
-  /** Bytes at offset 0 that the target's header owns after the commit: no data cluster may stay there. */
+  /**
+   * Bytes that the target's header owns after the commit, at headerOffset: no data cluster may stay there. The
+   * commit writes the header there (last).
+   */
   headerRegionSize: number;
+  /** Where the header region starts: 0 (default) for a header, the virtual size for a footer-only format (fixed VHD). */
+  headerOffset?: number;
   /** A data cluster must end at or below this host offset. */
   maxHostOffset: number;
   /** The target can record zero extents (otherwise the planner turns them into unallocated or zero-filled data). */
