@@ -16,6 +16,7 @@ export {
   shapePairCases,
   samplePairCase,
   registerCases,
+  KIT_CASE_TIMEOUT,
   expectConvertedImage,
   canBuildAndConvert,
   supportsClusterSize,

@@ -36,13 +36,23 @@ export interface KitCase {
   run: () => Promise<void | { skipped: string }>;
 }
 
+/**
+ * How long one kit case may take by default: conversions of a 6 GiB sparse disk with 4 KiB clusters and the qemu
+ * checks after them take seconds alone and minutes on a loaded 2-core machine.
+ */
+export const KIT_CASE_TIMEOUT = 300_000;
+
 /** Registers kit cases as vitest tests; a case that does not apply is reported as skipped, with its reason. */
-export function registerCases(cases: readonly KitCase[], name: (kitCase: KitCase) => string = (kitCase) => kitCase.name): void {
+export function registerCases(cases: readonly KitCase[], name: (kitCase: KitCase) => string = (kitCase) => kitCase.name, timeout = KIT_CASE_TIMEOUT): void {
   for (const kitCase of cases) {
-    it(name(kitCase), async (context) => {
-      const result = await kitCase.run();
-      if (result && 'skipped' in result) context.skip(result.skipped);
-    });
+    it(
+      name(kitCase),
+      async (context) => {
+        const result = await kitCase.run();
+        if (result && 'skipped' in result) context.skip(result.skipped);
+      },
+      timeout,
+    );
   }
 }
 
@@ -50,6 +60,8 @@ export interface MatrixOptions {
   /** Cluster sizes to build the shapes with (each pair runs the sizes both drivers support). Default 4 KiB and 64 KiB. */
   clusterSizes?: readonly number[];
   shapes?: readonly Shape[];
+  /** Milliseconds one case may take (default KIT_CASE_TIMEOUT). */
+  timeout?: number;
   /**
    * After each conversion, let qemu-io write to the result and judge it with qemu-img check and compare, for formats
    * qemu knows (default true; qemu-img missing then fails). false leaves qemu out.
@@ -287,7 +299,7 @@ export function describeMatrix(drivers: readonly Driver[], options: MatrixOption
     });
     for (const { pair, cases } of pairs) {
       describe(pair, () => {
-        registerCases(cases, (kitCase) => kitCase.name.slice(pair.length + 2));
+        registerCases(cases, (kitCase) => kitCase.name.slice(pair.length + 2), options.timeout);
       });
     }
   });

@@ -47,6 +47,8 @@ export interface ConformanceOptions {
   matrix?: boolean;
   /** Let qemu write to converted images of formats it knows and judge them (default true; a missing qemu-img fails). */
   qemu?: boolean;
+  /** Milliseconds one case may take (default KIT_CASE_TIMEOUT, 5 minutes). */
+  timeout?: number;
 }
 
 export interface KitGroup {
@@ -438,7 +440,7 @@ export function describeDriver(driver: Driver, options: ConformanceOptions = {})
   describe(`conformance: ${driver.name}`, async () => {
     for (const group of await conformanceSuite(driver, options)) {
       describe(group.name, () => {
-        registerCases(group.cases);
+        registerCases(group.cases, undefined, options.timeout);
       });
     }
   });

@@ -10,6 +10,6 @@ describeDriver(qedDriver, {
   samples: qemuSamples(qedDriver, [
     { name: '64 KiB clusters, scattered and zeroed', size: 256 * MiB, writes: ['write -P 0xa1 0 64k', 'write -P 0xa2 1000 3000', 'write -P 0xa3 100M 192k', 'write -z 8M 128k', `write -P 0xa4 ${256 * MiB - 512} 512`] },
     { name: '4 KiB clusters', size: 64 * MiB, o: 'cluster_size=4k', writes: ['write -P 0xb1 4k 12k', 'write -P 0xb2 33M 4k'] },
-    { name: 'over a raw backing file', size: 64 * MiB, backing: { format: 'raw', writes: ['write -P 0xc1 0 2M'] }, writes: ['write -P 0xc2 64k 64k', 'write -z 1M 64k'] },
+    { name: 'over a raw backing file', size: 64 * MiB, backing: { flat: true, writes: ['write -P 0xc1 0 2M'] }, writes: ['write -P 0xc2 64k 64k', 'write -z 1M 64k'] },
   ]),
 });

@@ -48,6 +48,9 @@ async function loadFile(path: string, name: string): Promise<BlockIO> {
   }
 }
 
+/** qemu's name for a flat file (guest byte N is file byte N). */
+const FLAT_FORMAT = 'raw';
+
 /** One sample made by qemu-img create and qemu-io. */
 export interface QemuSampleSpec {
   name: string;
@@ -58,10 +61,10 @@ export interface QemuSampleSpec {
   /** qemu-io commands run on the new image, e.g. "write -P 0xab 0 64k", "write -z 1M 64k", "discard 0 64k". */
   writes: readonly string[];
   /**
-   * A backing file made first and named by a relative name: the sample's own format (opened with the driver) or
-   * 'raw'. The reference content reads through it.
+   * A backing file made first and named by a relative name: of the sample's own format (opened with the driver),
+   * or a flat raw file with `flat: true`. The reference content reads through it.
    */
-  backing?: { format: 'raw' | 'same'; writes: readonly string[] };
+  backing?: { flat?: boolean; writes: readonly string[] };
 }
 
 /**
@@ -79,13 +82,13 @@ export function qemuSamples(driver: Driver, specs: readonly QemuSampleSpec[]): S
         const files: { name: string; io: BlockIO }[] = [];
         let backing: Image | undefined;
         if (spec.backing) {
-          const format = spec.backing.format === 'raw' ? 'raw' : driver.name;
+          const format = spec.backing.flat ? FLAT_FORMAT : driver.name;
           const name = `base.${format}`;
           qemuCreate(join(scratch.dir, name), format, spec.size);
           if (spec.backing.writes.length > 0) qemuIo(join(scratch.dir, name), format, spec.backing.writes);
           const io = await loadFile(join(scratch.dir, name), name);
           files.push({ name, io });
-          backing = spec.backing.format === 'raw' ? await flatReference(io) : await driver.open(io);
+          backing = spec.backing.flat ? await flatReference(io) : await driver.open(io);
           qemuCreate(image, driver.name, spec.size, { ...(spec.o ? { o: spec.o } : {}), backing: name, backingFormat: format, cwd: scratch.dir });
         } else {
           qemuCreate(image, driver.name, spec.size, spec.o ? { o: spec.o } : {});
