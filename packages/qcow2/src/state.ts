@@ -51,9 +51,12 @@ export async function loadState(io: BlockIO, options: OpenOptions = {}): Promise
   validateHeader(header, fileSize);
   const clusterSize = clusterSizeOf(header);
 
-  // Cluster 0 holds the header, the extensions and the backing file name.
+  // Cluster 0 holds the header, the extensions and the backing file name. Without a backing file qemu ignores
+  // backing_file_size, so it must not size anything here either (validateHeader bounded it otherwise).
   const areaEnd = header.backingFileOffset !== 0 ? header.backingFileOffset : clusterSize;
-  const cluster0Length = Math.max(areaEnd, header.backingFileOffset + header.backingFileSize);
+  const nameEnd = header.backingFileOffset !== 0 ? header.backingFileOffset + header.backingFileSize : 0;
+  // Never more than cluster 0 (at most 2 MiB); validateHeader keeps the name inside it.
+  const cluster0Length = Math.min(Math.max(areaEnd, nameEnd), clusterSize);
   const cluster0 = cluster0Length <= head.length ? head : await io.read(0, cluster0Length);
   const extensions = parseExtensions(cluster0, header.headerLength, areaEnd, clusterSize);
 
