@@ -1,6 +1,6 @@
 import { availableParallelism } from 'node:os';
 import type { Violation } from './guards.js';
-import type { Mutant } from './mutate.js';
+import type { Mutant, Mutation } from './mutate.js';
 import { isKnownFinding, violationShape } from './known.js';
 import { runJobs, type Job, type JobOutcome } from './pool.js';
 import { seedImages, type Seed } from './seeds.js';
@@ -116,6 +116,30 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
     maxMemoryGrowth,
     campaignSeed,
   };
+}
+
+/**
+ * Runs given mutants (seed name + mutations) on the worker pool, with the same watchdog, and returns each one's
+ * result in order.
+ */
+export async function runMutants(
+  mutants: readonly { seed: string; mutations: Mutation[] }[],
+  options: { workers?: number; timeoutMs?: number } = {},
+): Promise<JobOutcome[]> {
+  const names = [...new Set(mutants.map((mutant) => mutant.seed))];
+  const seeds = seedImages(names);
+  const outcomes: JobOutcome[] = new Array(mutants.length);
+  const jobs = mutants.map((mutant, id) => ({ id, seedIndex: names.indexOf(mutant.seed), index: id, mutations: mutant.mutations }));
+  await runJobs(jobs, {
+    seeds,
+    campaignSeed: 0,
+    workers: options.workers ?? Math.min(4, Math.max(1, availableParallelism())),
+    timeoutMs: options.timeoutMs ?? 30_000,
+    onOutcome: (outcome) => {
+      outcomes[outcome.job.id] = outcome;
+    },
+  });
+  return outcomes;
 }
 
 /** The totals as a table: one row per driver and operation, one column per verdict. */
