@@ -12,7 +12,7 @@ export { DescriptorVmdkImage, openDescriptorImage } from './descriptor-image.js'
 export { checkSparse } from './check.js';
 export { sparseConversionSource, parentCidBlocker, COMPRESSED_BLOCKER, type VmdkOpenOptions } from './source.js';
 export { sparseMetadataRanges, protectedHeaderEnd } from './host-ranges.js';
-export { createVmdk, parentFor } from './create.js';
+export { createVmdk, parentFor, QEMU_CREATE_MAX_GRAINS } from './create.js';
 export { vmdkInPlaceTarget, TARGET_CLUSTER_SIZES, TARGET_MAX_HOST_OFFSET, DEFAULT_EXTENT_NAME } from './target.js';
 export { writeSparseVmdk, type SparseVmdkSpec, type SparseVmdkLayout, type SparseGrain } from './writer.js';
 export { FORMAT } from './errors.js';
