@@ -1,6 +1,6 @@
 import { IcError, type BackingReference, type BlockIO, type OpenOptions } from '@ic/core/sdk';
 import { corruptAt, FORMAT, hex } from './errors.js';
-import { parseExtensions, type HeaderExtensions } from './extensions.js';
+import { cString, parseExtensions, type HeaderExtensions } from './extensions.js';
 import {
   AutoclearFeature,
   clusterSizeOf,
@@ -64,8 +64,9 @@ export async function loadState(io: BlockIO, options: OpenOptions = {}): Promise
   let backingName: { offset: number; length: number } | undefined;
   if (header.backingFileOffset !== 0) {
     backingName = { offset: header.backingFileOffset, length: header.backingFileSize };
-    const name = new TextDecoder().decode(cluster0.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize));
-    backing = extensions.backingFormat === undefined ? { name } : { name, format: extensions.backingFormat };
+    // qemu keeps the name as a C string: it ends at the first NUL, and an empty one means no backing file at all.
+    const name = cString(cluster0.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize));
+    if (name !== '') backing = extensions.backingFormat ? { name, format: extensions.backingFormat } : { name };
   }
   const hasDataFile = hasFeature(header.incompatibleFeatures, IncompatibleFeature.externalDataFile);
   if (options.untrusted && backing) {

@@ -177,6 +177,19 @@ describe('damaged and hostile images give typed errors at the right step, and ar
     expect(await errorCode(() => openQcow2(file))).toBe('CORRUPT');
   });
 
+  it('a backing file name is a C string, like qemu\'s: empty means no backing file, a NUL ends it', async () => {
+    const file = tmp.path('backing-name-c-string.qcow2');
+    copyFileSync(base, file);
+    // backing_file_offset 0x1000, backing_file_size 0: qemu-img info shows no backing file.
+    poke(file, 8, u64be(0x1000));
+    expect((await openQcow2(file)).info().backing).toBeUndefined();
+    expect(run('qemu-img', ['info', '-f', 'qcow2', file]).stdout).not.toContain('backing file');
+    poke(file, 16, u32be(8));
+    poke(file, 0x1000, [...new TextEncoder().encode('base\0xyz')]);
+    expect((await openQcow2(file)).info().backing).toEqual({ name: 'base' });
+    expect(run('qemu-img', ['info', '-f', 'qcow2', '--output=json', file]).stdout).toContain('"backing-filename": "base"');
+  });
+
   it('reads outside the virtual disk are OUT_OF_BOUNDS', async () => {
     const image = await openQcow2(base);
     expect(await errorCode(() => image.read(64 * M - 10, 20))).toBe('OUT_OF_BOUNDS');
