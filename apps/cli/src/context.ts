@@ -111,6 +111,8 @@ export function reportError(context: Pick<Context, 'err' | 'debug'>, error: unkn
 export function interruptedMessage(error: unknown): string | undefined {
   if (!isIcError(error) || error.code !== 'INTERRUPTED' || error.imageFormat === undefined) return undefined;
   const file = error.path ?? 'IMAGE';
+  // The engine's own words already say it (its message after the switch names the format and what to run).
+  if (error.message.includes('the image is now')) return error.message;
   return `${error.message}; the image is now ${error.imageFormat} and its data is intact; run 'ic recover ${file}' to finish (safe to run at any time)`;
 }
 

@@ -10,6 +10,7 @@ import {
   writeImage,
   type BlockIO,
 } from '../src/index.js';
+import { writeNextSlot } from '../src/engine/intent.js';
 import { KilledAfter } from './killed.js';
 import { makeToyDriver } from './toy-format.js';
 
@@ -132,6 +133,22 @@ describe('recover refuses records it cannot trust', () => {
     expect(await readAs(copy, toyA)).toEqual(expected);
     // The original recovers normally.
     expect((await recover(original)).action).toBe('rolled-back');
+  });
+
+  it('a record forged with an original size of 0 is refused even when the user vouches for it', async () => {
+    const io = new NamedMemory((await sample()).snapshot(), 'file:4:4:4');
+    await convertInPlace({ io: new KilledAfter(io, 3), source: toyA, target: toyB }).catch(() => undefined);
+    const found = await readIntent(io);
+    expect(found?.record.state).toBe('growing');
+    // Valid checksums, and a size no image can have: truncating to it would destroy the file.
+    await writeNextSlot(io, found!, { ...found!.record, fileSizeBefore: 0 });
+    expect((await readIntent(io))?.record.fileSizeBefore).toBe(0);
+    const before = io.snapshot();
+    for (const trustForeignRecord of [false, true]) {
+      const error = await recover(io, { trustForeignRecord }).catch((e: unknown) => e);
+      expect(isIcError(error) && error.code).toBe('NEEDS_RECOVERY');
+      expect(io.snapshot()).toEqual(before);
+    }
   });
 
   it('a sector 0 that matches neither side is left alone', async () => {

@@ -131,8 +131,13 @@ async function convertFile(
       });
     } catch (error) {
       // Stopped before its commit, the engine has put the file back as it was: say in which format that is.
-      if (isIcError(error) && error.code === 'INTERRUPTED' && error.imageFormat === undefined) {
+      if (isIcError(error) && error.code === 'INTERRUPTED' && error.imageFormat === undefined && !error.message.includes('ic recover')) {
         throw new IcError('INTERRUPTED', `${error.message}; the image is still ${source.name}, as it was`, { path: filename, cause: error });
+      }
+      // Past the commit the file is already the new format: a script reading the JSON must learn that too.
+      if (isIcError(error) && error.imageFormat !== undefined && options.output === 'json') {
+        const failure = { filename, sourceFormat: source.name, targetFormat: target.name, committed: true, imageFormat: error.imageFormat, dataIntact: true, recover: `ic recover ${filename}`, error: { code: error.code, message: error.message } };
+        context.out(`${JSON.stringify(failure, null, 4)}\n`);
       }
       throw error;
     } finally {

@@ -704,29 +704,34 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
           cause: error,
         });
       }
-      await undoGrowth(io, fileSizeBefore, found);
-      throw beforeCommit(error, io.name, source.name);
+      const undone = await undoGrowth(io, fileSizeBefore, found);
+      throw beforeCommit(error, io.name, source.name, undone);
     }
   } finally {
     await closeSource();
   }
 }
 
-/** Before the commit the file is put back as it was: nothing at offset 0 changed, so cutting it is enough. */
-async function undoGrowth(io: BlockIO, fileSizeBefore: number, found: FoundIntent): Promise<void> {
+/**
+ * Before the commit the file is put back as it was: nothing at offset 0 changed, so cutting it is enough. False
+ * when the store failed on the way (a full disk that refuses even the rollback's writes): the record stays and
+ * says what `ic recover` must do.
+ */
+async function undoGrowth(io: BlockIO, fileSizeBefore: number, found: FoundIntent): Promise<boolean> {
   try {
     if (found.record.state === 'committing' && found.record.oldHead.length > 0) {
       // The transitional marker or the tail may have been written: put the old header region back first.
       const head = await io.read(found.record.headOffset, found.record.oldHead.length);
       if (!equalBytes(head, found.record.oldHead)) {
         await rollBack(io, found.record);
-        return;
+        return true;
       }
     }
     await io.truncate(fileSizeBefore);
     await io.flush();
+    return true;
   } catch {
-    // The store itself failed (a failed flush is final): the record says what `ic recover` must do.
+    return false;
   }
 }
 
@@ -736,8 +741,15 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-function beforeCommit(error: unknown, path: string, sourceFormat: string): unknown {
+function beforeCommit(error: unknown, path: string, sourceFormat: string, undone: boolean): unknown {
   if (!isIcError(error)) return error;
+  if (!undone) {
+    return new IcError(
+      error.code,
+      `${error.message}; the conversion stopped before the switch but the file could not be put back yet: run \`ic recover ${path}\`, which gives back the ${sourceFormat} image as it was`,
+      { path, cause: error },
+    );
+  }
   if (error.code === 'INTERRUPTED') {
     // No imageFormat: the format did not change (callers say so in their words).
     return new IcError('INTERRUPTED', `${path}: stopped before the switch, and the file is back as it was (${sourceFormat})`, { path, cause: error });

@@ -312,7 +312,7 @@ export interface MetadataWriter {
   write(offset: number, data: Uint8Array): Promise<void>;
 }
 
-/** What a target returns once its metadata is written: its header, written last at offset 0 (the commit). */
+/** What a target returns once its metadata is written: its header, written last at the layout's headerOffset (the commit). */
 export interface TargetBuild {
   /** The complete meaningful content of the header region. */
   header: Uint8Array;

@@ -1,0 +1,112 @@
+/**
+ * A file system that fills up during a conversion: the real executable with IC_TEST_NO_SPACE_FROM_WRITE=N fails
+ * its N-th write and every later one with ENOSPC, for every N until the conversion completes. Judged by bytes
+ * and by qemu-img:
+ *  - failed before the commit: the file is byte-identical to what it was, right after the failing command (a
+ *    raw source is cut back to its exact old size), and `ic recover` finds nothing to do; or, when even the
+ *    rollback's writes fail (a transitional marker to take back), the message says to run `ic recover`, which
+ *    gives the old file back byte-identical;
+ *  - failed writing the header itself: `ic recover` gives back the old file byte-identical or the new image;
+ *  - failed after the commit: the message and the JSON say the file is now the new format with its data
+ *    intact; `ic recover` finishes it, then qemu-img check is clean (no leaks) and compare identical.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { qemuCheck, qemuCompare, qemuCreate, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
+
+const repoRoot = fileURLToPath(new URL('../../..', import.meta.url));
+const icBin = join(repoRoot, 'apps/cli/bin/ic.js');
+const ERROR_LINE = /^ic: .+ \[[A-Z_]+\]\n$/;
+
+function ic(args: string[], fullFrom?: number) {
+  const env = { ...process.env };
+  delete env.IC_TEST_KILL_AFTER_WRITES;
+  if (fullFrom === undefined) delete env.IC_TEST_NO_SPACE_FROM_WRITE;
+  else env.IC_TEST_NO_SPACE_FROM_WRITE = String(fullFrom);
+  return spawnSync(process.execPath, [icBin, ...args], { encoding: 'utf8', env });
+}
+
+const pairs = [
+  { from: 'raw', to: 'qcow2', writes: ['write -P 0x51 0 64k', 'write -P 0x52 10M 128k'] },
+  { from: 'raw', to: 'qed', writes: ['write -P 0x53 0 64k', 'write -P 0x54 20M 64k'] },
+  // The VMDK header overwrites raw guest data: the transitional commit.
+  { from: 'raw', to: 'vmdk', writes: ['write -P 0x55 0 64k', 'write -P 0x56 10M 128k'] },
+  { from: 'qcow2', to: 'qed', writes: ['write -P 0x11 0 1M', 'write -P 0x12 30M 64k', 'write -z 40M 64k'] },
+];
+
+describe('ENOSPC at every write of a real `ic` conversion', () => {
+  const scratch = tempDir('ic-nospace-');
+  beforeAll(() => {
+    requireQemu();
+    if (!existsSync(join(repoRoot, 'apps/cli/dist/cli.js'))) throw new Error('build ic first (pnpm turbo run build)');
+  });
+  afterAll(() => scratch.cleanup());
+
+  for (const pair of pairs) {
+    it(`${pair.from} -> ${pair.to}`, { timeout: 300_000 }, () => {
+      const dir = scratch.path(`${pair.from}-${pair.to}`);
+      mkdirSync(dir);
+      const pristine = join(dir, `pristine.${pair.from}`);
+      qemuCreate(pristine, pair.from, '64M');
+      qemuIo(pristine, pair.from, pair.writes);
+      const original = readFileSync(pristine);
+      const image = join(dir, `image.${pair.from}`);
+      const seen = { before: 0, recovered: 0, switching: 0, after: 0 };
+      let finished = false;
+      for (let fullFrom = 1; !finished && fullFrom < 300; fullFrom++) {
+        copyFileSync(pristine, image);
+        const run = ic(['convert-inplace', '--output=json', '-f', pair.from, image, pair.to], fullFrom);
+        if (run.status === 0) {
+          finished = true;
+          break;
+        }
+        const where = `no space from write ${fullFrom}: ${run.stderr}`;
+        expect(run.status, where).toBe(1);
+        expect(run.stderr, where).toMatch(ERROR_LINE);
+        expect(run.stderr, where).toMatch(/\[NO_SPACE\]\n$/);
+        if (/failed while switching the header/.test(run.stderr)) {
+          // The header write itself failed: the record decides; recovery undoes or finishes it, nothing between.
+          seen.switching++;
+          expect(run.stderr, where).toContain('ic recover');
+          const recovered = ic(['recover', image]);
+          expect(recovered.status, recovered.stderr).toBe(0);
+          if (readFileSync(image).equals(original)) continue;
+          expect(qemuCheck(image, pair.to).code, where).toBe(0);
+          expect(qemuCompare(image, pair.to, pristine, pair.from).code, where).toBe(0);
+          continue;
+        }
+        if (run.stdout === '') {
+          // Stopped before the switch.
+          seen.before++;
+          if (run.stderr.includes('ic recover')) {
+            // The rollback's own writes failed too (the disk is still full): the record lets recover finish it.
+            seen.recovered++;
+            const recovered = ic(['recover', image]);
+            expect(recovered.status, recovered.stderr).toBe(0);
+          }
+          expect(readFileSync(image).equals(original), where).toBe(true);
+          expect(ic(['recover', image]).stdout, where).toMatch(/no interrupted conversion/);
+          continue;
+        }
+        seen.after++;
+        const failure = JSON.parse(run.stdout) as { committed: boolean; imageFormat: string; dataIntact: boolean; error: { code: string } };
+        expect(failure, where).toMatchObject({ committed: true, imageFormat: pair.to, dataIntact: true, error: { code: 'NO_SPACE' } });
+        expect(run.stderr, where).toContain(`the image is now ${pair.to}`);
+        expect(run.stderr, where).toContain('ic recover');
+        const recovered = ic(['recover', image]);
+        expect(recovered.status, recovered.stderr).toBe(0);
+        expect(qemuCheck(image, pair.to).code, where).toBe(0);
+        expect(qemuCompare(image, pair.to, pristine, pair.from).code, where).toBe(0);
+      }
+      expect(finished).toBe(true);
+      expect(seen.before).toBeGreaterThan(2);
+      // The last writes of a conversion are the header's (and, for most targets, clean-up after the commit).
+      expect(seen.switching + seen.after).toBeGreaterThan(0);
+      expect(qemuCheck(image, pair.to).code).toBe(0);
+      expect(qemuCompare(image, pair.to, pristine, pair.from).code).toBe(0);
+    });
+  }
+});
