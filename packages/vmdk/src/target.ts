@@ -176,7 +176,8 @@ class VmdkTarget implements InPlaceTarget {
     const window = new Uint32Array(GTE_WINDOW);
     let windowFirst = 0; // grain index of window[0]
     const flushWindow = async (upTo: number) => {
-      const count = upTo - windowFirst;
+      // The window holds GTE_WINDOW entries; a jump past it (a long unallocated stretch) flushes what it holds.
+      const count = Math.min(upTo - windowFirst, GTE_WINDOW);
       if (count <= 0) return;
       const bytes = new Uint8Array(window.buffer, 0, count * 4);
       if (!isAllZero(bytes)) {
