@@ -237,7 +237,10 @@ function throwIfAborted(signal: AbortSignal | undefined, name: string, done: str
 // defrag
 
 export interface DefragOptions {
-  /** Stop after this many unit moves (the image is left valid and clean; run again to go on). */
+  /**
+   * Stop after this many unit moves (the image is left valid and clean; run again to go on). Raised to at least 3
+   * and twice the largest table's clusters plus 2: breaking a cycle of moves, or clearing a table's place, takes that.
+   */
   maxMoves?: number;
   /** Stop at the next wave after this many milliseconds. */
   maxMilliseconds?: number;
@@ -259,6 +262,8 @@ export interface DefragReport {
   movesPlanned: number;
   /** Units not at their goal before the run. */
   unitsOutOfPlace: number;
+  /** The move budget in force (maxMoves, raised to the least that makes progress), or undefined. */
+  budget: number | undefined;
   waves: number;
   flushes: number;
   before: Fragmentation;
@@ -329,6 +334,9 @@ class DefragPlanner {
   private waveNo = 0;
   pending: number[];
   parked = new Set<number>();
+  /** No move was made yet in this run. */
+  firstStep = true;
+  private pendingSet = new Set<number>();
   private spareCursor: number;
 
   constructor(
@@ -346,6 +354,7 @@ class DefragPlanner {
     for (let u = 0; u < units.count; u++) this.occ.fill(u, units.pos[u]!, units.pos[u]! + units.clusters[u]!);
     this.pending = [];
     for (let u = 0; u < units.count; u++) if (units.pos[u] !== goal[u]) this.pending.push(u);
+    this.pendingSet = new Set(this.pending);
     this.spareCursor = goalEnd;
   }
 
@@ -381,6 +390,7 @@ class DefragPlanner {
     // Parked units first: they are the budget's reserve.
     const pending = this.pending.filter((u) => units.pos[u] !== goal[u]);
     this.pending = pending;
+    this.pendingSet = new Set(pending);
     let budget = allowance;
     for (const u of pending) {
       const parked = this.parked.has(u);
@@ -391,9 +401,18 @@ class DefragPlanner {
       if (!parked) budget--;
     }
     if (moves.length > 0 || pending.length === 0) return moves;
-    // Stuck: park blockers. Each costs a move now and one later.
-    const slots = Math.floor(budget / 2);
+    // Stuck, and a table is not at its goal: clear its goal window into spare space (and park the table itself when
+    // it overlaps its own goal); it moves in the next wave. Tables go first, so parked units are single clusters,
+    // which always settle. Its cost: the evictions, the table's move, and one settling move per eviction.
+    let table = -1;
+    for (const u of pending) if (units.isTable[u] && (table < 0 || goal[u]! < goal[table]!)) table = u;
+    if (table >= 0) return this.clearWindow(table, budget);
+    // Stuck: park blockers. Each costs a move now, one for the unit that takes its place (at least), and one later
+    // (into its goal, or settled into a hole when the budget ends; a table may first have to clear a window of
+    // single units): at most a third of what is left goes to parking, so the chains move.
+    const slots = budget === Number.POSITIVE_INFINITY ? budget : Math.floor(budget / 3);
     if (slots <= 0) return this.settle();
+    let cost = budget;
     const want = Math.max(1, Math.min(slots, Math.ceil(pending.length / 2)));
     const step = Math.max(1, Math.floor(pending.length / want));
     for (let k = 0; k < pending.length && moves.length < want; k += step) {
@@ -409,27 +428,113 @@ class DefragPlanner {
       }
       if (blocker < 0 || this.parked.has(blocker) || this.stamp[units.pos[blocker]!] === this.waveNo) continue;
       const n = units.clusters[blocker]!;
+      const price = units.isTable[blocker] ? n + 3 : 3;
+      if (price > cost) continue;
       const to = this.findFree(n, this.goalEnd, this.spareEnd, this.spareCursor);
       if (to < 0) continue;
+      cost -= price;
       this.spareCursor = to + n;
       this.reserve(blocker, to);
       moves.push({ unit: blocker, to });
     }
-    if (moves.length === 0) throw new IcError('NO_SPACE', 'defrag: the spare space is too small for the units that must go through it');
+    if (moves.length > 0) return moves;
+    if (budget !== Number.POSITIVE_INFINITY) return this.settle();
+    throw new IcError('NO_SPACE', 'defrag: the spare space is too small for the units that must go through it');
+  }
+
+  /** Empties the goal window of `table` into spare space (see next()); settles instead when the budget is short. */
+  private clearWindow(table: number, budget: number): Move[] {
+    const { units } = this;
+    const g = this.goal[table]!;
+    const n = units.clusters[table]!;
+    const evict: number[] = [];
+    for (let c = g; c < g + n; c++) {
+      const v = this.occ[c]!;
+      if (v >= 0 && !evict.includes(v)) evict.push(v);
+    }
+    let price = 1;
+    for (const v of evict) price += units.isTable[v] ? units.clusters[v]! + 2 : 2;
+    // A run's first step is always taken (a window may hold parts of two tables): every run progresses.
+    if (price > budget && !this.firstStep) return this.settle();
+    const moves: Move[] = [];
+    for (const v of evict) {
+      const size = units.clusters[v]!;
+      const to = this.findFree(size, this.goalEnd, this.spareEnd, this.spareCursor);
+      if (to < 0) break;
+      this.spareCursor = to + size;
+      this.reserve(v, to);
+      moves.push({ unit: v, to });
+    }
+    if (moves.length > 0) return moves;
+    if (budget !== Number.POSITIVE_INFINITY) return this.settle();
+    throw new IcError('NO_SPACE', 'defrag: the spare space is too small for the units that must go through it');
+  }
+
+  /** Moves the budget must keep for the parked units: one each, a table's size more (see settle). */
+  reserveNeeded(): number {
+    let needed = 0;
+    for (const u of this.parked) needed += this.units.isTable[u] ? this.units.clusters[u]! + 1 : 1;
+    return needed;
+  }
+
+  /**
+   * Budget spent: every parked unit goes into a hole below the goal's end, so nothing is left past it. Below the
+   * goal's end there are at least as many free clusters as parked ones (the goal is packed). A parked table with no
+   * free run of its size first gets a window of single units emptied into holes outside it (this wave; the table
+   * follows in the next one): the window with the most free clusters, clear of fixed ranges and other tables.
+   */
+  settle(): Move[] {
+    const moves: Move[] = [];
+    const { units } = this;
+    const parked = [...this.parked].sort((a, b) => units.clusters[b]! - units.clusters[a]!);
+    for (const u of parked) {
+      const n = units.clusters[u]!;
+      const to = this.findFree(n, 0, this.goalEnd, 0);
+      if (to >= 0) {
+        this.reserve(u, to);
+        moves.push({ unit: u, to });
+        continue;
+      }
+      if (n === 1) continue;
+      const window = this.bestWindow(n);
+      if (window < 0) continue;
+      this.stamp.fill(this.waveNo, window, window + n);
+      for (let c = window; c < window + n; c++) {
+        const v = this.occ[c]!;
+        if (v < 0) continue;
+        const hole = this.findFree(1, 0, this.goalEnd, 0);
+        if (hole < 0) break;
+        this.stamp[hole] = this.waveNo;
+        moves.push({ unit: v, to: hole });
+      }
+    }
     return moves;
   }
 
-  /** Budget spent: every parked unit goes into a hole below the goal's end, so nothing is left past it. */
-  settle(): Move[] {
-    const moves: Move[] = [];
-    for (const u of this.parked) {
-      const n = this.units.clusters[u]!;
-      const to = this.findFree(n, 0, this.goalEnd, 0);
-      if (to < 0) continue;
-      this.reserve(u, to);
-      moves.push({ unit: u, to });
+  /** Start of the n-cluster window below the goal's end with the most free clusters and only single units, or -1. */
+  private bestWindow(n: number): number {
+    let best = -1;
+    let bestFree = -1;
+    let free = 0;
+    let blocked = 0;
+    const bad = (c: number) => {
+      const v = this.occ[c]!;
+      return v === -2 || (v >= 0 && this.units.isTable[v] === 1) || this.stamp[c] === this.waveNo;
+    };
+    for (let c = 0; c < this.goalEnd; c++) {
+      if (this.occ[c] === -1 && this.stamp[c] !== this.waveNo) free++;
+      if (bad(c)) blocked++;
+      if (c >= n) {
+        const out = c - n;
+        if (this.occ[out] === -1 && this.stamp[out] !== this.waveNo) free--;
+        if (bad(out)) blocked--;
+      }
+      if (c >= n - 1 && blocked === 0 && free > bestFree) {
+        best = c - n + 1;
+        bestFree = free;
+      }
     }
-    return moves;
+    return best;
   }
 
   apply(moves: readonly Move[]): void {
@@ -440,7 +545,11 @@ class DefragPlanner {
       units.pos[unit] = to;
       if (to >= this.goalEnd) this.parked.add(unit);
       else this.parked.delete(unit);
-      if (to !== this.goal[unit]) this.pending.push(unit);
+      // A unit moved off its goal (out of a window a table settles into) is pending again.
+      if (to !== this.goal[unit] && !this.pendingSet.has(unit)) {
+        this.pending.push(unit);
+        this.pendingSet.add(unit);
+      }
     }
   }
 
@@ -479,7 +588,11 @@ export async function defragImage(io: BlockIO, driver: Driver, options: DefragOp
   const spareEnd = Math.max(imageEndCluster, goalEnd) + spare;
   const planner = new DefragPlanner(units, goal, goalEnd, spareEnd, s.fixed, s.headerClusters);
   const outOfPlace = planner.pending.length;
-  const maxMoves = options.maxMoves ?? Number.POSITIVE_INFINITY;
+  // Breaking a cycle takes 3 moves (park, fill, settle); clearing a table's window twice its size and 2 more: a
+  // smaller budget could never progress.
+  let largest = 1;
+  for (let u = 0; u < units.count; u++) if (units.isTable[u]) largest = Math.max(largest, units.clusters[u]!);
+  const maxMoves = options.maxMoves === undefined ? Number.POSITIVE_INFINITY : Math.max(options.maxMoves, 2 * largest + 2, 3);
   const report = (done: boolean, dryRun: boolean, moved: number, bytes: number, waves: number, flushes: number, after: Fragmentation, fileSizeAfter: number, planned: number, extra: number): DefragReport => ({
     done,
     dryRun,
@@ -487,6 +600,7 @@ export async function defragImage(io: BlockIO, driver: Driver, options: DefragOp
     bytesMoved: bytes,
     movesPlanned: planned,
     unitsOutOfPlace: outOfPlace,
+    budget: Number.isFinite(maxMoves) ? maxMoves : undefined,
     waves,
     flushes,
     before,
@@ -522,7 +636,7 @@ export async function defragImage(io: BlockIO, driver: Driver, options: DefragOp
   for (;;) {
     // Out of time, or asked to stop: no new moves, the parked units are settled, the image is left clean.
     const stop = (options.maxMilliseconds !== undefined && Date.now() - started >= options.maxMilliseconds) || options.signal?.aborted === true;
-    const allowance = (stop ? 0 : maxMoves - moved) - planner.parked.size;
+    const allowance = (stop ? 0 : maxMoves - moved) - planner.reserveNeeded();
     let wave = planner.next(Math.max(0, allowance));
     if (wave.length === 0 && planner.parked.size > 0) wave = planner.settle();
     if (wave.length === 0) {
@@ -544,6 +658,7 @@ export async function defragImage(io: BlockIO, driver: Driver, options: DefragOp
     }
     await session.wave(copies, switches);
     planner.apply(wave);
+    planner.firstStep = false;
     moved += wave.length;
     waves++;
     options.onProgress?.(moved, outOfPlace);
