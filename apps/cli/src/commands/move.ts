@@ -105,7 +105,7 @@ export async function defragCommand(context: Context, filename: string, options:
         context.err(errorLine(`${filename}: ${context.interrupts.cause} arrived: defrag stopped after ${report.unitsMoved} moves; the image is valid and clean; run ic defrag again to go on`, 'INTERRUPTED'));
         return context.interrupts.exitStatus();
       }
-      return report.done ? EXIT.OK : DEFRAG_BUDGET_SPENT;
+      return report.done || report.dryRun ? EXIT.OK : DEFRAG_BUDGET_SPENT;
     });
   return options.dryRun ? body(undefined) : context.interrupts.during(body);
 }

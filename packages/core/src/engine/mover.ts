@@ -400,22 +400,36 @@ class DefragPlanner {
       moves.push({ unit: u, to: goal[u]! });
       if (!parked) budget--;
     }
-    if (moves.length > 0 || pending.length === 0) return moves;
+    if (pending.length === 0) return moves;
+    // A thin chain (a long cycle broken once moves one unit per wave): park more blockers alongside, so that the
+    // cycle is cut into pieces that move in parallel.
+    const ready = moves.length;
+    if (ready > 0 && ready * 8 >= pending.length) return moves;
+    if (ready > 0) return this.park(moves, pending, budget);
     // Stuck, and a table is not at its goal: clear its goal window into spare space (and park the table itself when
     // it overlaps its own goal); it moves in the next wave. Tables go first, so parked units are single clusters,
     // which always settle. Its cost: the evictions, the table's move, and one settling move per eviction.
     let table = -1;
     for (const u of pending) if (units.isTable[u] && (table < 0 || goal[u]! < goal[table]!)) table = u;
     if (table >= 0) return this.clearWindow(table, budget);
-    // Stuck: park blockers. Each costs a move now, one for the unit that takes its place (at least), and one later
-    // (into its goal, or settled into a hole when the budget ends; a table may first have to clear a window of
-    // single units): at most a third of what is left goes to parking, so the chains move.
+    return this.park(moves, pending, budget);
+  }
+
+  /**
+   * Parks blockers (units standing in pending units' goals) in spare space, spread over the pending units. Each
+   * costs a move now, one for the unit that takes its place (at least), and one later (into its goal, or settled
+   * into a hole when the budget ends): at most a third of what is left goes to parking, so the chains move.
+   * Adds to `moves` (this wave's ready moves); settles when stuck and the budget is short.
+   */
+  private park(moves: Move[], pending: readonly number[], budget: number): Move[] {
+    const { units, goal } = this;
+    const ready = moves.length;
     const slots = budget === Number.POSITIVE_INFINITY ? budget : Math.floor(budget / 3);
-    if (slots <= 0) return this.settle();
+    if (slots <= 0) return ready > 0 ? moves : this.settle();
     let cost = budget;
     const want = Math.max(1, Math.min(slots, Math.ceil(pending.length / 2)));
     const step = Math.max(1, Math.floor(pending.length / want));
-    for (let k = 0; k < pending.length && moves.length < want; k += step) {
+    for (let k = 0; k < pending.length && moves.length - ready < want; k += step) {
       const u = pending[k]!;
       const g = goal[u]!;
       let blocker = -1;
@@ -431,7 +445,10 @@ class DefragPlanner {
       const price = units.isTable[blocker] ? n + 3 : 3;
       if (price > cost) continue;
       const to = this.findFree(n, this.goalEnd, this.spareEnd, this.spareCursor);
-      if (to < 0) continue;
+      if (to < 0) {
+        if (n === 1) break; // the spare space is full
+        continue;
+      }
       cost -= price;
       this.spareCursor = to + n;
       this.reserve(blocker, to);
@@ -765,6 +782,10 @@ export async function compactImage(io: BlockIO, driver: Driver, options: Compact
   if (options.dryRun) {
     const held = s.usedClusters + s.headerClusters - (unallocated + zeroed);
     return { ...base, dryRun: true, pack: undefined, fileSizeAfter: Math.min(fileSizeBefore, Math.max(held, s.fixedEnd) * C), flushes: 0 };
+  }
+  // Nothing to switch and nothing unreferenced below the end: leave the file alone (not even a record).
+  if (switches.length === 0 && fileSizeBefore <= Math.max(s.headerClusters + s.usedClusters, s.fixedEnd) * C) {
+    return { ...base, dryRun: false, pack: undefined, fileSizeAfter: fileSizeBefore, flushes: 0 };
   }
   const scratch = largestTable * C;
   const session = await Session.begin(io, driver, imageEnd, scratch, C);
