@@ -334,6 +334,8 @@ class DefragPlanner {
   private waveNo = 0;
   pending: number[];
   parked = new Set<number>();
+  /** End of the tables' goals: the data goals follow. */
+  private readonly tableZoneEnd: number;
   /** No move was made yet in this run. */
   firstStep = true;
   private pendingSet = new Set<number>();
@@ -356,6 +358,9 @@ class DefragPlanner {
     for (let u = 0; u < units.count; u++) if (units.pos[u] !== goal[u]) this.pending.push(u);
     this.pendingSet = new Set(this.pending);
     this.spareCursor = goalEnd;
+    let tableZoneEnd = headerClusters;
+    for (let u = 0; u < units.count; u++) if (units.isTable[u]) tableZoneEnd = Math.max(tableZoneEnd, goal[u]! + units.clusters[u]!);
+    this.tableZoneEnd = tableZoneEnd;
   }
 
   private free(start: number, n: number): boolean {
@@ -404,13 +409,14 @@ class DefragPlanner {
     // A thin chain (a long cycle broken once moves one unit per wave): park more blockers alongside, so that the
     // cycle is cut into pieces that move in parallel.
     const ready = moves.length;
-    if (ready > 0 && ready * 8 >= pending.length) return moves;
+    let table = -1;
+    for (const u of pending) if (units.isTable[u] && (table < 0 || goal[u]! < goal[table]!)) table = u;
+    // (Not while a table is pending: the spare space is kept for clearing tables' windows.)
+    if (ready > 0 && (ready * 8 >= pending.length || table >= 0)) return moves;
     if (ready > 0) return this.park(moves, pending, budget);
     // Stuck, and a table is not at its goal: clear its goal window into spare space (and park the table itself when
     // it overlaps its own goal); it moves in the next wave. Tables go first, so parked units are single clusters,
     // which always settle. Its cost: the evictions, the table's move, and one settling move per eviction.
-    let table = -1;
-    for (const u of pending) if (units.isTable[u] && (table < 0 || goal[u]! < goal[table]!)) table = u;
     if (table >= 0) return this.clearWindow(table, budget);
     return this.park(moves, pending, budget);
   }
@@ -474,11 +480,17 @@ class DefragPlanner {
     // A run's first step is always taken (a window may hold parts of two tables): every run progresses.
     if (price > budget && !this.firstStep) return this.settle();
     const moves: Move[] = [];
+    // Evicted units go to holes among the data goals when there are some (a table that moved left its old place
+    // free), else to spare space; never into this window.
+    this.stamp.fill(this.waveNo, g, g + n);
     for (const v of evict) {
       const size = units.clusters[v]!;
-      const to = this.findFree(size, this.goalEnd, this.spareEnd, this.spareCursor);
-      if (to < 0) break;
-      this.spareCursor = to + size;
+      let to = this.findFree(size, this.tableZoneEnd, this.goalEnd, this.tableZoneEnd);
+      if (to < 0) {
+        to = this.findFree(size, this.goalEnd, this.spareEnd, this.spareCursor);
+        if (to < 0) break;
+        this.spareCursor = to + size;
+      }
       this.reserve(v, to);
       moves.push({ unit: v, to });
     }
@@ -586,7 +598,8 @@ function spareFor(options: DefragOptions, units: UnitTable, C: number): number {
     total += units.clusters[u]!;
   }
   const wanted = options.spareBytes ?? Math.min(DEFAULT_SPARE, Math.max(C, Math.floor((total * C) / 8)));
-  return Math.max(largest, Math.floor(wanted / C));
+  // A table's window may have to be cleared into it while the table itself goes there too.
+  return Math.max(2 * largest, Math.floor(wanted / C));
 }
 
 /** Moves the image's units so that host order follows guest order (see defragGoal), in waves, within a budget. */
