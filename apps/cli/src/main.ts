@@ -10,6 +10,7 @@ import { demoCommand } from './commands/demo.js';
 import { formatsCommand } from './commands/formats.js';
 import { infoCommand } from './commands/info.js';
 import { mapCommand } from './commands/map.js';
+import { compactCommand, defragCommand } from './commands/move.js';
 import { recoverCommand } from './commands/recover.js';
 import { Interrupts, activityLine, type Activity } from './signals.js';
 
@@ -122,6 +123,46 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
           dryRun: options.dryRun === true,
           zeroScan: options.zeroScan === true,
           compact: options.compact,
+          output: options.output,
+        }),
+      ),
+    );
+
+  program
+    .command('defrag')
+    .description('move the data so that host order follows guest order, crash-safely (exit 0 done, 4 budget spent: run again)')
+    .option('-f, --format <fmt>', 'image format (default: probe)')
+    .option('--max-moves <n>', 'stop after N unit moves (the image is left valid and clean)')
+    .option('--time <seconds>', 'stop after this many seconds (at the next wave)')
+    .option('--dry-run', 'plan and report without writing anything')
+    .addOption(outputOption())
+    .argument('<image>', 'image file (modified in place)')
+    .action((image: string, options: { format?: string; maxMoves?: string; time?: string; dryRun?: boolean; output: Output }) =>
+      run(() =>
+        defragCommand(context, image, {
+          ...(options.format !== undefined ? { format: options.format } : {}),
+          ...(options.maxMoves !== undefined ? { maxMoves: options.maxMoves } : {}),
+          ...(options.time !== undefined ? { time: options.time } : {}),
+          dryRun: options.dryRun === true,
+          output: options.output,
+        }),
+      ),
+    );
+
+  program
+    .command('compact')
+    .description('give back the file space the image no longer references (tail clusters into holes, then truncate), crash-safely')
+    .option('-f, --format <fmt>', 'image format (default: probe)')
+    .option('--zero-scan', 'read every data cluster; all-zero ones become unallocated (or zero entries over a backing file)')
+    .option('--dry-run', 'plan and report without writing anything')
+    .addOption(outputOption())
+    .argument('<image>', 'image file (modified in place)')
+    .action((image: string, options: { format?: string; zeroScan?: boolean; dryRun?: boolean; output: Output }) =>
+      run(() =>
+        compactCommand(context, image, {
+          ...(options.format !== undefined ? { format: options.format } : {}),
+          zeroScan: options.zeroScan === true,
+          dryRun: options.dryRun === true,
           output: options.output,
         }),
       ),

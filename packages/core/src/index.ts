@@ -31,6 +31,18 @@ export {
 export { MemoryIO, CountingIO, type IoStats } from './engine/memory-io.js';
 export { parseSize, parseOptions } from './engine/options.js';
 export { packImage, type PackOptions, type PackReport } from './engine/pack.js';
+export {
+  compactImage,
+  defragImage,
+  fragmentationLine,
+  measureFragmentation,
+  MOVER_LOG_ENTRIES,
+  type CompactOptions,
+  type CompactReport,
+  type DefragOptions,
+  type DefragReport,
+  type Fragmentation,
+} from './engine/mover.js';
 export { MappingPlanner, planMapping, type Relocation, type RelocationReason, type PlanStats, type Plan, type PlanInput } from './engine/planner.js';
 export { recover, type RecoveryResult, type RecoverOptions } from './engine/recover.js';
 export { PROBE_LENGTH, Registry, type ProbeResult } from './engine/registry.js';

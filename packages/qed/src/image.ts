@@ -162,6 +162,8 @@ export class QedImage implements Image {
   async *units(): AsyncGenerator<UnitRun[]> {
     const { tableBytes, clusterSize, tableEntries } = this.geometry;
     const pointer = { encoding: 'u64le' as const };
+    // Data clusters' L2 entries can also say "zero cluster" (1) and "unallocated" (0): compaction uses them.
+    const dataPointer = { encoding: 'u64le' as const, zeroValue: BigInt(ENTRY_ZERO), unallocatedValue: BigInt(ENTRY_UNALLOCATED) };
     const l1Offset = this.header.l1TableOffset;
     const tables = await this.l2Tables();
     const runs: UnitRun[] = [{ kind: 'table', hostOffset: l1Offset, unitLength: tableBytes, count: 1, pointerOffset: L1_TABLE_OFFSET_FIELD, pointerStride: 0, pointer, role: 'QED L1 table' }];
@@ -190,7 +192,7 @@ export class QedImage implements Image {
           }
           const problem = clusterOffsetProblem(this.geometry, entry);
           if (problem) throw new IcError('CORRUPT', `${FORMAT}: L2 entry ${chunk.firstIndex + j} of the table at ${hex(table.offset)} names a data cluster that ${problem}`, { format: FORMAT });
-          run = { kind: 'data', hostOffset: entry, unitLength: clusterSize, count: 1, pointerOffset: entryHostOffset(table.offset, chunk.firstIndex + j), pointerStride: ENTRY_SIZE, pointer };
+          run = { kind: 'data', hostOffset: entry, unitLength: clusterSize, count: 1, pointerOffset: entryHostOffset(table.offset, chunk.firstIndex + j), pointerStride: ENTRY_SIZE, pointer: dataPointer };
           out.push(run);
         }
       }

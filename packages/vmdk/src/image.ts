@@ -11,6 +11,8 @@ import {
   type Image,
   type ImageInfo,
   type OpenOptions,
+  type PointerFormat,
+  type UnitRun,
 } from '@ic/core/sdk';
 import { descriptorText, EMBEDDED_DESCRIPTOR_OFFSET, EMBEDDED_DESCRIPTOR_WINDOW, parseDescriptor, type Descriptor } from './descriptor.js';
 import { corruptAt, FORMAT, vmdkError } from './errors.js';
@@ -273,6 +275,43 @@ export class SparseVmdkImage implements Image {
 
   conversionSource(): Promise<ConversionSource> {
     return sparseConversionSource(this);
+  }
+
+  /**
+   * The units the mover may move: the data grains, each named by its GTE (u32le sector number) and, with a
+   * redundant directory, by the same entry of the redundant table (the mirror). Runs are host-contiguous grains
+   * of consecutive entries. The directories and tables stay where they are (they are fixed ranges: qemu lays
+   * them out in 2 KiB pieces, not whole grains). Compressed grains cannot move (their sizes vary).
+   */
+  async *units(): AsyncGenerator<UnitRun[]> {
+    const { geometry, io, gd, rgd } = this.state;
+    if (geometry.compressed) throw vmdkError('UNSUPPORTED', 'compressed (streamOptimized) grains cannot be moved: convert the image with qemu-img convert');
+    const pointer: PointerFormat = { encoding: 'u32le', unit: SECTOR_SIZE, unallocatedValue: 0n, ...(geometry.zeroedGrains ? { zeroValue: 1n } : {}) };
+    const reader = new GrainTableReader(io, geometry, gd);
+    for (let gdIndex = 0; gdIndex < geometry.gdEntries; gdIndex++) {
+      const table = await reader.table(gdIndex);
+      if (!table) continue;
+      const tableAt = gd.entries[gdIndex]! * SECTOR_SIZE;
+      const mirrorSector = rgd?.entries[gdIndex] ?? 0;
+      const out: UnitRun[] = [];
+      let run: UnitRun | undefined;
+      for (let gtIndex = 0; gtIndex < geometry.gtesPerGT; gtIndex++) {
+        const gte = table[gtIndex]!;
+        if (grainState(gte, geometry) !== 'data') {
+          run = undefined;
+          continue;
+        }
+        const hostOffset = gte * SECTOR_SIZE;
+        if (run && run.hostOffset + run.count * geometry.grainBytes === hostOffset) {
+          run.count++;
+          continue;
+        }
+        run = { kind: 'data', hostOffset, unitLength: geometry.grainBytes, count: 1, pointerOffset: tableAt + gtIndex * 4, pointerStride: 4, pointer };
+        if (mirrorSector !== 0) run.mirrorPointerOffset = mirrorSector * SECTOR_SIZE + gtIndex * 4;
+        out.push(run);
+      }
+      if (out.length > 0) yield out;
+    }
   }
 
   async close(): Promise<void> {}

@@ -71,16 +71,19 @@ class Moves {
   to = new Float64Array(256);
   length = new Float64Array(256);
   pointer = new Float64Array(256);
+  /** The second pointer naming the unit (a redundant table), or -1. */
+  mirror = new Float64Array(256);
   format = new Uint16Array(256);
   isTable = new Uint8Array(256);
   count = 0;
 
-  push(from: number, to: number, length: number, pointer: number, format: number, isTable: boolean): void {
+  push(from: number, to: number, length: number, pointer: number, format: number, isTable: boolean, mirror = -1): void {
     if (this.count === this.from.length) this.grow();
     this.from[this.count] = from;
     this.to[this.count] = to;
     this.length[this.count] = length;
     this.pointer[this.count] = pointer;
+    this.mirror[this.count] = mirror;
     this.format[this.count] = format;
     this.isTable[this.count] = isTable ? 1 : 0;
     this.count++;
@@ -97,6 +100,7 @@ class Moves {
     this.to = f64(this.to);
     this.length = f64(this.length);
     this.pointer = f64(this.pointer);
+    this.mirror = f64(this.mirror);
     const format = new Uint16Array(size);
     format.set(this.format);
     this.format = format;
@@ -113,11 +117,11 @@ class Moves {
 }
 
 /** Pointer formats seen in the unit stream, deduplicated so a move stores a small index. */
-class Formats {
+export class Formats {
   readonly list: PointerFormat[] = [];
   private readonly keys = new Map<string, number>();
   index(format: PointerFormat): number {
-    const key = `${format.encoding}:${format.unit ?? 1}:${format.base ?? 0}:${format.flags ?? 0n}`;
+    const key = `${format.encoding}:${format.unit ?? 1}:${format.base ?? 0}:${format.flags ?? 0n}:${format.zeroValue ?? ''}:${format.unallocatedValue ?? ''}`;
     let index = this.keys.get(key);
     if (index === undefined) {
       index = this.list.length;
@@ -128,12 +132,25 @@ class Formats {
   }
 }
 
-/** Writes the pointer value for a unit at `hostOffset` into `sector` at byte `at`. */
-function encodePointer(sector: DataView, at: number, format: PointerFormat, hostOffset: number): void {
+/** What a pointer switch writes: a unit's new host offset, or the format's zero or unallocated value. */
+export type PointerTarget = number | 'zero' | 'unallocated';
+
+/** The stored value of a pointer to `target` (the special values are stored whole, without flags). */
+function pointerValue(format: PointerFormat, target: PointerTarget): bigint {
+  if (target === 'zero' || target === 'unallocated') {
+    const value = target === 'zero' ? format.zeroValue : format.unallocatedValue;
+    if (value === undefined) throw new IcError('INTERNAL', `pack: this pointer format has no ${target} value`);
+    return value;
+  }
   const unit = format.unit ?? 1;
-  const relative = hostOffset - (format.base ?? 0);
-  if (relative < 0 || relative % unit !== 0) throw new IcError('INTERNAL', `pack: host offset ${hostOffset} cannot be encoded with unit ${unit}`);
-  const value = BigInt(relative / unit) | (format.flags ?? 0n);
+  const relative = target - (format.base ?? 0);
+  if (relative < 0 || relative % unit !== 0) throw new IcError('INTERNAL', `pack: host offset ${target} cannot be encoded with unit ${unit}`);
+  return BigInt(relative / unit) | (format.flags ?? 0n);
+}
+
+/** Writes the pointer value for `target` into `sector` at byte `at`. */
+function encodePointer(sector: DataView, at: number, format: PointerFormat, target: PointerTarget): void {
+  const value = pointerValue(format, target);
   switch (format.encoding) {
     case 'u32le':
     case 'u32be':
@@ -148,12 +165,12 @@ function encodePointer(sector: DataView, at: number, format: PointerFormat, host
   }
 }
 
-function pointerSize(format: PointerFormat): number {
+export function pointerSize(format: PointerFormat): number {
   return format.encoding.startsWith('u32') ? 4 : 8;
 }
 
 /** The unit runs of the survey, kept (typed arrays) for the plan while they are few enough; else the plan lists them again. */
-class UnitCache {
+export class UnitCache {
   private rows = new Float64Array(6 * 256);
   private kinds: ('data' | 'table')[] = [];
   private pointers: PointerFormat[] = [];
@@ -174,7 +191,7 @@ class UnitCache {
       grown.set(this.rows);
       this.rows = grown;
     }
-    this.rows.set([run.hostOffset, run.unitLength, run.count, run.pointerOffset, run.pointerStride, 0], this.count * 6);
+    this.rows.set([run.hostOffset, run.unitLength, run.count, run.pointerOffset, run.pointerStride, run.mirrorPointerOffset === undefined ? 0 : run.mirrorPointerOffset + 1], this.count * 6);
     this.kinds.push(run.kind);
     this.pointers.push(run.pointer);
     this.count++;
@@ -183,7 +200,7 @@ class UnitCache {
     const out: UnitRun[] = [];
     for (let i = 0; i < this.count; i++) {
       const at = i * 6;
-      out.push({
+      const run: UnitRun = {
         kind: this.kinds[i]!,
         hostOffset: this.rows[at]!,
         unitLength: this.rows[at + 1]!,
@@ -191,7 +208,9 @@ class UnitCache {
         pointerOffset: this.rows[at + 3]!,
         pointerStride: this.rows[at + 4]!,
         pointer: this.pointers[i]!,
-      });
+      };
+      if (this.rows[at + 5]! > 0) run.mirrorPointerOffset = this.rows[at + 5]! - 1;
+      out.push(run);
       if (out.length === 4096) yield out.splice(0);
     }
     if (out.length > 0) yield out;
@@ -201,7 +220,7 @@ class UnitCache {
 /** Unit runs kept between the survey and the plan (48 bytes and a reference each). */
 const UNIT_CACHE_BUDGET = 1024 * 1024;
 
-interface Survey {
+export interface Survey {
   units: UnitCache;
   clusterSize: number;
   headerClusters: number;
@@ -226,12 +245,12 @@ async function withImage<T>(io: BlockIO, driver: Driver, work: (image: Image) =>
   }
 }
 
-function refuseUnits(driver: Driver, message: string): IcError {
-  return new IcError('UNSUPPORTED', `${driver.name}: cannot pack: ${message}`, { format: driver.name });
+function refuseUnits(driver: Driver, message: string, what = 'pack'): IcError {
+  return new IcError('UNSUPPORTED', `${driver.name}: cannot ${what}: ${message}`, { format: driver.name });
 }
 
 /** Pass A: what is referenced, as a bitmap over clusters; the tables (multi-cluster units) and fixed ranges as runs. */
-async function survey(driver: Driver, image: Image): Promise<Survey> {
+export async function survey(driver: Driver, image: Image): Promise<Survey> {
   if (!image.units || !image.conversionSource) throw refuseUnits(driver, 'its images do not list their units');
   const clusterSize = image.info().clusterSize;
   if (!clusterSize) throw refuseUnits(driver, 'its images have no cluster size');
@@ -320,6 +339,7 @@ function freeRuns(used: ClusterBitmap, from: number, to: number): [number, numbe
 interface SingleMove {
   from: number;
   pointer: number;
+  mirror: number;
   format: number;
   table: boolean;
   /** It sits in a table's window and must leave before that table comes. */
@@ -338,6 +358,7 @@ interface TableMove {
   /** Tables whose old place the window overlaps (a straddler): this one moves after them. */
   after: Set<number>;
   pointer: number;
+  mirror: number;
   format: number;
   listed: boolean;
   /** First moved to scratch space past the image's end (cluster), when that breaks a dependency cycle. */
@@ -371,7 +392,7 @@ async function planPacking(image: Image, surveyed: Survey, scratch: { offset: nu
       blocked.addRange(start, end);
       continue;
     }
-    const move: TableMove = { from: start, clusters: end - start, to: -1, displacing: false, straddles: start < packedEnd, after: new Set(), pointer: 0, format: 0, listed: false };
+    const move: TableMove = { from: start, clusters: end - start, to: -1, displacing: false, straddles: start < packedEnd, after: new Set(), pointer: 0, mirror: -1, format: 0, listed: false };
     moves.set(start, move);
     if (move.straddles) straddler = move;
   }
@@ -436,14 +457,15 @@ async function planPacking(image: Image, surveyed: Survey, scratch: { offset: nu
       for (let k = 0; k < run.count; k++) {
         const from = firstCluster + k * unitClusters;
         const pointer = run.pointerOffset + k * run.pointerStride;
+        const mirror = run.mirrorPointerOffset === undefined ? -1 : run.mirrorPointerOffset + k * run.pointerStride;
         if (unitClusters > 1) {
           const move = moves.get(from);
-          if (move) Object.assign(move, { pointer, format, listed: true });
+          if (move) Object.assign(move, { pointer, mirror, format, listed: true });
           continue;
         }
         // A single cluster moves when it lies above the packed end or in a table's window.
         if (from < packedEnd && !zone.has(from)) continue;
-        singles.push({ from, pointer, format, table: run.kind === 'table', displaced: from < packedEnd });
+        singles.push({ from, pointer, mirror, format, table: run.kind === 'table', displaced: from < packedEnd });
       }
     }
   }
@@ -532,13 +554,13 @@ async function planPacking(image: Image, surveyed: Survey, scratch: { offset: nu
     const level = levelOfSingle(i);
     if (level < 0) return { reason: 'the moves depend on each other in a cycle' };
     const unit = singles[i]!;
-    waveOf(level).push(unit.from * C, singleTo[i]! * C, C, unit.pointer, unit.format, unit.table);
+    waveOf(level).push(unit.from * C, singleTo[i]! * C, C, unit.pointer, unit.format, unit.table, unit.mirror);
   }
   for (const table of moves.values()) {
     const level = levelOfTable(table);
     if (level < 0) return { reason: 'the moves depend on each other in a cycle' };
-    if (table.scratch !== undefined) waveOf(1).push(table.from * C, table.scratch * C, table.clusters * C, table.pointer, table.format, true);
-    waveOf(level).push(table.from * C, table.to * C, table.clusters * C, table.pointer, table.format, true);
+    if (table.scratch !== undefined) waveOf(1).push(table.from * C, table.scratch * C, table.clusters * C, table.pointer, table.format, true, table.mirror);
+    waveOf(level).push(table.from * C, table.to * C, table.clusters * C, table.pointer, table.format, true, table.mirror);
   }
   return { packedEnd: packedEnd * C, waves: waves.filter((wave) => wave.count > 0), formats };
 }
@@ -574,34 +596,69 @@ async function runWave(
   options: PackOptions,
   total: number,
 ): Promise<void> {
-  // 1. Copies (coalesced into large sequential I/O), then one flush. The previous wave's log is invalidated in
-  //    the same epoch: if that write is lost, recover re-applies a log that is already applied (harmless).
-  const runs: CopyRun[] = [];
-  for (let i = 0; i < wave.count; i++) runs.push({ from: moved.translate(wave.from[i]!), to: wave.to[i]!, length: wave.length[i]! });
-  await io.write(log.offset, LOG_INVALID);
-  await copyRuns(io, runs, () => undefined);
-  await io.flush();
-  counters.flushes++;
-
-  // Tables of this wave are now at their new place: pointers inside them are written there.
+  const copies: CopyRun[] = [];
+  for (let i = 0; i < wave.count; i++) copies.push({ from: moved.translate(wave.from[i]!), to: wave.to[i]!, length: wave.length[i]! });
+  // Tables of this wave are at their new place once copied: pointers inside them are written there.
   const waveTables = new Relocations();
   for (let i = 0; i < wave.count; i++) if (wave.isTable[i]) waveTables.add(moved.translate(wave.from[i]!), wave.to[i]!, wave.length[i]!);
-
-  // 2. The pointer switches, as whole sectors.
-  const sectors = new Map<number, Uint8Array>();
-  const offsets: number[] = [];
+  const switches: PointerSwitch[] = [];
   for (let i = 0; i < wave.count; i++) {
     const format = formats.list[wave.format[i]!]!;
-    const at = waveTables.translate(moved.translate(wave.pointer[i]!));
+    switches.push({ at: waveTables.translate(moved.translate(wave.pointer[i]!)), format, target: wave.to[i]! });
+    if (wave.mirror[i]! >= 0) switches.push({ at: waveTables.translate(moved.translate(wave.mirror[i]!)), format, target: wave.to[i]! });
+  }
+  await switchWave(io, copies, switches, log, sequence, counters);
+  for (let i = 0; i < wave.count; i++) {
+    if (wave.isTable[i]) moved.add(moved.translate(wave.from[i]!), wave.to[i]!, wave.length[i]!);
+    counters.moved++;
+    counters.bytes += wave.length[i]!;
+  }
+  options.onProgress?.(counters.moved, total);
+}
+
+/** One pointer switch: the pointer at file offset `at` comes to name `target`. */
+export interface PointerSwitch {
+  at: number;
+  format: PointerFormat;
+  target: PointerTarget;
+}
+
+/**
+ * One crash-safe, tear-safe wave of moves, the primitive packing and the mover share:
+ *   copy every unit to its new place (free space: nothing references it), flush;
+ *   write a redo log of every sector the pointer switches change (whole sectors), flush;
+ *   write those sectors, flush.
+ * Any subset of the switches leaves a valid image (each names a complete copy, the old places are still intact);
+ * a torn sector is rewritten whole from the log by `recover`. The caller reuses a unit's old place only in a
+ * later wave. The previous wave's log is invalidated in the same epoch as the copies: if that write is lost,
+ * recover re-applies a log that is already applied (harmless). Switches with more sectors than the log holds go
+ * in chunks (2 more flushes each), each chunk a valid subset.
+ */
+export async function switchWave(
+  io: BlockIO,
+  copies: readonly CopyRun[],
+  switches: readonly PointerSwitch[],
+  log: PackLog,
+  sequence: { value: number },
+  counters: { flushes: number },
+): Promise<void> {
+  await io.write(log.offset, LOG_INVALID);
+  await copyRuns(io, copies, () => undefined);
+  await io.flush();
+  counters.flushes++;
+  const sectors = new Map<number, Uint8Array>();
+  const offsets: number[] = [];
+  for (const change of switches) {
+    const at = change.at;
     const sectorOffset = at - (at % 512);
-    if (at + pointerSize(format) > sectorOffset + 512) throw new IcError('INTERNAL', `pack: the pointer at ${at} crosses a sector boundary`);
+    if (at + pointerSize(change.format) > sectorOffset + 512) throw new IcError('INTERNAL', `pack: the pointer at ${at} crosses a sector boundary`);
     let sector = sectors.get(sectorOffset);
     if (!sector) {
       sector = await io.read(sectorOffset, 512);
       sectors.set(sectorOffset, sector);
       offsets.push(sectorOffset);
     }
-    encodePointer(new DataView(sector.buffer, sector.byteOffset, 512), at - sectorOffset, format, wave.to[i]!);
+    encodePointer(new DataView(sector.buffer, sector.byteOffset, 512), at - sectorOffset, change.format, change.target);
   }
   offsets.sort((a, b) => a - b);
   const perLog = logEntriesFor(log.capacity);
@@ -615,12 +672,6 @@ async function runWave(
     await io.flush();
     counters.flushes += 2;
   }
-  for (let i = 0; i < wave.count; i++) {
-    if (wave.isTable[i]) moved.add(moved.translate(wave.from[i]!), wave.to[i]!, wave.length[i]!);
-    counters.moved++;
-    counters.bytes += wave.length[i]!;
-  }
-  options.onProgress?.(counters.moved, total);
 }
 
 /** Writes the sectors of a log, contiguous ones together. */

@@ -162,7 +162,12 @@ async function rollForward(io: BlockIO, found: FoundIntent, options: RecoverOpti
   }
   await zeroStaleHeaderBytes(io, record.headOffset + record.newHead.length, Math.min(record.headOffset + record.headerRegionSize, record.targetFileSize));
   await io.flush();
-  const result: RecoveryResult = { action: 'rolled-forward', format: record.targetFormat, detail: `finished the conversion from ${record.sourceFormat} to ${record.targetFormat}` };
+  // A record with the same format on both sides is the mover's (defrag, compact): nothing was converted.
+  const detail =
+    record.sourceFormat === record.targetFormat
+      ? `finished an interrupted move of clusters in this ${record.targetFormat} image (defrag or compact; run it again to go on)`
+      : `finished the conversion from ${record.sourceFormat} to ${record.targetFormat}`;
+  const result: RecoveryResult = { action: 'rolled-forward', format: record.targetFormat, detail };
   const driver = record.pack !== 'never' ? options.drivers?.find(record.targetFormat) : undefined;
   if (driver) {
     // Packing may change header fields: from here on the record must not compare heads (state committed).

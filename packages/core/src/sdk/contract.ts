@@ -190,6 +190,13 @@ export interface PointerFormat {
   base?: number;
   /** Bits OR-ed into the stored value (a flag that must stay set). Default 0. */
   flags?: bigint;
+  /**
+   * The whole stored value that means "reads as zeros, hides the backing file", where the format has one (QED: 1;
+   * VMDK with zeroed grains: 1). Compaction switches an all-zero data unit to it when the image has a backing file.
+   */
+  zeroValue?: bigint;
+  /** The whole stored value that means "unallocated" (QED and VMDK: 0); compaction uses it when nothing shows through. */
+  unallocatedValue?: bigint;
 }
 
 /**
@@ -206,6 +213,11 @@ export interface UnitRun {
   pointerOffset: number;
   pointerStride: number;
   pointer: PointerFormat;
+  /**
+   * A second pointer naming the same unit (a redundant copy of its table, VMDK's RGT), same format and stride:
+   * every switch writes both, in the same logged wave.
+   */
+  mirrorPointerOffset?: number;
   /** For plans and messages, e.g. "L2 table 3". */
   role?: string;
 }

@@ -1,0 +1,165 @@
+/**
+ * ic defrag and ic compact against the qemu oracle: images made fragmented by qemu-io (writes in reverse and
+ * random guest order, zeros over data), then qemu-img check (clean, fragmentation), qemu-img compare with the
+ * untouched copy, and qemu-io writes afterwards.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { copyFileSync, mkdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { icCli, qemuCheck, qemuCompare, qemuCreate, qemuIo, requireBuiltIc, requireQemu, sha256File, tempDir } from '@ic/test-utils';
+import { makeFragmented, reverse, shuffled, type MoverImage } from './mover-images.js';
+
+const images: MoverImage[] = [
+  { label: 'qed 64k, reverse order', format: 'qed', size: '64M', clusterSize: 65536, order: reverse(96) },
+  { label: 'qed 64k, random order, zeros over some data', format: 'qed', size: '64M', clusterSize: 65536, order: shuffled(120, 1), after: ['write -z 1M 1M', 'write -P 0 3M 512k'] },
+  // 4 KiB clusters and 4-cluster tables: an L2 table every 8 MiB of guest, allocated among the data, so tables move too.
+  { label: 'qed 4k clusters, random order over 8 L2 tables', format: 'qed', o: 'cluster_size=4k,table_size=4', size: '64M', clusterSize: 4096, order: shuffled(320, 2) },
+  { label: 'vmdk, reverse order', format: 'vmdk', size: '64M', clusterSize: 65536, order: reverse(96) },
+  { label: 'vmdk, random order, zeros over some data', format: 'vmdk', size: '64M', clusterSize: 65536, order: shuffled(120, 3), after: ['write -z 2M 1M'] },
+];
+
+/** Stride between written clusters: the 4 KiB image spreads its writes over the disk (many tables). */
+const strideOf = (image: MoverImage) => (image.clusterSize === 4096 ? 48 : 1);
+
+function fragmentedPercent(text: string): string | undefined {
+  return /([\d.]+)% fragmented/.exec(text)?.[1];
+}
+
+function expectUsable(file: string, image: MoverImage, pristine: string): void {
+  // qemu-io writes new data; old and new read back.
+  qemuIo(file, image.format, ['write -P 0xee 40M 192k']);
+  qemuIo(pristine, image.format, ['write -P 0xee 40M 192k']);
+  const first = image.order[0]! * strideOf(image) * image.clusterSize;
+  qemuIo(file, image.format, [`read -P 0xee 40M 192k`, `read -P ${(image.order[0]! % 250) + 1} ${first} ${image.clusterSize}`]);
+  expect(qemuCompare(file, image.format, pristine, image.format).code).toBe(0);
+  expect(qemuCheck(file, image.format).code).toBe(0);
+}
+
+describe('ic defrag', () => {
+  const scratch = tempDir('ic-defrag-');
+  beforeAll(() => {
+    requireQemu();
+    requireBuiltIc();
+  });
+  afterAll(() => scratch.cleanup());
+
+  for (const [n, image] of images.entries()) {
+    it(`${image.label}: 0.00% fragmented, clean, identical, usable; --max-moves runs end at the same bytes`, { timeout: 300_000 }, () => {
+      const dir = scratch.path(`case-${n}`);
+      mkdirSync(dir);
+      const pristine = join(dir, `pristine.${image.format}`);
+      makeFragmented(pristine, image, strideOf(image));
+      const before = qemuCheck(pristine, image.format);
+      expect(before.code).toBe(0);
+
+      const file = join(dir, `image.${image.format}`);
+      copyFileSync(pristine, file);
+      const dry = icCli(['defrag', '--dry-run', file]);
+      expect(dry.status, dry.stderr).toBe(0);
+      expect(sha256File(file)).toBe(sha256File(pristine));
+
+      const run = icCli(['defrag', file]);
+      expect(run.status, run.stderr).toBe(0);
+      console.log(`${image.label}\n${run.stdout}`);
+      expect(run.stdout).toMatch(/before: +\d+\/\d+ = [1-9][\d.]*% fragmented clusters/);
+      expect(run.stdout).toMatch(/after: +0\/\d+ = 0\.00% fragmented clusters/);
+      const check = qemuCheck(file, image.format);
+      expect(check.code, check.text).toBe(0);
+      // qemu-img prints the fragmentation line for the formats whose check counts it (QED does).
+      const percent = fragmentedPercent(check.text);
+      if (percent !== undefined) {
+        expect(Number(fragmentedPercent(before.text))).toBeGreaterThan(50);
+        expect(percent).toBe('0.00');
+      }
+      expect(qemuCompare(file, image.format, pristine, image.format).code).toBe(0);
+      expect(statSync(file).size).toBeLessThanOrEqual(statSync(pristine).size);
+      // Nothing left to do.
+      const again = icCli(['defrag', file]);
+      expect(again.status, again.stderr).toBe(0);
+      expect(again.stdout).toMatch(/moved: +0 units/);
+
+      // The same with a small budget, run until done: every run leaves a clean image; the end is the same bytes.
+      const budgeted = join(dir, `budgeted.${image.format}`);
+      copyFileSync(pristine, budgeted);
+      let runs = 0;
+      for (;;) {
+        const step = icCli(['defrag', '--max-moves', '40', budgeted]);
+        runs++;
+        expect([0, 4], step.stderr).toContain(step.status);
+        const stepCheck = qemuCheck(budgeted, image.format);
+        expect(stepCheck.code, stepCheck.text).toBe(0);
+        expect(qemuCompare(budgeted, image.format, pristine, image.format).code).toBe(0);
+        if (step.status === 0) break;
+        expect(runs).toBeLessThan(200);
+      }
+      console.log(`${image.label}: --max-moves 40 took ${runs} runs`);
+      expect(runs).toBeGreaterThan(1);
+      expect(sha256File(budgeted)).toBe(sha256File(file));
+
+      expectUsable(file, image, pristine);
+    });
+  }
+
+  it('refuses a format whose moves need more than a pointer switch, in one line, leaving the file untouched', () => {
+    const file = scratch.path('refused.qcow2');
+    qemuCreate(file, 'qcow2', '16M');
+    qemuIo(file, 'qcow2', ['write -P 1 1M 64k', 'write -P 2 0 64k']);
+    const sha = sha256File(file);
+    for (const command of [['defrag'], ['compact', '--zero-scan']]) {
+      const run = icCli([...command, file]);
+      expect(run.status).toBe(1);
+      expect(run.stderr).toMatch(/^ic: qcow2: cannot (defragment|compact): [^\n]+ \[UNSUPPORTED\]\n$/);
+      expect(sha256File(file)).toBe(sha);
+    }
+  });
+});
+
+describe('ic compact', () => {
+  const scratch = tempDir('ic-compact-');
+  beforeAll(() => {
+    requireQemu();
+    requireBuiltIc();
+  });
+  afterAll(() => scratch.cleanup());
+
+  for (const format of ['qed', 'vmdk']) {
+    it(`${format}: zeros written over most of the data: at least their space comes back; identical, clean, usable`, { timeout: 120_000 }, () => {
+      const pristine = scratch.path(`pristine.${format}`);
+      qemuCreate(pristine, format, '64M');
+      qemuIo(pristine, format, ['write -P 0x11 0 16M', 'write -P 0x22 20M 4M']);
+      // 12 MiB of zeros over data: qemu-io writes them as zero data clusters (allocated), plus explicit zero patterns.
+      qemuIo(pristine, format, ['write -z 1M 8M', 'write -P 0 20M 3M', 'write -z 12M 1M']);
+      const zeroed = 12 * 1024 * 1024;
+      const file = scratch.path(`image.${format}`);
+      copyFileSync(pristine, file);
+      const diskBefore = statSync(file).blocks * 512;
+      const sizeBefore = statSync(file).size;
+
+      const dry = icCli(['compact', '--zero-scan', '--dry-run', file]);
+      expect(dry.status, dry.stderr).toBe(0);
+      expect(sha256File(file)).toBe(sha256File(pristine));
+
+      const run = icCli(['compact', '--zero-scan', file]);
+      expect(run.status, run.stderr).toBe(0);
+      console.log(`${format}\n${run.stdout}`);
+      expect(run.stdout).toMatch(/disk size: +\d+ bytes .* -> \d+ bytes/);
+      const diskAfter = statSync(file).blocks * 512;
+      console.log(`${format}: disk size ${diskBefore} -> ${diskAfter} (gave back ${diskBefore - diskAfter}; zeroed ${zeroed})`);
+      // The file shrinks by at least the zeroed clusters; its disk usage too, less at most one cluster: a moved
+      // table that was sparse on disk (partly never written) is written in full at its new place.
+      expect(sizeBefore - statSync(file).size).toBeGreaterThanOrEqual(zeroed);
+      expect(diskBefore - diskAfter).toBeGreaterThanOrEqual(zeroed - 65536);
+      const check = qemuCheck(file, format);
+      expect(check.code, check.text).toBe(0);
+      expect(qemuCompare(file, format, pristine, format).code).toBe(0);
+      qemuIo(file, format, ['write -P 0x33 30M 1M', 'read -P 0x33 30M 1M', 'read -P 0x11 0 1M', 'read -P 0x22 23M 1M', 'read -P 0 1M 8M']);
+      expect(qemuCheck(file, format).code).toBe(0);
+
+      // Without --zero-scan, a compact image stays as it is.
+      const sha = sha256File(file);
+      const plain = icCli(['compact', file]);
+      expect(plain.status, plain.stderr).toBe(0);
+      expect(sha256File(file)).toBe(sha);
+    });
+  }
+});
