@@ -26,5 +26,6 @@ export { ENTRY_SIZE, ENTRY_UNALLOCATED, ENTRY_DISCARDED, isAllocated, readBlockM
 export { checkImage } from './check.js';
 export { VDI_OPTIONS, DEFAULT_OFFSET_BMAP, defaultOffsetData, creationSize, newHeader, createImage, randomStoredUuid } from './create.js';
 export { VdiImage, blockProblem } from './image.js';
+export { VdiInPlaceTarget, vdiInPlace } from './target.js';
 
 export default vdiDriver;

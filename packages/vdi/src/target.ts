@@ -1,0 +1,120 @@
+import {
+  ClusterBitmap,
+  IcError,
+  type InPlaceTarget,
+  type InPlaceTargetFactory,
+  type MappingBatches,
+  type MetadataWriter,
+  type PlanSummary,
+  type SpaceAllocator,
+  type TargetBuild,
+  type TargetEstimate,
+  type TargetLayout,
+  type TargetRequest,
+} from '@ic/core/sdk';
+import { encodeBlockMap, ENTRY_UNALLOCATED } from './blockmap.js';
+import { defaultOffsetData, newHeader } from './create.js';
+import { BLOCK_SIZE, bmapBytesFor, FORMAT, HEADER_LENGTH, MAX_DISK_SIZE, SECTOR_SIZE, serializeHeader, VDI_TYPE_DYNAMIC } from './header.js';
+
+const hex = (value: number): string => `0x${value.toString(16)}`;
+
+function internal(message: string): IcError {
+  return new IcError('INTERNAL', `${FORMAT} target: ${message}`, { format: FORMAT, step: 'build VDI metadata' });
+}
+
+/**
+ * A dynamic VDI built around 1 MiB blocks that already sit in the file.
+ *
+ * Layout it needs (TargetLayout): the header and the block map own [0, offset_data) (qemu's layout: map at 512,
+ * data right after it); data blocks are *packed*: block index k lives at offset_data + k MiB, and the indexes in
+ * use must be exactly 0 .. n-1, because qemu (like VirtualBox) puts the next new block at index blocks_allocated.
+ * A gap would be overwritten by the next guest write to an unallocated block, an index past n would be too.
+ * Guest order does not matter: the block map is a permutation. Nothing is allocated: all metadata is the header
+ * region, written at the commit.
+ */
+export class VdiInPlaceTarget implements InPlaceTarget {
+  readonly layout: TargetLayout;
+  readonly problems: readonly string[];
+  private readonly blocks: number;
+  private readonly offsetData: number;
+
+  constructor(private readonly request: TargetRequest) {
+    const { virtualSize, backing } = request.source;
+    const problems: string[] = [];
+    if (request.clusterSize !== BLOCK_SIZE) problems.push(`VDI blocks are ${BLOCK_SIZE} bytes (qemu accepts no other size), not ${request.clusterSize}`);
+    if (virtualSize % SECTOR_SIZE !== 0) problems.push(`the virtual size ${virtualSize} is not a multiple of 512 bytes, which VDI requires`);
+    if (virtualSize > MAX_DISK_SIZE) problems.push(`the virtual size ${virtualSize} exceeds the ${MAX_DISK_SIZE} bytes qemu opens as VDI`);
+    if (backing) problems.push(`VDI cannot name a backing file (the source refers to "${backing.name}"); qemu supports no differencing VDI`);
+    if (request.options['static'] === true) problems.push('an in-place VDI target is dynamic; static=on is for ic create');
+    this.problems = problems;
+    this.blocks = Math.ceil(virtualSize / BLOCK_SIZE);
+    this.offsetData = defaultOffsetData(this.blocks);
+    this.layout = {
+      clusterSize: BLOCK_SIZE,
+      // qemu only requires offset_data to be a multiple of 512, so every block is at a 512-byte boundary.
+      hostAlignment: SECTOR_SIZE,
+      headerRegionSize: this.offsetData,
+      maxHostOffset: this.offsetData + this.blocks * BLOCK_SIZE,
+      zeroExtents: false,
+      placement: { kind: 'packed', start: this.offsetData },
+    };
+  }
+
+  /** Nothing past the header region: the block map is part of it. */
+  estimate(_summary: PlanSummary): TargetEstimate {
+    return { metadataBytes: 0 };
+  }
+
+  /**
+   * Reads the mapping into the block map (4 bytes per MiB of disk), checks that the data blocks are packed from
+   * offset_data (indexes 0 .. n-1, each once), and returns the header and the block map as the header region.
+   */
+  async build(mapping: MappingBatches, space: SpaceAllocator, _out: MetadataWriter): Promise<TargetBuild> {
+    if (this.problems.length > 0) throw new IcError('UNSUPPORTED', `${FORMAT}: ${this.problems[0]}`, { format: FORMAT });
+    const { virtualSize } = this.request.source;
+    const entries = new Uint32Array(this.blocks).fill(ENTRY_UNALLOCATED);
+    const used = new ClusterBitmap();
+    let allocated = 0;
+    let expected = 0;
+    for await (const batch of mapping) {
+      for (const extent of batch) {
+        if (extent.guestOffset !== expected || extent.length <= 0) throw internal(`mapping extent at guest ${extent.guestOffset} does not continue from ${expected}`);
+        const end = extent.guestOffset + extent.length;
+        if (extent.guestOffset % BLOCK_SIZE !== 0 || (end % BLOCK_SIZE !== 0 && end !== virtualSize)) {
+          throw internal(`mapping extent ${extent.guestOffset}+${extent.length} is not aligned to the ${BLOCK_SIZE}-byte block size`);
+        }
+        expected = end;
+        if (extent.kind === 'unallocated') continue;
+        if (extent.kind !== 'data') throw internal(`mapping holds a ${extent.kind} extent; a VDI target takes data and unallocated extents only`);
+        const count = Math.ceil(extent.length / BLOCK_SIZE);
+        const firstBlock = extent.guestOffset / BLOCK_SIZE;
+        for (let k = 0; k < count; k++) {
+          const host = extent.hostOffset + k * BLOCK_SIZE;
+          const index = (host - this.offsetData) / BLOCK_SIZE;
+          if (!Number.isInteger(index) || index < 0 || index >= this.blocks) {
+            throw internal(`data for guest block ${firstBlock + k} at host ${hex(host)} is not a block slot offset_data (${hex(this.offsetData)}) + k MiB with k below ${this.blocks}`);
+          }
+          if (!used.add(index)) throw internal(`two guest blocks map to block index ${index}`);
+          entries[firstBlock + k] = index;
+          allocated++;
+        }
+      }
+    }
+    if (expected !== virtualSize) throw internal(`mapping ends at ${expected}, the virtual size is ${virtualSize}`);
+    // Packed: the indexes are exactly 0 .. allocated-1, or qemu's next allocation overwrites a block.
+    if (allocated > 0 && used.firstInRange(allocated, this.blocks) >= 0) {
+      throw internal(`the ${allocated} data blocks are not packed from offset_data: block index ${used.firstInRange(allocated, this.blocks)} is in use, so index ${allocated}'s slot, where qemu allocates next, is not free`);
+    }
+    const header = newHeader({ diskSize: virtualSize, imageType: VDI_TYPE_DYNAMIC, blocksAllocated: allocated, offsetData: this.offsetData });
+    const region = new Uint8Array(this.offsetData);
+    region.set(serializeHeader(header), 0);
+    region.set(encodeBlockMap(entries, bmapBytesFor(this.blocks)), HEADER_LENGTH);
+    return { header: region, fileSize: Math.max(space.end, this.offsetData + allocated * BLOCK_SIZE) };
+  }
+}
+
+/** driver.inPlace for VDI (not attached to the driver until the engine places 'packed' targets; see README). */
+export const vdiInPlace: InPlaceTargetFactory = {
+  clusterSizes: { min: BLOCK_SIZE, max: BLOCK_SIZE },
+  create: (request) => new VdiInPlaceTarget(request),
+};
