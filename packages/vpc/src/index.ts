@@ -30,6 +30,7 @@ export { DYNAMIC_HEADER_FIELDS, DYNAMIC_HEADER_LENGTH, DEFAULT_BLOCK_SIZE, MAX_T
 export { BAT_ENTRY_SIZE, BAT_UNALLOCATED, BAT_UNIT, readBat, batBytesFor, encodeBat } from './bat.js';
 export { bitmapSize, fullBitmap } from './bitmaps.js';
 export { VPC_OPTIONS, CREATOR_VERSION, CREATOR_OS, DYNAMIC_HEADER_OFFSET, DEFAULT_TABLE_OFFSET, randomUuid, vhdTimestamp, newFooter, creationOptions, tableEntriesFor, createImage } from './create.js';
+export { VhdDynamicTarget, VhdFixedTarget, vpcInPlace, exactGeometry, TARGET_BLOCK_SIZES, TARGET_MAX_HOST_OFFSET } from './target.js';
 export { VpcImage, readLayout, fixedFooterIn, blockProblem, FIXED_CONVERSION_CLUSTER_SIZE, type VpcLayout, type FixedLayout, type DynamicLayout } from './image.js';
 
 export default vpcDriver;
