@@ -40,20 +40,20 @@ function blockContent(guestBlock: number, length: number): Uint8Array {
  * `slots[k]`), old metadata junk past them and in the header region, then build(), the header region at 0 and the
  * file cut to the build's size.
  */
-async function buildAround(dir: (name: string) => string, name: string, virtualSize: number, slots: number[]) {
+async function buildAround(dir: (name: string) => string, name: string, virtualSize: number, slots: number[], runOffset = 0) {
   const target = vdiInPlace.create(request(virtualSize));
   expect(target.problems).toEqual([]);
   const placement = target.layout.placement;
   if (placement?.kind !== 'packed') throw new Error('VDI targets are packed');
-  const start = placement.start;
-  expect(target.layout.headerRegionSize).toBe(start);
+  expect(target.layout.headerRegionSize).toBe(placement.start);
+  const start = placement.start + runOffset;
   const imagePath = dir(`${name}.vdi`);
   const expectedPath = dir(`${name}.raw`);
   const image = openSync(imagePath, 'w+');
   const expected = openSync(expectedPath, 'w+');
   try {
     ftruncateSync(expected, virtualSize);
-    writeSync(image, new Uint8Array(start).fill(0xee), 0, start, 0);
+    writeSync(image, new Uint8Array(start).fill(0xee), 0, start, 0); // the old header, and old data before the run
     const dataEnd = start + slots.length * BLOCK_SIZE;
     writeSync(image, new Uint8Array(3 * 65536).fill(0xcc), 0, 3 * 65536, dataEnd); // the old format's tables
     const mapping: Extent[] = [];
@@ -76,7 +76,7 @@ async function buildAround(dir: (name: string) => string, name: string, virtualS
     const space = bumpAllocator(dataEnd + 3 * 65536);
     const build = await runTargetBuild(target, full, space);
     expect(build.writes).toEqual([]);
-    expect(build.header.length).toBe(start);
+    expect(build.header.length).toBe(placement.start);
     writeSync(image, build.header, 0, build.header.length, 0);
     ftruncateSync(image, build.fileSize);
     return { imagePath, expectedPath, build, start };
@@ -91,7 +91,8 @@ describe('VDI in-place target: build() around blocks already packed from offset_
   beforeAll(() => requireQemu());
   afterAll(() => tmp.cleanup());
 
-  const cases: { name: string; size: number; slots: number[] }[] = [
+  const cases: { name: string; size: number; slots: number[]; runOffset?: number }[] = [
+    { name: 'a run packed 8 MiB past the block map (offset_data follows it)', size: 64 * MiB, slots: [9, 1, 30], runOffset: 8 * MiB + 512 },
     { name: 'blocks in reverse guest order', size: 64 * MiB, slots: [63, 40, 7, 6, 5, 0] },
     { name: '5 GiB, blocks far apart', size: 5 * GiB, slots: [5 * 1024 - 1, 0, 2048, 1024] },
     { name: 'odd size, the last block partial', size: 10 * MiB + 512, slots: [10, 3] },
@@ -99,7 +100,7 @@ describe('VDI in-place target: build() around blocks already packed from offset_
   ];
   for (const testCase of cases) {
     it(`${testCase.name}: qemu-img check clean, compare identical, qemu-io writes allocate at the next free index`, async () => {
-      const { imagePath, expectedPath, start } = await buildAround(tmp.path, testCase.name.replace(/\W+/g, '_'), testCase.size, testCase.slots);
+      const { imagePath, expectedPath, start } = await buildAround(tmp.path, testCase.name.replace(/\W+/g, '_'), testCase.size, testCase.slots, testCase.runOffset);
       expect(qemuCheck(imagePath, 'vdi').code).toBe(0);
       expect(qemuCompare(imagePath, 'vdi', expectedPath, 'raw').code).toBe(0);
       await withImage(imagePath, async (image) => {
@@ -173,8 +174,15 @@ describe('VDI in-place target: build() around blocks already packed from offset_
         { kind: 'data', guestOffset: 5 * MiB, length: MiB, hostOffset: start + 2 * MiB },
         { kind: 'unallocated', guestOffset: 6 * MiB, length: 10 * MiB },
       ],
+      // Not a whole number of blocks apart.
       [
-        { kind: 'data', guestOffset: 0, length: MiB, hostOffset: start + 512 },
+        { kind: 'data', guestOffset: 0, length: MiB, hostOffset: start },
+        { kind: 'data', guestOffset: MiB, length: MiB, hostOffset: start + MiB + 512 },
+        { kind: 'unallocated', guestOffset: 2 * MiB, length: 14 * MiB },
+      ],
+      // A run starting inside the block map.
+      [
+        { kind: 'data', guestOffset: 0, length: MiB, hostOffset: start - 512 },
         { kind: 'unallocated', guestOffset: MiB, length: 15 * MiB },
       ],
       [
