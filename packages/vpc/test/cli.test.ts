@@ -1,6 +1,8 @@
 /** Through the real `ic`: info and map JSON as qemu-img prints them; check is unsupported as in qemu-img (63). */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { icCli, qemuCreate, qemuIo, requireBuiltIc, requireQemu, run, tempDir } from '@ic/test-utils';
+import { readFileSync } from 'node:fs';
+import { IC_ERROR_LINE, icCli, qemuCreate, qemuIo, requireBuiltIc, requireQemu, run, sha256File, tempDir } from '@ic/test-utils';
+import { pokeBytes } from './helpers.js';
 
 const MiB = 1024 ** 2;
 
@@ -35,6 +37,22 @@ describe('ic info, map and check on VHD images, next to qemu-img', () => {
       expect(run('qemu-img', ['check', '-f', 'vpc', path]).code).toBe(63);
     });
   }
+
+  it('two BAT entries naming one block: conversion refused in one line (CORRUPT), the file byte-identical', () => {
+    const path = tmp.path('aliased.vhd');
+    qemuCreate(path, 'vpc', 64 * MiB);
+    qemuIo(path, 'vpc', ['write -P 0x11 0 1M']);
+    const first = readFileSync(path).subarray(1536, 1540);
+    pokeBytes(path, 1536 + 4 * 3, first);
+    const before = sha256File(path);
+    for (const args of [['--dry-run'], []]) {
+      const run = icCli(['convert-inplace', '-f', 'vpc', ...args, path, 'qcow2']);
+      expect(run.status).toBe(1);
+      expect(run.stderr).toMatch(IC_ERROR_LINE);
+      expect(run.stderr).toContain('[CORRUPT]');
+      expect(sha256File(path)).toBe(before);
+    }
+  });
 
   // The driver recognises a fixed disk by the footer in the file's last sector (probe's `tail`, score 50), but the
   // CLI's probing passes only the head today, so it guesses raw. Turns red once the CLI passes the tail.
