@@ -1,4 +1,5 @@
 /** Through the real `ic`: info and map JSON as qemu-img prints them, check's report and exit statuses. */
+import { mkdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { icCli, qemuCreate, qemuIo, requireBuiltIc, requireQemu, run, tempDir } from '@ic/test-utils';
 import { pokeU32 } from './helpers.js';
@@ -47,6 +48,15 @@ describe('ic info, map and check on VDI images, next to qemu-img', () => {
       expect(ours.stdout).toBe(theirs.stdout);
       // qemu prints its ERROR lines on stderr; so does ic.
       expect(ours.stderr).toBe(theirs.stderr);
+    }
+  });
+  it('ic create prints the Formatting line qemu-img create prints', () => {
+    for (const options of [[], ['-o', 'static=on']]) {
+      for (const dir of ['ours', 'theirs']) mkdirSync(tmp.path(dir), { recursive: true });
+      const ours = icCli(['create', '-f', 'vdi', ...options, 'image', '10M'], { cwd: tmp.path('ours') });
+      const theirs = run('qemu-img', ['create', '-f', 'vdi', ...options, 'image', '10M'], { cwd: tmp.path('theirs') });
+      expect(ours.status, ours.stderr).toBe(0);
+      expect(ours.stdout).toBe(theirs.stdout);
     }
   });
 });

@@ -15,14 +15,16 @@ import {
   type SizedGeometry,
 } from './footer.js';
 
-/** qemu-img's vpc creation options. */
+/**
+ * qemu-img's vpc creation options. No defaults are declared (dynamic, off): qemu's options have none either, so
+ * `ic create` prints them in its Formatting line only when given, as qemu-img does.
+ */
 export const VPC_OPTIONS: readonly OptionDescriptor[] = [
-  { name: 'subformat', type: 'enum', values: ['dynamic', 'fixed'], default: 'dynamic', help: 'dynamic (blocks allocated as written) or fixed (a raw disk followed by a footer)' },
+  { name: 'subformat', type: 'enum', values: ['dynamic', 'fixed'], help: 'dynamic (the default: blocks allocated as written) or fixed (a raw disk followed by a footer)' },
   {
     name: 'force_size',
     type: 'boolean',
-    default: false,
-    help: 'Keep the size exactly as given (creator "qem2", current_size counts) instead of rounding it up to a CHS geometry; Virtual PC itself goes by CHS',
+    help: 'Off by default. Keep the size exactly as given (creator "qem2", current_size counts) instead of rounding it up to a CHS geometry; Virtual PC itself goes by CHS',
   },
 ];
 

@@ -1,6 +1,6 @@
 /** Through the real `ic`: info and map JSON as qemu-img prints them; check is unsupported as in qemu-img (63). */
+import { mkdirSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
 import { IC_ERROR_LINE, icCli, qemuCreate, qemuIo, requireBuiltIc, requireQemu, run, sha256File, tempDir } from '@ic/test-utils';
 import { pokeBytes } from './helpers.js';
 
@@ -61,5 +61,14 @@ describe('ic info, map and check on VHD images, next to qemu-img', () => {
     qemuCreate(path, 'vpc', 8 * MiB, { o: 'subformat=fixed' });
     const info = icCli(['info', '--output=json', path]);
     expect(JSON.parse(info.stdout).format).toBe('vpc');
+  });
+  it('ic create prints the Formatting line qemu-img create prints', () => {
+    for (const options of [[], ['-o', 'subformat=fixed'], ['-o', 'force_size=on,subformat=dynamic']]) {
+      for (const dir of ['ours', 'theirs']) mkdirSync(tmp.path(dir), { recursive: true });
+      const ours = icCli(['create', '-f', 'vpc', ...options, 'image', '10M'], { cwd: tmp.path('ours') });
+      const theirs = run('qemu-img', ['create', '-f', 'vpc', ...options, 'image', '10M'], { cwd: tmp.path('theirs') });
+      expect(ours.status, ours.stderr).toBe(0);
+      expect(ours.stdout).toBe(theirs.stdout);
+    }
   });
 });
