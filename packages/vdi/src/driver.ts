@@ -2,6 +2,7 @@ import { DRIVER_API_VERSION, IcError, type BlockIO, type Driver, type Image, typ
 import { createImage, VDI_OPTIONS } from './create.js';
 import { FORMAT, hasVdiSignature, HEADER_LENGTH, parseHeader, validateHeader } from './header.js';
 import { VdiImage } from './image.js';
+import { vdiInPlace } from './target.js';
 
 /** The package version, reported by `ic formats`. */
 export const VDI_DRIVER_VERSION = '0.1.0';
@@ -29,6 +30,7 @@ export const vdiDriver: Driver = {
     create: true,
     check: true,
     inPlaceSource: true,
+    inPlaceTarget: true,
   },
   options: VDI_OPTIONS,
   probe(head: Uint8Array): number {
@@ -37,4 +39,5 @@ export const vdiDriver: Driver = {
   },
   open: (io: BlockIO, options?: OpenOptions): Promise<Image> => openVdi(io, options),
   create: createImage,
+  inPlace: vdiInPlace,
 };

@@ -127,7 +127,7 @@ export class VdiInPlaceTarget implements InPlaceTarget {
   }
 }
 
-/** driver.inPlace for VDI (not attached to the driver until the engine places 'packed' targets; see README). */
+/** driver.inPlace for VDI: 1 MiB blocks, packed placement. */
 export const vdiInPlace: InPlaceTargetFactory = {
   clusterSizes: { min: BLOCK_SIZE, max: BLOCK_SIZE },
   create: (request) => new VdiInPlaceTarget(request),

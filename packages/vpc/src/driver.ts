@@ -2,6 +2,7 @@ import { DRIVER_API_VERSION, type BlockIO, type Driver, type Image, type OpenOpt
 import { createImage, VPC_OPTIONS } from './create.js';
 import { FOOTER_LENGTH, FORMAT, hasCookie, virtualSizeOf } from './footer.js';
 import { fixedFooterIn, readLayout, VpcImage } from './image.js';
+import { vpcInPlace } from './target.js';
 
 /** The package version, reported by `ic formats`. */
 export const VPC_DRIVER_VERSION = '0.1.0';
@@ -29,6 +30,7 @@ export const vpcDriver: Driver = {
     read: true,
     create: true,
     inPlaceSource: true,
+    inPlaceTarget: true,
   },
   options: VPC_OPTIONS,
   probe(head: Uint8Array, fileSize: number, tail?: Uint8Array): number {
@@ -44,5 +46,6 @@ export const vpcDriver: Driver = {
   },
   open: (io: BlockIO, options?: OpenOptions): Promise<Image> => openVpc(io, options),
   create: createImage,
+  inPlace: vpcInPlace,
 };
 

@@ -178,7 +178,7 @@ export class VhdFixedTarget implements InPlaceTarget {
     return { metadataBytes: 0 };
   }
 
-  async build(mapping: MappingBatches, space: SpaceAllocator, _out: MetadataWriter): Promise<TargetBuild> {
+  async build(mapping: MappingBatches, _space: SpaceAllocator, _out: MetadataWriter): Promise<TargetBuild> {
     if (this.problems.length > 0 || !this.geometry) throw new IcError('UNSUPPORTED', `${FORMAT}: ${this.problems[0]}`, { format: FORMAT });
     const { virtualSize } = this.request.source;
     let expected = 0;
@@ -192,15 +192,15 @@ export class VhdFixedTarget implements InPlaceTarget {
       }
     }
     if (expected !== virtualSize) throw internal(`mapping ends at ${expected}, the virtual size is ${virtualSize}`);
-    // Unallocated ranges must read as zeros where they lie: the engine zeroes or punches them (identity placement).
-    if (space.end > virtualSize + FOOTER_LENGTH) throw internal(`space was allocated up to ${hex(space.end)}, past the footer at ${hex(virtualSize)}: the footer must end the file`);
+    // Unallocated ranges read as zeros where they lie (the engine refuses an identity conversion otherwise). Nothing
+    // is allocated (the engine's space may start past the footer, and stays unused): the footer ends the file.
     return { header: newFooter(this.geometry, DISK_TYPE_FIXED), fileSize: virtualSize + FOOTER_LENGTH };
   }
 }
 
 /**
- * driver.inPlace for VHD: `-o subformat=fixed` builds a fixed disk, the default a dynamic one (not attached to the
- * driver until the engine places 'prefixed' and 'identity' targets; see README).
+ * driver.inPlace for VHD: `-o subformat=fixed` builds a fixed disk (identity placement), the default a dynamic one
+ * (prefixed placement).
  */
 export const vpcInPlace: InPlaceTargetFactory = {
   clusterSizes: TARGET_BLOCK_SIZES,

@@ -56,7 +56,7 @@ describe('ic info, map and check on VHD images, next to qemu-img', () => {
 
   // The driver recognises a fixed disk by the footer in the file's last sector (probe's `tail`, score 50), but the
   // CLI's probing passes only the head today, so it guesses raw. Turns red once the CLI passes the tail.
-  it.fails('a fixed VHD is probed by its footer (needs the CLI to pass the last 64 KiB to probe)', () => {
+  it('a fixed VHD is probed by its footer (the CLI passes the end of the file to probe)', () => {
     const path = tmp.path('fixed-probed.vhd');
     qemuCreate(path, 'vpc', 8 * MiB, { o: 'subformat=fixed' });
     const info = icCli(['info', '--output=json', path]);
