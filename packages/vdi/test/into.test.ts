@@ -65,6 +65,17 @@ describe('qemu-made images converted in place to VDI by ic, and back', () => {
     });
   }
 
+  it('a VDI made from a 64 KiB qcow2 goes back to qcow2 with nothing moved: the engine picks 64 KiB clusters', () => {
+    const image = tmp.path('back.qcow2');
+    qemuCreate(image, 'qcow2', GiB);
+    qemuIo(image, 'qcow2', WRITES_BEFORE);
+    expect(icCli(['convert-inplace', image, 'vdi']).status).toBe(0);
+    const back = icCli(['convert-inplace', '--output=json', image, 'qcow2']);
+    expect(back.status, back.stderr).toBe(0);
+    expect(JSON.parse(back.stdout) as Report).toMatchObject({ verified: true, targetClusterSize: 65536, clustersRelocated: 0 });
+    expect(qemuCheck(image, 'qcow2').code).toBe(0);
+  });
+
   it('a 1 MiB-cluster qcow2 keeps every block (its data clusters are one packed run)', () => {
     const image = tmp.path('packed.qcow2');
     qemuCreate(image, 'qcow2', GiB, { o: 'cluster_size=1M' });
