@@ -31,7 +31,9 @@ export const ANY_FILE_SCORE = 1;
 export async function probeDriver(context: Context, io: BlockIO, purpose: 'read' | 'write'): Promise<Driver> {
   const size = await io.size();
   const head = await io.read(0, Math.min(PROBE_LENGTH, size));
-  const results = context.registry.probeBytes(head, size);
+  // The end of the file too, for formats recognised by a footer (a fixed VHD), as Registry.probe does.
+  const probeTail = size <= head.length ? head : await io.read(size - Math.min(PROBE_LENGTH, size), Math.min(PROBE_LENGTH, size));
+  const results = context.registry.probeBytes(head, size, probeTail);
   const [best, second] = results;
   if (!best) throw new IcError('WRONG_FORMAT', `${io.name}: no installed driver recognises this file`, { path: io.name });
   const lowest = Math.min(...results.map((r) => r.score));

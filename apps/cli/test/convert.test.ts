@@ -32,7 +32,9 @@ function expectValid(file: string, format: string): void {
   const compare = qemuCompare(file, format, expectedRaw, 'raw');
   expect(compare.code, compare.stdout + compare.stderr).toBe(0);
   // DESIGN.md §4 step 5: the result must also be free of leaks (exit 3 would mean old metadata left behind).
+  // qemu-img has no check for some formats (VHD): it exits 63 saying so, and compare alone judges them.
   const check = qemuCheck(file, format);
+  if (check.code === 63 && /does not support checks/.test(check.text)) return;
   expect(check.code, check.text).toBe(0);
 }
 

@@ -3,6 +3,8 @@ import { qcow2Driver } from '@ic/qcow2';
 import { qedDriver } from '@ic/qed';
 import { vmdkDriver } from '@ic/vmdk';
 import { rawDriver } from '@ic/raw';
+import { vdiDriver } from '@ic/vdi';
+import { vpcDriver } from '@ic/vpc';
 
 /** Every first-party driver; tests iterate over what this holds, never over format names. */
-export const registry = new Registry([qcow2Driver, qedDriver, vmdkDriver, rawDriver].filter((d) => d !== undefined));
+export const registry = new Registry([qcow2Driver, qedDriver, vmdkDriver, rawDriver, vdiDriver, vpcDriver].filter((d) => d !== undefined));

@@ -62,10 +62,21 @@ export async function writeImage(io: BlockIO, driver: Driver, content: ImageCont
   }
 
   const mapping: Extent[] = [];
-  const firstHost = alignUp(target.layout.headerRegionSize, clusterSize);
+  // A prefixed placement (VHD's sector bitmaps) needs `prefix` free bytes before each data cluster, which the
+  // target writes: each cluster then takes the cluster-aligned room of its prefix as well.
+  const placement = target.layout.placement;
+  const prefix = placement?.kind === 'prefixed' ? placement.prefix : 0;
+  const lead = alignUp(prefix, clusterSize);
+  const firstHost = alignUp(target.layout.headerRegionSize, clusterSize) + lead;
   const clusterCount = Math.ceil(virtualSize / clusterSize);
   const dataIndexes = [...clusters.keys()].sort((a, b) => a - b);
-  const hostOf = (rank: number) => firstHost + (content.hostOrder === 'reverse' ? dataIndexes.length - 1 - rank : rank) * clusterSize;
+  const hostOf = (rank: number) => firstHost + (content.hostOrder === 'reverse' ? dataIndexes.length - 1 - rank : rank) * (lead + clusterSize);
+  const isPrefix = (offset: number, length: number) => {
+    if (prefix === 0) return false;
+    const rank = Math.ceil((offset + length - firstHost) / (lead + clusterSize));
+    const host = firstHost + rank * (lead + clusterSize);
+    return rank >= 0 && rank < dataIndexes.length && offset >= host - prefix && offset + length <= host;
+  };
   let next = 0;
   const emitGap = (from: number, to: number) => {
     for (let index = from; index < to; index++) {
@@ -84,13 +95,13 @@ export async function writeImage(io: BlockIO, driver: Driver, content: ImageCont
   if (zeroClusters.size > 0) emitGap(next, clusterCount);
   else if (next < clusterCount) pushExtent(mapping, { kind: 'unallocated', guestOffset: next * clusterSize, length: virtualSize - next * clusterSize });
 
-  const allocator = new AppendAllocator(firstHost + dataIndexes.length * clusterSize, clusterSize, target.layout.maxHostOffset);
+  const allocator = new AppendAllocator(firstHost + dataIndexes.length * (lead + clusterSize), clusterSize, target.layout.maxHostOffset);
   async function* batches(): AsyncGenerator<readonly Extent[]> {
     yield mapping;
   }
   const build = await target.build(batches(), allocator, {
     write: async (offset, data) => {
-      if (!allocator.owns(offset, data.length)) throw new IcError('INTERNAL', `${driver.name} target wrote ${data.length} bytes at ${offset}, outside its allocations`);
+      if (!allocator.owns(offset, data.length) && !isPrefix(offset, data.length)) throw new IcError('INTERNAL', `${driver.name} target wrote ${data.length} bytes at ${offset}, outside its allocations`);
       await io.write(offset, data);
     },
   });

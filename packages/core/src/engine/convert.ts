@@ -306,7 +306,7 @@ async function build(
 ): Promise<Built> {
   const layout = target.layout;
   const C = layout.clusterSize;
-  const digest = new MappingDigest(layout.placement?.kind === 'identity');
+  const digest = new MappingDigest(layout.placement?.kind === 'identity', !view.hasBacking);
   const copier = new RelocationCopier(io, C);
   const relocations: Relocation[] = [];
   let output: Extent[] = [];
@@ -369,13 +369,13 @@ async function build(
  * (a digest, so nothing is kept) and, with `check`, its own check clean. A target that packs skips the check here:
  * packing surveys every unit of the image (overlaps are refused there) and leaves nothing unreferenced.
  */
-async function verify(target: Driver, expectedDigest: string, virtualSize: number, view: ReadView, check: boolean, identity: boolean): Promise<{ leaks: number }> {
+async function verify(target: Driver, expectedDigest: string, virtualSize: number, view: ReadView, check: boolean, identity: boolean, hasBacking: boolean): Promise<{ leaks: number }> {
   const image = await target.open(view);
   try {
     if (image.info().virtualSize !== virtualSize) {
       throw new IcError('INTERNAL', `${target.name}: the converted image has virtual size ${image.info().virtualSize}, expected ${virtualSize}`);
     }
-    const digest = new MappingDigest(identity);
+    const digest = new MappingDigest(identity, !hasBacking);
     for await (const batch of extentBatches(image.map())) for (const extent of batch) digest.push(extent);
     const actual = digest.value();
     if (actual !== expectedDigest) {
@@ -621,7 +621,7 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
       // writes) must map exactly as planned and pass its own check (unless packing follows, which surveys it).
       step('verify', 0, 1);
       const overlay = deferred.count > 0 ? new DeferredOverlay(io, deferred.ops()) : undefined;
-      const leaks = (await verify(target, built.digest, options.virtualSize, new ReadView(io, fileSize, newHead, headOffset, overlay), !packs, layout.placement?.kind === 'identity')).leaks;
+      const leaks = (await verify(target, built.digest, options.virtualSize, new ReadView(io, fileSize, newHead, headOffset, overlay), !packs, layout.placement?.kind === 'identity', view.hasBacking)).leaks;
       step('verify', 1, 1);
 
       // The metadata and slot B share one flush: slot B without the metadata durable still rolls back (the

@@ -50,11 +50,20 @@ export class MappingDigest {
   /** The first few finished extents, for a message when two digests differ. */
   readonly head: Extent[] = [];
 
-  /** `identity`: a disk whose every byte lies at its own offset (raw, fixed VHD) cannot tell empty from data. */
-  constructor(private readonly identity = false) {}
+  /**
+   * `identity`: a disk whose every byte lies at its own offset (raw, fixed VHD) cannot tell empty from data.
+   * `zeroIsUnallocated`: without a backing file, a zero extent that names no host range reads exactly as an
+   * unallocated one, and formats differ in which they report for an empty block (qemu reports VDI's and VHD's
+   * unallocated blocks as zero), so the two count as one kind.
+   */
+  constructor(
+    private readonly identity = false,
+    private readonly zeroIsUnallocated = false,
+  ) {}
 
   push(extent: Extent): void {
     if (this.identity && extent.kind !== 'data') this.merger.push({ kind: 'data', guestOffset: extent.guestOffset, length: extent.length, hostOffset: extent.guestOffset });
+    else if (this.zeroIsUnallocated && extent.kind === 'zero' && extent.hostOffset === undefined) this.merger.push({ kind: 'unallocated', guestOffset: extent.guestOffset, length: extent.length });
     else this.merger.push(extent);
   }
 

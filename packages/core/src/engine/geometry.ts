@@ -8,7 +8,17 @@ export interface GeometryChoice {
   reason: string;
 }
 
-/** The target cluster sizes worth planning: the user's, or the source's (clamped) and two steps either side. */
+/**
+ * The smallest size planned below a large source cluster size: the common default of qcow2 and QED. A source
+ * with large blocks at unaligned offsets (VDI's 1 MiB blocks at offset_data + k MiB, or blocks an in-place
+ * conversion packed) keeps them all at 64 KiB, where two steps down from 1 MiB would still move them.
+ */
+export const SMALLEST_WIDE_CANDIDATE = 64 * 1024;
+
+/**
+ * The target cluster sizes worth planning: the user's, or the source's (clamped) and two steps either side, and
+ * down to SMALLEST_WIDE_CANDIDATE when the source's is larger.
+ */
 export function candidateClusterSizes(factory: InPlaceTargetFactory, sourceClusterSize: number, options: OptionValues): number[] {
   const { min, max } = factory.clusterSizes;
   const requested = factory.clusterSizeOption ? options[factory.clusterSizeOption] : undefined;
@@ -20,7 +30,7 @@ export function candidateClusterSizes(factory: InPlaceTargetFactory, sourceClust
   }
   const clamped = Math.min(max, Math.max(min, 2 ** Math.round(Math.log2(Math.max(1, sourceClusterSize)))));
   const sizes = new Set<number>([clamped]);
-  for (let size = clamped / 4; size <= clamped * 4; size *= 2) if (size >= min && size <= max && isPowerOfTwo(size)) sizes.add(size);
+  for (let size = Math.min(clamped / 4, SMALLEST_WIDE_CANDIDATE); size <= clamped * 4; size *= 2) if (size >= min && size <= max && isPowerOfTwo(size)) sizes.add(size);
   return [...sizes].sort((a, b) => a - b);
 }
 
