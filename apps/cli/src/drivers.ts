@@ -14,6 +14,7 @@ import * as qcow2Package from '@ic/qcow2';
 import * as qedPackage from '@ic/qed';
 import * as vmdkPackage from '@ic/vmdk';
 import * as rawPackage from '@ic/raw';
+import * as parallelsPackage from '@ic/parallels';
 import { pathToFileURL } from 'node:url';
 import { DRIVER_API_VERSION, Registry, isIcError, type Driver } from '@ic/core';
 import { oneLine } from '@ic/core/node';
@@ -24,6 +25,7 @@ const BUNDLED_PACKAGES: readonly { packageName: string; exports: Record<string, 
   { packageName: '@ic/qed', exports: qedPackage },
   { packageName: '@ic/vmdk', exports: vmdkPackage },
   { packageName: '@ic/raw', exports: rawPackage },
+  { packageName: '@ic/parallels', exports: parallelsPackage },
 ];
 
 /** Where a driver came from: 'bundled', a module's path, or 'main() options'. */

@@ -3,6 +3,7 @@ import { qcow2Driver } from '@ic/qcow2';
 import { qedDriver } from '@ic/qed';
 import { vmdkDriver } from '@ic/vmdk';
 import { rawDriver } from '@ic/raw';
+import { parallelsDriver } from '@ic/parallels';
 
 /** Every first-party driver; tests iterate over what this holds, never over format names. */
-export const registry = new Registry([qcow2Driver, qedDriver, vmdkDriver, rawDriver].filter((d) => d !== undefined));
+export const registry = new Registry([qcow2Driver, qedDriver, vmdkDriver, rawDriver, parallelsDriver].filter((d) => d !== undefined));
