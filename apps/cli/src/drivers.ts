@@ -15,6 +15,7 @@ import * as qedPackage from '@ic/qed';
 import * as vmdkPackage from '@ic/vmdk';
 import * as rawPackage from '@ic/raw';
 import * as parallelsPackage from '@ic/parallels';
+import * as vhdxPackage from '@ic/vhdx';
 import { pathToFileURL } from 'node:url';
 import { DRIVER_API_VERSION, Registry, isIcError, type Driver } from '@ic/core';
 import { oneLine } from '@ic/core/node';
@@ -26,6 +27,7 @@ const BUNDLED_PACKAGES: readonly { packageName: string; exports: Record<string, 
   { packageName: '@ic/vmdk', exports: vmdkPackage },
   { packageName: '@ic/raw', exports: rawPackage },
   { packageName: '@ic/parallels', exports: parallelsPackage },
+  { packageName: '@ic/vhdx', exports: vhdxPackage },
 ];
 
 /** Where a driver came from: 'bundled', a module's path, or 'main() options'. */

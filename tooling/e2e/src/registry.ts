@@ -4,6 +4,7 @@ import { qedDriver } from '@ic/qed';
 import { vmdkDriver } from '@ic/vmdk';
 import { rawDriver } from '@ic/raw';
 import { parallelsDriver } from '@ic/parallels';
+import { vhdxDriver } from '@ic/vhdx';
 
 /** Every first-party driver; tests iterate over what this holds, never over format names. */
-export const registry = new Registry([qcow2Driver, qedDriver, vmdkDriver, rawDriver, parallelsDriver].filter((d) => d !== undefined));
+export const registry = new Registry([qcow2Driver, qedDriver, vmdkDriver, rawDriver, parallelsDriver, vhdxDriver].filter((d) => d !== undefined));
