@@ -121,40 +121,88 @@ export async function* walkMapping(state: Qcow2State, start: number, end: number
     const table = new DataView(tableBytes.buffer, tableBytes.byteOffset, tableBytes.byteLength);
     const firstIndex = Math.floor((guest - l1Base) / clusterSize);
     const lastIndex = Math.ceil((l1End - l1Base) / clusterSize);
+    const tableAt = l1Entry.l2Offset;
+    // Runs of entries of one kind (host-contiguous for data) are found first and handed over as one piece.
+    let runKind: 'data' | 'zero' | 'unallocated' | undefined;
+    let runFrom = 0;
+    let runTo = 0;
+    let runHost = 0;
+    const flush = () => {
+      if (runKind !== undefined) batch.add(runKind, runFrom, runTo - runFrom, runKind === 'unallocated' || (runKind === 'zero' && runHost < 0) ? undefined : runHost);
+      runKind = undefined;
+    };
+    // The raw entry that would continue the current data run (host + one cluster, same flags): most entries of
+    // an allocated image are exactly that, and need no decoding.
+    let nextHigh = -1;
+    let nextLow = -1;
+    const entrySize = geometry.l2EntrySize;
     for (let l2Index = firstIndex; l2Index < lastIndex; l2Index++) {
-      const clusterGuest = l1Base + l2Index * clusterSize;
-      const from = Math.max(guest, clusterGuest);
-      const to = Math.min(l1End, clusterGuest + clusterSize);
-      const at = l2Index * geometry.l2EntrySize;
+      const at = l2Index * entrySize;
       const high = table.getUint32(at);
       const low = table.getUint32(at + 4);
+      if (low === nextLow && high === nextHigh && l2Index !== firstIndex && !general && (!strict || runHost + (runTo - runFrom) < fileSize)) {
+        runTo = Math.min(l1End, l1Base + (l2Index + 1) * clusterSize);
+        const lowNext = low + clusterSize;
+        nextLow = lowNext >= TWO_32 ? lowNext - TWO_32 : lowNext;
+        nextHigh = lowNext >= TWO_32 ? high + 1 : high;
+        continue;
+      }
+      nextLow = -1;
+      const clusterGuest = l1Base + l2Index * clusterSize;
+      const from = l2Index === firstIndex ? Math.max(guest, clusterGuest) : clusterGuest;
+      const to = Math.min(l1End, clusterGuest + clusterSize);
       if (general || (high & 0x40000000) !== 0) {
-        walkGeneral(state, table, l1Entry.l2Offset, l2Index, clusterGuest, from, to, batch, encrypted, strict);
+        flush();
+        walkGeneral(state, table, tableAt, l2Index, clusterGuest, from, to, batch, encrypted, strict);
         continue;
       }
       const host = (high & 0x00ffffff) * TWO_32 + ((low & 0xfffffe00) >>> 0);
       const zero = (low & 1) !== 0;
       if (strict && ((high & 0x3f000000) !== 0 || (low & 0x1fe) !== 0)) {
-        throw corruptAt(`L2 entry ${l2Index} of table ${hex(l1Entry.l2Offset)} has reserved bits set`, l1Entry.l2Offset + at);
+        throw corruptAt(`L2 entry ${l2Index} of table ${hex(tableAt)} has reserved bits set`, tableAt + at);
       }
+      let kind: 'data' | 'zero' | 'unallocated';
+      let pieceHost: number; // -1: none
       if (host === 0) {
-        if (zero && !geometry.zeroFlagAllowed) throw corruptAt(`zero cluster entry in a version 2 image (L2 table ${hex(l1Entry.l2Offset)}, index ${l2Index})`, l1Entry.l2Offset + at);
+        if (zero && !geometry.zeroFlagAllowed) throw corruptAt(`zero cluster entry in a version 2 image (L2 table ${hex(tableAt)}, index ${l2Index})`, tableAt + at);
         // With an external data file, offset 0 with COPIED names guest offset 0 of the data file.
-        if (!zero && geometry.hasDataFile && (high & 0x80000000) !== 0) batch.add('data', from, to - from, from - clusterGuest);
-        else batch.add(zero ? 'zero' : 'unallocated', from, to - from, undefined);
+        if (!zero && geometry.hasDataFile && (high & 0x80000000) !== 0) {
+          kind = 'data';
+          pieceHost = from - clusterGuest;
+        } else {
+          kind = zero ? 'zero' : 'unallocated';
+          pieceHost = -1;
+        }
+      } else {
+        if (host % clusterSize !== 0) {
+          throw corruptAt(`data cluster offset ${hex(host)} is not cluster-aligned (L2 table ${hex(tableAt)}, index ${l2Index})`, tableAt + at);
+        }
+        if (zero && !geometry.zeroFlagAllowed) throw corruptAt(`zero cluster entry in a version 2 image (L2 table ${hex(tableAt)}, index ${l2Index})`, tableAt + at);
+        if (strict && !geometry.hasDataFile) {
+          if (host < clusterSize) throw corruptAt(`data cluster at ${hex(host)} overlaps the header cluster`, tableAt + at);
+          // Like qemu: the last cluster may end past EOF (it reads as zeros there), but must start inside.
+          if (host >= fileSize) throw corruptAt(`data cluster ${hex(host)} lies past the end of the file (${hex(fileSize)})`, tableAt + at);
+        }
+        kind = zero ? 'zero' : 'data';
+        pieceHost = host + (from - clusterGuest);
+      }
+      if (runKind === kind && runTo === from && (pieceHost < 0 ? runHost < 0 : runHost >= 0 && runHost + (runTo - runFrom) === pieceHost)) {
+        runTo = to;
         continue;
       }
-      if (host % clusterSize !== 0) {
-        throw corruptAt(`data cluster offset ${hex(host)} is not cluster-aligned (L2 table ${hex(l1Entry.l2Offset)}, index ${l2Index})`, l1Entry.l2Offset + at);
+      flush();
+      runKind = kind;
+      runFrom = from;
+      runTo = to;
+      runHost = pieceHost;
+      if (kind === 'data' && !zero && !geometry.hasDataFile) {
+        // A plain data entry: the next one continues the run if it names the next host cluster with the same flags.
+        const lowNext = low + clusterSize;
+        nextLow = lowNext >= TWO_32 ? lowNext - TWO_32 : lowNext;
+        nextHigh = lowNext >= TWO_32 ? high + 1 : high;
       }
-      if (zero && !geometry.zeroFlagAllowed) throw corruptAt(`zero cluster entry in a version 2 image (L2 table ${hex(l1Entry.l2Offset)}, index ${l2Index})`, l1Entry.l2Offset + at);
-      if (strict && !geometry.hasDataFile) {
-        if (host < clusterSize) throw corruptAt(`data cluster at ${hex(host)} overlaps the header cluster`, l1Entry.l2Offset + at);
-        // Like qemu: the last cluster may end past EOF (it reads as zeros there), but must start inside.
-        if (host >= fileSize) throw corruptAt(`data cluster ${hex(host)} lies past the end of the file (${hex(fileSize)})`, l1Entry.l2Offset + at);
-      }
-      batch.add(zero ? 'zero' : 'data', from, to - from, host + (from - clusterGuest));
     }
+    flush();
     guest = l1End;
     if (batch.out.length >= 4096) yield batch.take();
   }

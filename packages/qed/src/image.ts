@@ -177,18 +177,19 @@ export class QedImage implements Image {
           run = undefined;
           continue;
         }
+        const validEnd = this.geometry.validationFileSize;
         for (let j = 0; j < chunk.count; j++) {
           const entry = decodeEntry(chunk.view, j);
+          if (run && run.hostOffset + run.count * clusterSize === entry && entry < validEnd) {
+            run.count++;
+            continue;
+          }
           if (entry === ENTRY_UNALLOCATED || entry === ENTRY_ZERO) {
             run = undefined;
             continue;
           }
           const problem = clusterOffsetProblem(this.geometry, entry);
           if (problem) throw new IcError('CORRUPT', `${FORMAT}: L2 entry ${chunk.firstIndex + j} of the table at ${hex(table.offset)} names a data cluster that ${problem}`, { format: FORMAT });
-          if (run && run.hostOffset + run.count * clusterSize === entry) {
-            run.count++;
-            continue;
-          }
           run = { kind: 'data', hostOffset: entry, unitLength: clusterSize, count: 1, pointerOffset: entryHostOffset(table.offset, chunk.firstIndex + j), pointerStride: ENTRY_SIZE, pointer };
           out.push(run);
         }
@@ -258,10 +259,20 @@ export class QedImage implements Image {
             continue;
           }
           const view = l2Chunk.view;
+          const validEnd = this.geometry.validationFileSize;
           for (let j = 0; j < l2Chunk.count; j++) {
             const guestOffset = chunkGuest + j * clusterSize;
             const low = view.getUint32(j * ENTRY_SIZE, true);
             const high = view.getUint32(j * ENTRY_SIZE + 4, true);
+            // Most entries of an allocated image continue the last data run: the next host cluster, still inside
+            // the file (the run's start was validated in full).
+            if (last?.kind === 'data' && last.guestOffset + last.length === Math.max(guestOffset, start)) {
+              const next = (last as { hostOffset: number }).hostOffset + last.length;
+              if (low === next % 4294967296 && high === Math.floor(next / 4294967296) && next < validEnd && guestOffset + clusterSize <= end) {
+                last.length += clusterSize;
+                continue;
+              }
+            }
             if (high === 0 && low <= ENTRY_ZERO) {
               add(low === ENTRY_ZERO ? 'zero' : 'unallocated', guestOffset, guestOffset + clusterSize, 0);
               continue;

@@ -86,8 +86,11 @@ export class TableBuilder {
   }
 
   set(index: number, value: number): void {
-    const byteOffset = index * ENTRY_SIZE;
-    const pieceIndex = Math.floor(byteOffset / this.pieceBytes);
+    this.setRun(index, 1, value, 0);
+  }
+
+  /** Piece `pieceIndex` of the table (made on first use). */
+  private pieceAt(pieceIndex: number): DataView {
     let piece = pieceIndex === this.lastIndex ? this.last : this.pieces.get(pieceIndex);
     if (!piece) {
       piece = new DataView(new ArrayBuffer(this.pieceBytes));
@@ -95,10 +98,25 @@ export class TableBuilder {
     }
     this.lastIndex = pieceIndex;
     this.last = piece;
-    const at = byteOffset - pieceIndex * this.pieceBytes;
-    const high = Math.floor(value / 2 ** 32);
-    piece.setUint32(at, value - high * 2 ** 32, true);
-    piece.setUint32(at + 4, high, true);
+    return piece;
+  }
+
+  /** Sets `count` entries from `index`: `value`, `value + step`, ... (a run of data clusters, or zero entries with step 0). */
+  setRun(index: number, count: number, value: number, step: number): void {
+    let at = index * ENTRY_SIZE;
+    let entry = value;
+    const end = (index + count) * ENTRY_SIZE;
+    while (at < end) {
+      const pieceIndex = Math.floor(at / this.pieceBytes);
+      const piece = this.pieceAt(pieceIndex);
+      const pieceEnd = Math.min(end, (pieceIndex + 1) * this.pieceBytes);
+      for (let offset = at - pieceIndex * this.pieceBytes; at < pieceEnd; at += ENTRY_SIZE, offset += ENTRY_SIZE) {
+        const high = Math.floor(entry / 4294967296);
+        piece.setUint32(offset, entry - high * 4294967296, true);
+        piece.setUint32(offset + 4, high, true);
+        entry += step;
+      }
+    }
   }
 
   /** The pieces that hold entries, as [byte offset in the table, bytes], in order. */

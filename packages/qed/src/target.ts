@@ -128,10 +128,10 @@ export class QedInPlaceTarget implements InPlaceTarget {
             l2 = { l1Index, table: new TableBuilder(0, tableBytes) };
           }
           const stop = Math.min(last, (l1Index + 1) * tableEntries);
-          for (let c = cluster; c < stop; c++) {
-            l2.table.set(c - l1Index * tableEntries, extent.kind === 'data' ? host : ENTRY_ZERO);
-            if (extent.kind === 'data') host += clusterSize;
-          }
+          if (extent.kind === 'data') {
+            l2.table.setRun(cluster - l1Index * tableEntries, stop - cluster, host, clusterSize);
+            host += (stop - cluster) * clusterSize;
+          } else l2.table.setRun(cluster - l1Index * tableEntries, stop - cluster, ENTRY_ZERO, 0);
           cluster = stop;
         }
       }

@@ -50,7 +50,8 @@ class VmdkTarget implements InPlaceTarget {
 
   constructor(private readonly request: TargetRequest) {
     const { source, clusterSize } = request;
-    this.layout = { clusterSize, headerRegionSize: HEADER_REGION_SIZE, maxHostOffset: TARGET_MAX_HOST_OFFSET, zeroExtents: true };
+    // Grain table entries are sector numbers: a grain may start on any sector, whatever the grain size.
+    this.layout = { clusterSize, hostAlignment: SECTOR_SIZE, headerRegionSize: HEADER_REGION_SIZE, maxHostOffset: TARGET_MAX_HOST_OFFSET, zeroExtents: true };
     this.capacity = source.virtualSize / SECTOR_SIZE;
     const grainSectors = clusterSize / SECTOR_SIZE;
     this.gtCount = Math.ceil(Math.ceil(this.capacity / grainSectors) / GTES_PER_GT);
@@ -191,8 +192,8 @@ class VmdkTarget implements InPlaceTarget {
         if (extent.kind === 'zero') zeroUsed = true;
         else {
           const end = extent.hostOffset + count * clusterSize;
-          if (extent.hostOffset % clusterSize !== 0 || extent.hostOffset < HEADER_REGION_SIZE || end > TARGET_MAX_HOST_OFFSET) {
-            throw internal(`data at host ${extent.hostOffset} is outside the layout (aligned, >= ${HEADER_REGION_SIZE}, ending <= ${TARGET_MAX_HOST_OFFSET})`);
+          if (extent.hostOffset % SECTOR_SIZE !== 0 || extent.hostOffset < HEADER_REGION_SIZE || end > TARGET_MAX_HOST_OFFSET) {
+            throw internal(`data at host ${extent.hostOffset} is outside the layout (sector-aligned, >= ${HEADER_REGION_SIZE}, ending <= ${TARGET_MAX_HOST_OFFSET})`);
           }
           sector = extent.hostOffset / SECTOR_SIZE;
           dataEnd = Math.max(dataEnd, end);

@@ -46,6 +46,10 @@ import { HostOccupancy } from './occupancy.js';
 import { packImage, type PackReport } from './pack.js';
 import { MappingPlanner, type PlanStats, type Relocation } from './planner.js';
 import { ReadView } from './view.js';
+import { ExtentCache } from './extent-cache.js';
+
+/** Source extents kept between the two walks (25 bytes each: at most 50 MiB). */
+const EXTENT_CACHE_BUDGET = 2 * 1024 * 1024;
 
 /** The commit sector: writes of one aligned 512-byte sector are taken as atomic (reliability.md R2). */
 export const SECTOR_SIZE = 512;
@@ -156,6 +160,7 @@ async function survey(
   view: SourceView,
   fileSizeBefore: number,
   step: Step,
+  cache: ExtentCache,
 ): Promise<Survey> {
   const { source, target } = request;
   const factory = target.inPlace!;
@@ -197,6 +202,7 @@ async function survey(
     throwIfAborted(request.signal, 'planning');
     for (const extent of batch) {
       for (const candidate of candidates) candidate.push(extent);
+      cache.add(extent);
       mapped = extent.guestOffset + extent.length;
     }
     step('plan', mapped, view.options.virtualSize);
@@ -283,6 +289,7 @@ async function build(
   target: InPlaceTarget,
   cursor: SpaceCursor,
   step: Step,
+  cache: ExtentCache | undefined,
 ): Promise<Built> {
   const layout = target.layout;
   const C = layout.clusterSize;
@@ -316,7 +323,7 @@ async function build(
   );
   let planned = 0;
   async function* mapping(): AsyncGenerator<readonly Extent[]> {
-    for await (const batch of plannedExtents(view)) {
+    for await (const batch of cache ? cache.batches() : plannedExtents(view)) {
       throwIfAborted(request.signal, 'the build');
       for (const extent of batch) planner.push(extent);
       for (const relocation of relocations.splice(0)) await copier.add(relocation);
@@ -340,8 +347,12 @@ async function build(
   return { build: built, stats: planner.stats, digest: digest.value(), metadataBytes: writer.bytes, relocatedBytes };
 }
 
-/** Reopens the result with the target driver: its map must be the planned one and its own check clean. */
-async function verify(io: BlockIO, target: Driver, expectedDigest: string, virtualSize: number, fileSize: number): Promise<{ leaks: number }> {
+/**
+ * Reopens the result with the target driver: its map must be the planned one (a digest, so nothing is kept) and,
+ * with `check`, its own check clean. A target that packs skips the check here: packing surveys every unit of the
+ * image (overlaps are refused there) and leaves nothing unreferenced.
+ */
+async function verify(io: BlockIO, target: Driver, expectedDigest: string, virtualSize: number, fileSize: number, check: boolean): Promise<{ leaks: number }> {
   // The image as it is once the file is cut to its size (the intent record lies past it).
   const image = await target.open(new ReadView(io, fileSize));
   try {
@@ -354,7 +365,7 @@ async function verify(io: BlockIO, target: Driver, expectedDigest: string, virtu
     if (actual !== expectedDigest) {
       throw new IcError('INTERNAL', `${target.name}: the converted image's map differs from the planned one (${actual} vs ${expectedDigest}; starts ${JSON.stringify(digest.head)})`);
     }
-    if (!image.check) return { leaks: 0 };
+    if (!image.check || !check) return { leaks: 0 };
     const report = await image.check();
     if (report.corruptions > 0 || report.checkErrors > 0) {
       throw new IcError('INTERNAL', `${target.name}: the converted image fails its own check: ${report.messages[0] ?? `${report.corruptions} corruptions`}`);
@@ -467,7 +478,9 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
 
     // 2. survey and geometry.
     step('plan', 0, options.virtualSize);
-    const surveyed = await survey(io, request, view, fileSizeBefore, step);
+    // The planned source map is kept for the build when it is compact (a few million runs at most).
+    const cache = new ExtentCache(EXTENT_CACHE_BUDGET);
+    const surveyed = await survey(io, request, view, fileSizeBefore, step, cache);
     if (surveyed.costs.length === 0) {
       const [failure] = surveyed.failures;
       throw refuse(source.name, target.name, failure?.message ?? `no cluster size in [${factory.clusterSizes.min}, ${factory.clusterSizes.max}] can hold this image`);
@@ -547,7 +560,7 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
 
       // 4. build.
       const cursor = new SpaceCursor(spaceStart, block.offset);
-      const built = await build(io, request, view, targetImage, cursor, step);
+      const built = await build(io, request, view, targetImage, cursor, step, cache.complete ? cache : undefined);
       const header = built.build.header;
       if (header.length === 0 || header.length > layout.headerRegionSize || header.length > headCapacity) {
         throw new IcError('INTERNAL', `${target.name} target header is ${header.length} bytes; its header region is ${layout.headerRegionSize}`);
@@ -594,7 +607,7 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
       step('verify', 0, 1);
       let leaks: number;
       try {
-        leaks = (await verify(io, target, built.digest, options.virtualSize, built.build.fileSize)).leaks;
+        leaks = (await verify(io, target, built.digest, options.virtualSize, built.build.fileSize, !packs)).leaks;
       } catch (error) {
         phase = 'before';
         await rollBack(io, found.record);
@@ -606,7 +619,7 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
       step('cleanup', 0, 1);
       await zeroStaleHeaderBytes(io, headLength, Math.min(layout.headerRegionSize, built.build.fileSize));
       let compaction: ConversionReport['compaction'];
-      if (packs && leaks > 0) {
+      if (packs) {
         // From here on packing may change header fields: the record stops comparing heads. (A torn slot leaves
         // the committing one, whose new head is still in place: both roll forward.)
         found = await writeNextSlot(io, found, { ...found.record, state: 'committed' });

@@ -152,7 +152,57 @@ function pointerSize(format: PointerFormat): number {
   return format.encoding.startsWith('u32') ? 4 : 8;
 }
 
+/** The unit runs of the survey, kept (typed arrays) for the plan while they are few enough; else the plan lists them again. */
+class UnitCache {
+  private rows = new Float64Array(6 * 256);
+  private kinds: ('data' | 'table')[] = [];
+  private pointers: PointerFormat[] = [];
+  count = 0;
+  complete = true;
+  constructor(private readonly budget: number) {}
+  add(run: UnitRun): void {
+    if (!this.complete) return;
+    if (this.count === this.budget) {
+      this.complete = false;
+      this.rows = new Float64Array(0);
+      this.kinds = [];
+      this.pointers = [];
+      return;
+    }
+    if ((this.count + 1) * 6 > this.rows.length) {
+      const grown = new Float64Array(this.rows.length * 2);
+      grown.set(this.rows);
+      this.rows = grown;
+    }
+    this.rows.set([run.hostOffset, run.unitLength, run.count, run.pointerOffset, run.pointerStride, 0], this.count * 6);
+    this.kinds.push(run.kind);
+    this.pointers.push(run.pointer);
+    this.count++;
+  }
+  *batches(): Generator<UnitRun[]> {
+    const out: UnitRun[] = [];
+    for (let i = 0; i < this.count; i++) {
+      const at = i * 6;
+      out.push({
+        kind: this.kinds[i]!,
+        hostOffset: this.rows[at]!,
+        unitLength: this.rows[at + 1]!,
+        count: this.rows[at + 2]!,
+        pointerOffset: this.rows[at + 3]!,
+        pointerStride: this.rows[at + 4]!,
+        pointer: this.pointers[i]!,
+      });
+      if (out.length === 4096) yield out.splice(0);
+    }
+    if (out.length > 0) yield out;
+  }
+}
+
+/** Unit runs kept between the survey and the plan (48 bytes and a reference each). */
+const UNIT_CACHE_BUDGET = 1024 * 1024;
+
 interface Survey {
+  units: UnitCache;
   clusterSize: number;
   headerClusters: number;
   /** Clusters referenced by a unit or a fixed range. */
@@ -189,10 +239,12 @@ async function survey(driver: Driver, image: Image): Promise<Survey> {
   const headerClusters = Math.ceil((description.headerRegionSize ?? 0) / clusterSize);
   const used = new ClusterBitmap();
   const tables = new RunList();
+  const units = new UnitCache(UNIT_CACHE_BUDGET);
   let usedClusters = 0;
   for await (const batch of itemBatches(image.units())) {
     for (const run of batch) {
       checkRun(driver, run, clusterSize);
+      units.add(run);
       const first = run.hostOffset / clusterSize;
       const unitClusters = run.unitLength / clusterSize;
       const clusters = unitClusters * run.count;
@@ -228,7 +280,7 @@ async function survey(driver: Driver, image: Image): Promise<Survey> {
   for (const [start, end] of fixedSet.runs()) fixed.push(start, end);
   let endCluster = headerClusters;
   for (const [, end] of used.runs()) endCluster = Math.max(endCluster, end);
-  return { clusterSize, headerClusters, used, tables, fixed, fixedEnd, usedClusters, endCluster };
+  return { units, clusterSize, headerClusters, used, tables, fixed, fixedEnd, usedClusters, endCluster };
 }
 
 function checkRun(driver: Driver, run: UnitRun, clusterSize: number): void {
@@ -375,7 +427,7 @@ async function planPacking(image: Image, surveyed: Survey, scratch: { offset: nu
   }
 
   const singles: SingleMove[] = [];
-  for await (const batch of itemBatches(image.units!())) {
+  for await (const batch of surveyed.units.complete ? surveyed.units.batches() : itemBatches(image.units!())) {
     for (const run of batch) {
       const unitClusters = run.unitLength / C;
       const format = formats.index(run.pointer);
@@ -404,11 +456,25 @@ async function planPacking(image: Image, surveyed: Survey, scratch: { offset: nu
   if (straddler) for (let c = straddler.from; c < packedEnd; c++) if (!zone.has(c)) freedLater.push(c);
   const singleTo = new Float64Array(singles.length);
   const intoFreed = new Uint8Array(singles.length);
-  let holeCursor = headerClusters;
+  // Holes: the free runs below the packed end (a few, however large the image), minus the windows.
+  const holeRuns = freeRuns(used, headerClusters, packedEnd);
+  let run = 0;
+  let holeCursor = holeRuns[0]?.[0] ?? packedEnd;
+  const nextHole = (): number => {
+    for (;;) {
+      while (run < holeRuns.length && holeCursor >= holeRuns[run]![1]) {
+        run++;
+        holeCursor = holeRuns[run]?.[0] ?? packedEnd;
+      }
+      if (run >= holeRuns.length) return -1;
+      if (!zone.has(holeCursor)) return holeCursor++;
+      holeCursor++;
+    }
+  };
   let later = 0;
   for (let i = 0; i < singles.length; i++) {
-    while (holeCursor < packedEnd && (used.has(holeCursor) || zone.has(holeCursor))) holeCursor++;
-    if (holeCursor < packedEnd) singleTo[i] = holeCursor++;
+    const hole = nextHole();
+    if (hole >= 0) singleTo[i] = hole;
     else if (later < freedLater.length) {
       singleTo[i] = freedLater[later++]!;
       intoFreed[i] = 1;
