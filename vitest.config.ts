@@ -8,7 +8,7 @@ const root = fileURLToPath(new URL('.', import.meta.url));
 /** Every workspace package with tests becomes a vitest project named after the package. */
 function workspacePackages(): { name: string; dir: string }[] {
   const out: { name: string; dir: string }[] = [];
-  for (const group of ['packages', 'apps', 'tooling']) {
+  for (const group of ['packages', 'libs', 'apps', 'tooling', 'templates']) {
     const base = join(root, group);
     if (!existsSync(base)) continue;
     for (const entry of readdirSync(base)) {

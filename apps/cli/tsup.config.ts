@@ -26,7 +26,7 @@ const lazyBuiltins: Plugin = {
 };
 
 /**
- * The executable is one bundled file: the CLI, commander and the bundled drivers and engine (@ic/core, its SDK)
+ * The executable is one bundled file: the CLI, commander, @ic/qemu-output and the bundled drivers and engine (@ic/core, its SDK)
  * are inlined, so `ic info` loads one module instead of dozens and skips Node's CommonJS analysis of commander
  * (README: start-up). Kept external: @ic/core/node (FileIO, locks), because it loads the optional native koffi
  * module relative to its own package, which declares it; and koffi itself. (The bundle's copy of the SDK and
@@ -40,7 +40,7 @@ export default defineConfig({
   clean: true,
   target: 'node20',
   splitting: true,
-  noExternal: [/^@ic\/(?:core|core\/sdk|qcow2|qed|vmdk|raw)$/, 'commander'],
+  noExternal: [/^@ic\/(?:core|core\/sdk|qcow2|qed|vmdk|raw|qemu-output)$/, 'commander'],
   external: ['@ic/core/node', 'koffi'],
   esbuildPlugins: [lazyBuiltins],
   // Keep 'node:' in imports so that the lazy-builtins plugin sees them (tsup would strip it and mark them external first).

@@ -5,7 +5,7 @@ import { IcError, PROBE_LENGTH, assertCoverage, collectExtents, hasCapability, i
 import { FileIO, QEMU_LOCKS, type FileOpenOptions } from '@ic/core/node';
 import { printable, usage, type Context } from './context.js';
 import { FOREIGN_TAIL_LENGTH, recogniseForeign } from './foreign-formats.js';
-import { fullBackingFilename, hasProtocol } from './qemu-text.js';
+import { fullBackingFilename, hasProtocol } from '@ic/qemu-output';
 
 /** The driver named by -f (never probing then); a usage error when no installed driver has that name. */
 export function namedDriver(context: Context, name: string | undefined): Driver | undefined {

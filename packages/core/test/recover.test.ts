@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
   convertInPlace,
-  IcError,
   inspectInterrupted,
   isIcError,
   MemoryIO,
@@ -11,52 +10,12 @@ import {
   writeImage,
   type BlockIO,
 } from '../src/index.js';
+import { KilledAfter } from './killed.js';
 import { makeToyDriver } from './toy-format.js';
 
 const toyA = makeToyDriver('toya', 'TOYA', 1);
 const toyB = makeToyDriver('toyb', 'TOYB', 2);
 const toyWide = makeToyDriver('toyw', 'TOYW', 1);
-
-/** Stops (like a killed process) after `limit` writes: every completed write stays, nothing after it happens. */
-class KilledAfter implements BlockIO {
-  writes = 0;
-  constructor(
-    readonly inner: MemoryIO,
-    readonly limit: number,
-  ) {}
-  get name() {
-    return this.inner.name;
-  }
-  get writable() {
-    return true;
-  }
-  get exclusive() {
-    return true;
-  }
-  get identity() {
-    return (this.inner as BlockIO).identity?.bind(this.inner);
-  }
-  read(offset: number, length: number) {
-    return this.inner.read(offset, length);
-  }
-  async write(offset: number, data: Uint8Array) {
-    if (this.writes++ >= this.limit) throw new IcError('IO', 'killed');
-    return this.inner.write(offset, data);
-  }
-  size() {
-    return this.inner.size();
-  }
-  async truncate(size: number) {
-    if (this.writes++ >= this.limit) throw new IcError('IO', 'killed');
-    return this.inner.truncate(size);
-  }
-  flush() {
-    return this.inner.flush();
-  }
-  close() {
-    return this.inner.close();
-  }
-}
 
 const clusterSize = 4096;
 const content = {

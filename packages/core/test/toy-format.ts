@@ -16,13 +16,28 @@ import {
   type CheckReport,
   type Extent,
   type Image,
+  type Placement,
   type UnitRun,
 } from '../src/index.js';
 
 const HEADER_LENGTH = 28;
 
-export function makeToyDriver(name: string, magic: string, headerClusters: number, clusterSizes = { min: 512, max: 1 << 21 }): Driver {
+/**
+ * Targets with a placement other than 'anywhere' (the format itself reads any layout; its check enforces the
+ * placement's rule, so the engine's verify step and the tests see a broken placement as corruption):
+ *  - packed: the data clusters fill slots start .. start + (n-1)*C, start being the lowest;
+ *  - prefixed: each data cluster is preceded by `prefix` bytes "PFX!" + u32 guest cluster index, written by build().
+ */
+export interface ToyVariant {
+  placement?: Placement;
+  hostAlignment?: number;
+}
+
+const PREFIX_MAGIC = 'PFX!';
+
+export function makeToyDriver(name: string, magic: string, headerClusters: number, clusterSizes = { min: 512, max: 1 << 21 }, variant: ToyVariant = {}): Driver {
   const magicBytes = new TextEncoder().encode(magic);
+  const placement = variant.placement ?? { kind: 'anywhere' as const };
 
   async function open(io: BlockIO): Promise<Image> {
     const head = new ByteView(await io.read(0, HEADER_LENGTH));
@@ -78,8 +93,9 @@ export function makeToyDriver(name: string, magic: string, headerClusters: numbe
         for (const extent of extents) if (extent.kind === 'data') mark(extent.hostOffset, alignUp(extent.length, clusterSize));
         const fileClusters = Math.ceil((await io.size()) / clusterSize);
         let leaks = 0;
-        for (let c = head.u32le(24); c < fileClusters; c++) if (!used.has(c)) leaks++;
-        return { corruptions: 0, leaks, checkErrors: 0, messages: [] };
+        if (placement.kind === 'anywhere') for (let c = head.u32le(24); c < fileClusters; c++) if (!used.has(c)) leaks++;
+        const messages = await placementProblems(io, extents, clusterSize, placement);
+        return { corruptions: messages.length, leaks, checkErrors: 0, messages };
       },
       close: async () => {},
     };
@@ -101,7 +117,9 @@ export function makeToyDriver(name: string, magic: string, headerClusters: numbe
           headerRegionSize: headerClusters * request.clusterSize,
           maxHostOffset: Number.MAX_SAFE_INTEGER,
           zeroExtents: true,
-          unreferencedClustersLeak: true,
+          unreferencedClustersLeak: placement.kind === 'anywhere',
+          ...(placement.kind === 'anywhere' ? {} : { placement }),
+          ...(variant.hostAlignment ? { hostAlignment: variant.hostAlignment } : {}),
         },
         problems: [],
         estimate: () => ({ metadataBytes: alignUp(Math.ceil(request.source.virtualSize / request.clusterSize) * 8, request.clusterSize) }),
@@ -113,8 +131,11 @@ export function makeToyDriver(name: string, magic: string, headerClusters: numbe
             for (const extent of batch) {
               for (let at = extent.guestOffset; at < extent.guestOffset + extent.length; at += clusterSize) {
                 const index = at / clusterSize;
-                if (extent.kind === 'data') table.setU64le(index * 8, extent.hostOffset + (at - extent.guestOffset));
-                else if (extent.kind === 'zero') table.setU64le(index * 8, 1);
+                if (extent.kind === 'data') {
+                  const host = extent.hostOffset + (at - extent.guestOffset);
+                  table.setU64le(index * 8, host);
+                  if (placement.kind === 'prefixed') await out.write(host - placement.prefix, prefixBytes(placement.prefix, index));
+                } else if (extent.kind === 'zero') table.setU64le(index * 8, 1);
               }
             }
           }
@@ -131,4 +152,37 @@ export function makeToyDriver(name: string, magic: string, headerClusters: numbe
       }),
     },
   };
+}
+
+function prefixBytes(length: number, guestCluster: number): Uint8Array {
+  const bytes = ByteView.alloc(length);
+  bytes.bytes.set(new TextEncoder().encode(PREFIX_MAGIC), 0);
+  bytes.setU32le(4, guestCluster);
+  return bytes.bytes;
+}
+
+/** What breaks the variant's placement rule, one message per problem. */
+async function placementProblems(io: BlockIO, extents: readonly Extent[], clusterSize: number, placement: Placement): Promise<string[]> {
+  const problems: string[] = [];
+  const hosts: number[] = [];
+  for (const extent of extents) {
+    if (extent.kind !== 'data') continue;
+    for (let at = 0; at < extent.length; at += clusterSize) {
+      const host = extent.hostOffset + at;
+      hosts.push(host);
+      if (placement.kind === 'prefixed') {
+        const prefix = await io.read(host - placement.prefix, placement.prefix);
+        const expected = prefixBytes(placement.prefix, (extent.guestOffset + at) / clusterSize);
+        if (!prefix.every((byte, i) => byte === expected[i])) problems.push(`data cluster at ${host} lacks its prefix`);
+      }
+    }
+  }
+  if (placement.kind === 'packed' && hosts.length > 0) {
+    const start = Math.min(...hosts);
+    if (start < placement.start) problems.push(`the packed run starts at ${start}, before ${placement.start}`);
+    const slots = new Set(hosts.map((host) => (host - start) / clusterSize));
+    for (const slot of slots) if (!Number.isInteger(slot) || slot >= hosts.length) problems.push(`a data cluster lies outside slots 0..${hosts.length - 1} (slot ${slot})`);
+    if (slots.size !== hosts.length) problems.push('two data clusters share a slot');
+  }
+  return problems;
 }

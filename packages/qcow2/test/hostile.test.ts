@@ -156,6 +156,40 @@ describe('damaged and hostile images give typed errors at the right step, and ar
     expect(await (await openQcow2(compressed, { inflate })).read(0, 4096)).toEqual(new Uint8Array(4096).fill(3));
   });
 
+  it('backing_file_size 0xe20e45ce without a backing file sizes nothing (was "Array buffer allocation failed")', async () => {
+    // qemu ignores backing_file_size when backing_file_offset is 0; ic read 0xe20e45ce bytes of cluster 0.
+    const file = tmp.path('backing-size-no-backing.qcow2');
+    copyFileSync(base, file);
+    poke(file, 16, u32be(0xe20e45ce));
+    const bytes = new Uint8Array(readFileSync(file));
+    const store = new MemoryIO(bytes, 'backing-size', { writable: false });
+    let longestRead = 0;
+    const io = Object.assign(Object.create(store) as MemoryIO, {
+      read: (offset: number, length: number) => ((longestRead = Math.max(longestRead, length)), store.read(offset, length)),
+    });
+    const image = (await qcow2Driver.open(io, { inflate })) as Qcow2Image;
+    expect(image.info().backing).toBeUndefined();
+    await everything(image);
+    expect((await image.check()).corruptions).toBe(0);
+    expect(longestRead).toBeLessThanOrEqual(bytes.length);
+    // With a backing file, a size past 1023 is refused in one line.
+    poke(file, 8, u64be(0x1000));
+    expect(await errorCode(() => openQcow2(file))).toBe('CORRUPT');
+  });
+
+  it('a backing file name is a C string, like qemu\'s: empty means no backing file, a NUL ends it', async () => {
+    const file = tmp.path('backing-name-c-string.qcow2');
+    copyFileSync(base, file);
+    // backing_file_offset 0x1000, backing_file_size 0: qemu-img info shows no backing file.
+    poke(file, 8, u64be(0x1000));
+    expect((await openQcow2(file)).info().backing).toBeUndefined();
+    expect(run('qemu-img', ['info', '-f', 'qcow2', file]).stdout).not.toContain('backing file');
+    poke(file, 16, u32be(8));
+    poke(file, 0x1000, [...new TextEncoder().encode('base\0xyz')]);
+    expect((await openQcow2(file)).info().backing).toEqual({ name: 'base' });
+    expect(run('qemu-img', ['info', '-f', 'qcow2', '--output=json', file]).stdout).toContain('"backing-filename": "base"');
+  });
+
   it('reads outside the virtual disk are OUT_OF_BOUNDS', async () => {
     const image = await openQcow2(base);
     expect(await errorCode(() => image.read(64 * M - 10, 20))).toBe('OUT_OF_BOUNDS');

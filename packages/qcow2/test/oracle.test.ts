@@ -5,9 +5,8 @@
 import { metadataRangesOf } from '@ic/conformance';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, openSync, readSync } from 'node:fs';
-import { qemuCheck, qemuConvert, qemuCreate, qemuInfo, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
-import { asQemuRows, closeAll, mapOf, openQcow2, qemuRows } from './helpers.js';
-import type { CheckReport } from '@ic/core';
+import { qemuConvert, qemuCreate, qemuInfo, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
+import { asQemuRows, closeAll, mapOf, openQcow2, ourCheckNumbers, qemuCheckNumbers, qemuRows } from './helpers.js';
 
 const tmp = tempDir('ic-qcow2-oracle-');
 beforeAll(() => requireQemu());
@@ -113,34 +112,6 @@ const shapes: OracleShape[] = [
     commands: ['write -P 1 0 4k', 'write -z 8k 2k', 'write -z 64k 64k', 'write -P 3 130k 2k', 'write -P 4 1M 64k', `discard ${M + 16 * K} 4k`],
   },
 ];
-
-function qemuCheckNumbers(file: string) {
-  const json = qemuCheck(file, 'qcow2').json ?? {};
-  const n = (key: string) => (json[key] as number | undefined) ?? 0;
-  return {
-    corruptions: n('corruptions'),
-    leaks: n('leaks'),
-    checkErrors: n('check-errors'),
-    totalClusters: n('total-clusters'),
-    allocatedClusters: n('allocated-clusters'),
-    fragmentedClusters: n('fragmented-clusters'),
-    compressedClusters: n('compressed-clusters'),
-    imageEndOffset: n('image-end-offset'),
-  };
-}
-
-export function ourCheckNumbers(report: CheckReport) {
-  return {
-    corruptions: report.corruptions,
-    leaks: report.leaks,
-    checkErrors: report.checkErrors,
-    totalClusters: report.totalClusters,
-    allocatedClusters: report.allocatedClusters,
-    fragmentedClusters: report.fragmentedClusters,
-    compressedClusters: report.compressedClusters,
-    imageEndOffset: report.imageEndOffset,
-  };
-}
 
 function readRaw(path: string, offset: number, length: number): Uint8Array {
   const fd = openSync(path, 'r');

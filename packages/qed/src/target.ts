@@ -13,7 +13,7 @@ import {
   type TargetRequest,
 } from '@ic/core/sdk';
 import { encodeBackingName, geometryOptions, headerRegionBytes, newHeader, type QedGeometryOptions } from './create.js';
-import { FORMAT, isValidClusterSize, MAX_CLUSTER_SIZE, maxImageSize, MIN_CLUSTER_SIZE, SECTOR_SIZE } from './header.js';
+import { FORMAT, isValidClusterSize, MAX_CLUSTER_SIZE, MAX_TABLE_SIZE, MIN_CLUSTER_SIZE, qemuGeometryProblem, qemuMaxImageSize, SECTOR_SIZE } from './header.js';
 import { ENTRY_SIZE, ENTRY_ZERO, TableBuilder } from './tables.js';
 
 /** The header region an in-place QED target owns: header_size (1) clusters. */
@@ -47,12 +47,9 @@ export class QedInPlaceTarget implements InPlaceTarget {
     };
     const problems: string[] = [];
     const { virtualSize, backing } = request.source;
-    const maximum = maxImageSize(clusterSize, tableSize);
-    if (BigInt(virtualSize) > maximum) {
-      problems.push(
-        `the virtual size ${virtualSize} exceeds the ${maximum} bytes a QED image with cluster_size=${clusterSize} and table_size=${tableSize} can address; choose a larger cluster_size or table_size`,
-      );
-    }
+    // What qemu 7.2 can open and use, not only what the format can address (its size arithmetic wraps).
+    const geometryProblem = qemuGeometryProblem(clusterSize, tableSize, virtualSize);
+    if (geometryProblem) problems.push(geometryProblem);
     if (virtualSize % SECTOR_SIZE !== 0) {
       problems.push(`the virtual size ${virtualSize} is not a multiple of 512 bytes, which QED requires; resize the image to a whole number of sectors first`);
     }
@@ -152,9 +149,21 @@ export class QedInPlaceTarget implements InPlaceTarget {
   }
 }
 
+/**
+ * The largest cluster size qemu 7.2 can use for a non-empty image with some table_size (2 to 16): 4 MiB, with
+ * table_size=2 only (qemuMaxImageSize wraps to 0 beyond). The specification's 8 to 64 MiB clusters are not offered.
+ */
+export const QEMU_USABLE_MAX_CLUSTER_SIZE = ((): number => {
+  let best = MIN_CLUSTER_SIZE;
+  for (let size = MIN_CLUSTER_SIZE; size <= MAX_CLUSTER_SIZE; size *= 2) {
+    for (let table = 2; table <= MAX_TABLE_SIZE; table *= 2) if (qemuMaxImageSize(size, table) > 0n) best = size;
+  }
+  return best;
+})();
+
 /** driver.inPlace for QED. */
 export const qedInPlace: InPlaceTargetFactory = {
-  clusterSizes: { min: MIN_CLUSTER_SIZE, max: MAX_CLUSTER_SIZE },
+  clusterSizes: { min: MIN_CLUSTER_SIZE, max: QEMU_USABLE_MAX_CLUSTER_SIZE },
   clusterSizeOption: 'cluster_size',
   create: (request) => new QedInPlaceTarget(request),
 };

@@ -2,11 +2,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { writeFileSync, truncateSync, openSync, writeSync, closeSync } from 'node:fs';
 import { collectExtents, mergeQemuMapEntries, MemoryIO, toQemuMapEntry } from '@ic/core';
 import { FileIO, posix } from '@ic/core/node';
-import { describeDriver } from '@ic/conformance';
 import { qemuMap, requireQemu, tempDir } from '@ic/test-utils';
 import { rawDriver } from '../src/index.js';
-
-describeDriver(rawDriver);
 
 describe('raw', () => {
   const scratch = tempDir('ic-raw-');

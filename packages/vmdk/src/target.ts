@@ -6,6 +6,7 @@ import {
   type InPlaceTargetFactory,
   type MappingBatches,
   type MetadataWriter,
+  type PlanSummary,
   type SpaceAllocator,
   type TargetBuild,
   type TargetEstimate,
@@ -124,8 +125,20 @@ class VmdkTarget implements InPlaceTarget {
     return (gdSectors + this.gtCount * GT_SECTORS) * SECTOR_SIZE;
   }
 
-  estimate(): TargetEstimate {
-    return { metadataBytes: 2 * this.blockBytes() + SECTOR_SIZE };
+  /**
+   * Refuses up front (dry runs included) when the tables would not fit below the 2 TiB that u32 sector numbers
+   * address: they go past everything the source references, so a large source file leaves no room for them.
+   */
+  estimate(summary: PlanSummary): TargetEstimate {
+    const metadataBytes = 2 * this.blockBytes() + SECTOR_SIZE;
+    if (summary.spaceStart + metadataBytes > TARGET_MAX_HOST_OFFSET) {
+      throw new IcError(
+        'LIMIT',
+        `${FORMAT} target: the grain directories and tables (${metadataBytes} bytes) would go past everything the source uses (${summary.spaceStart} bytes) and end beyond the 2 TiB (2^32 sectors) a sparse extent can address`,
+        { format: FORMAT },
+      );
+    }
+    return { metadataBytes };
   }
 
   /**

@@ -6,7 +6,7 @@ import { qemuCheck, qemuCompare, qemuConvert, qemuCreate, qemuInfo, qemuIo, requ
 import { asQemuRows, closeAll, errorCode, exitCode, mapOf, openVmdk, pattern, qemuRowsAtDepth0, writeOurRaw } from './helpers.js';
 import { streamWithFooter } from './stream-fixture.js';
 import { FileIO } from '@ic/core/node';
-import { vmdkDriver } from '../src/index.js';
+import { vmdkDriver, type VmdkOpenOptions } from '../src/index.js';
 
 const tmp = tempDir('ic-vmdk-oracle-');
 beforeAll(() => requireQemu());
@@ -84,6 +84,52 @@ describe('a VMDK with a VMDK parent', () => {
     const image = await openVmdk(child, { backing: parent });
     expect(await errorCode(() => image.read(0, 4096))).toBe('CORRUPT');
     expect(run('qemu-io', ['-f', 'vmdk', '-c', 'read 0 4k', child]).stdout).toMatch(/Invalid argument/);
+  });
+
+  it('a child whose parentCID no longer matches: check agrees with qemu-img check (clean), conversion refuses, parentCID is never rewritten', async () => {
+    const base = tmp.path('base3.vmdk');
+    const child = tmp.path('child3.vmdk');
+    qemuCreate(base, 'vmdk', '4M');
+    qemuCreate(child, 'vmdk', '4M', { backing: 'base3.vmdk', backingFormat: 'vmdk', cwd: tmp.dir });
+    qemuIo(child, 'vmdk', ['write -P 2 1M 64k'], tmp.dir);
+    qemuIo(base, 'vmdk', ['write -P 1 0 64k']); // the parent's CID changes: the child's parentCID is stale
+    const parentCidOf = (file: string) => /parentCID=([0-9a-f]+)/.exec(readFileSync(file, 'latin1'))![1]!;
+    const staleParentCid = parentCidOf(child);
+    expect(/\nCID=([0-9a-f]+)/.exec(readFileSync(base, 'latin1'))![1]).not.toBe(staleParentCid);
+
+    // qemu-img check looks at the child only: "No errors were found on the image.", exit 0. So does ic.
+    const theirs = qemuCheck(child, 'vmdk');
+    expect(theirs.code).toBe(0);
+    expect(theirs.text).toContain('No errors were found on the image.');
+    const parent = await openVmdk(base);
+    const image = await openVmdk(child, { backing: parent });
+    const ours = await image.check!();
+    expect({ corruptions: ours.corruptions, leaks: ours.leaks, checkErrors: ours.checkErrors }).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
+    expect(exitCode(ours)).toBe(theirs.code);
+
+    // Conversion (here to VMDK, which would "fix" parentCID with the parent's new CID) is refused, nothing written.
+    const before = readFileSync(child);
+    for (const dryRun of [true, false]) {
+      const io = await FileIO.open(child, { writable: true });
+      try {
+        const error = await convertInPlace({ io, source: vmdkDriver, target: vmdkDriver, dryRun, openOptions: { backing: parent } }).catch((e: unknown) => e);
+        expect(error).toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/parentCID mismatch: the child records parentCID [0-9a-f]+ but its parent's CID is [0-9a-f]+/) });
+        expect(String((error as Error).message)).not.toContain('\n');
+      } finally {
+        await io.close();
+      }
+      expect(readFileSync(child).equals(before)).toBe(true);
+    }
+
+    // The caller may say the change is harmless: then the child is re-linked to the parent as it is now.
+    const io = await FileIO.open(child, { writable: true });
+    try {
+      await convertInPlace({ io, source: vmdkDriver, target: vmdkDriver, openOptions: { backing: parent, acceptParentCidMismatch: true } as VmdkOpenOptions });
+    } finally {
+      await io.close();
+    }
+    expect(parentCidOf(child)).not.toBe(staleParentCid);
+    expect(run('qemu-io', ['-f', 'vmdk', '-c', 'read -P 1 0 64k', '-c', 'read -P 2 1M 64k', child]).stdout).not.toMatch(/fail|Invalid|mismatch/i);
   });
 });
 

@@ -1,7 +1,7 @@
 import { IcError, hasCapability, type CheckReport, type Driver } from '@ic/core';
 import { EXIT, errorLine, printable, type Context } from '../context.js';
 import { namedDriver, openImage } from '../images.js';
-import { checkHuman, checkJson, qemuJson } from '../qemu-text.js';
+import { checkHuman, checkJson, qemuJson } from '@ic/qemu-output';
 
 export interface CheckCommandOptions {
   format?: string;

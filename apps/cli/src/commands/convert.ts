@@ -3,7 +3,7 @@ import { withKillSwitch } from '../kill-switch.js';
 import { EXIT, UsageError, errorLine, printable, usage, type Context } from '../context.js';
 import { BackingChain, namedDriver, openFile, probeDriver } from '../images.js';
 import { createProgress } from '../progress.js';
-import { sizeToString } from '../qemu-text.js';
+import { sizeToString } from '@ic/qemu-output';
 
 export interface ConvertOptions {
   format?: string;

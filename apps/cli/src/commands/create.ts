@@ -3,7 +3,7 @@ import { IcError, hasCapability, parseOptions, parseSize, type BackingReference,
 import { EXIT, UsageError, usage, type Context } from '../context.js';
 import { createFile, openImage } from '../images.js';
 import { withKillSwitch } from '../kill-switch.js';
-import { fullBackingFilename, hasProtocol } from '../qemu-text.js';
+import { fullBackingFilename, hasProtocol } from '@ic/qemu-output';
 
 export interface CreateOptions {
   format: string;

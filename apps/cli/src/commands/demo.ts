@@ -7,7 +7,7 @@ import { CountingIO, IcError, convertInPlace, isIcError, hasCapability, writeIma
 import { FileIO } from '@ic/core/node';
 import { EXIT, errorLine, reportError, type Context } from '../context.js';
 import { openImage } from '../images.js';
-import { sizeToString } from '../qemu-text.js';
+import { sizeToString } from '@ic/qemu-output';
 
 const MiB = 1024 * 1024;
 

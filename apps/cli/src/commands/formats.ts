@@ -1,7 +1,7 @@
 import { CAPABILITY_HELP, type Driver } from '@ic/core';
 import { EXIT, type Context } from '../context.js';
 import { BUNDLED } from '../drivers.js';
-import { sizeToString } from '../qemu-text.js';
+import { sizeToString } from '@ic/qemu-output';
 
 /** Every capability name: the core's list, then any extra ones a driver declares. */
 function capabilityNames(drivers: readonly Driver[]): string[] {

@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { EXIT, type Context } from '../context.js';
 import { namedDriver, openImage } from '../images.js';
-import { infoHuman, infoJson, qemuJson } from '../qemu-text.js';
+import { infoHuman, infoJson, qemuJson } from '@ic/qemu-output';
 
 export interface InfoOptions {
   format?: string;

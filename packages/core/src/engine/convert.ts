@@ -44,6 +44,8 @@ import {
 import { CountingIO } from './memory-io.js';
 import { HostOccupancy } from './occupancy.js';
 import { packImage, type PackReport } from './pack.js';
+import { applyDeferred, deferredCapacity, DeferredOverlay } from './deferred.js';
+import { emptyDecision, PlacementRuntime } from './placement.js';
 import { MappingPlanner, type PlanStats, type Relocation } from './planner.js';
 import { ReadView } from './view.js';
 import { ExtentCache } from './extent-cache.js';
@@ -212,7 +214,7 @@ async function survey(
   const costs: CandidateCost[] = [];
   const failures: IcError[] = [];
   for (const candidate of candidates) {
-    const stats = candidate.finish();
+    const stats = candidate.finish(occupancy, fileSizeBefore);
     if (!stats) {
       failures.push(candidate.failure!);
       continue;
@@ -234,12 +236,19 @@ class CheckedWriter implements MetadataWriter {
     private readonly io: BlockIO,
     private readonly space: AppendAllocator,
     private readonly name: string,
+    private readonly placement: PlacementRuntime,
   ) {}
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     if (data.length === 0) return;
     if (!this.space.owns(offset, data.length)) {
-      throw new IcError('INTERNAL', `${this.name} target wanted to write ${data.length} bytes at ${offset}, outside the space it was given`);
+      // A prefixed block's prefix: now where the bytes are free, at the commit where the source still uses them.
+      const claim = this.placement.claim(offset, data);
+      if (claim === 'deferred') {
+        this.bytes += data.length;
+        return;
+      }
+      if (claim !== 'now') throw new IcError('INTERNAL', `${this.name} target wanted to write ${data.length} bytes at ${offset}, outside the space it was given`);
     }
     this.bytes += data.length;
     if (this.length > 0 && offset === this.start + this.length && this.length + data.length <= COPY_CHUNK) {
@@ -276,6 +285,9 @@ interface Built {
   digest: string;
   metadataBytes: number;
   relocatedBytes: number;
+  /** The end of the last data cluster of the target mapping. */
+  dataEnd: number;
+  placement: PlacementRuntime;
 }
 
 /**
@@ -287,34 +299,36 @@ async function build(
   request: ConvertInPlaceRequest,
   view: SourceView,
   target: InPlaceTarget,
+  placement: PlacementRuntime,
   cursor: SpaceCursor,
   step: Step,
   cache: ExtentCache | undefined,
 ): Promise<Built> {
   const layout = target.layout;
   const C = layout.clusterSize;
-  const keptClusters = new ClusterBitmap();
-  const digest = new MappingDigest();
+  const digest = new MappingDigest(layout.placement?.kind === 'identity');
   const copier = new RelocationCopier(io, C);
   const relocations: Relocation[] = [];
   let output: Extent[] = [];
   let relocatedBytes = 0;
+  let dataEnd = 0;
   const planner = new MappingPlanner(
     { virtualSize: view.options.virtualSize, layout, hasBacking: view.hasBacking, zeroHostRangesReadAsZero: view.holesReadZero, zeroAsUnallocated: !view.hasBacking },
     {
-      place: (length) => {
-        relocatedBytes += alignUp(length, C);
-        return cursor.take(alignUp(length, C), C, 'relocated clusters');
+      place: (length, guestOffset) => {
+        const placed = placement.place(length, guestOffset);
+        relocatedBytes += alignUp(Math.min(length, placed.length), C);
+        return placed;
       },
       relocation: (relocation) => relocations.push(relocation),
+      keeps: (guestOffset, hostOffset) => placement.keeps(guestOffset, hostOffset),
+      // Identity: an empty range must read as zeros in place; the survey refused any inside the old file, and
+      // past it the file reads as zeros.
       extent: (extent) => {
-        if (extent.kind === 'data' && extent.hostOffset < cursor.start) {
-          // Kept clusters: two guest clusters must never share one (a corrupt source with aliased clusters).
-          const first = extent.hostOffset / C;
-          const clash = keptClusters.addRange(first, first + Math.ceil(extent.length / C));
-          if (clash >= 0) {
-            throw new IcError('CORRUPT', `${request.source.name}: two guest ranges map to host cluster at 0x${(clash * C).toString(16)}`, { format: request.source.name, offset: clash * C });
-          }
+        if (extent.kind === 'data') {
+          dataEnd = Math.max(dataEnd, extent.hostOffset + alignUp(extent.length, C));
+          // Kept clusters (two guest clusters never share one: the survey refused overlapping host ranges).
+          if (extent.hostOffset < cursor.start) placement.kept(extent.hostOffset, extent.length);
         }
         digest.push(extent);
         output.push(extent);
@@ -322,11 +336,14 @@ async function build(
     },
   );
   let planned = 0;
+  const drain = async () => {
+    for (const relocation of relocations.splice(0)) await copier.add(relocation);
+  };
   async function* mapping(): AsyncGenerator<readonly Extent[]> {
     for await (const batch of cache ? cache.batches() : plannedExtents(view)) {
       throwIfAborted(request.signal, 'the build');
       for (const extent of batch) planner.push(extent);
-      for (const relocation of relocations.splice(0)) await copier.add(relocation);
+      await drain();
       planned = batch.length > 0 ? batch[batch.length - 1]!.guestOffset + batch[batch.length - 1]!.length : planned;
       step('build', planned, view.options.virtualSize);
       if (output.length > 0) {
@@ -336,30 +353,29 @@ async function build(
       }
     }
     planner.finish();
-    for (const relocation of relocations.splice(0)) await copier.add(relocation);
+    await drain();
     await copier.flush();
     if (output.length > 0) yield output;
   }
   const space = new AppendAllocator(cursor, C, undefined, `${request.target.name} metadata`);
-  const writer = new CheckedWriter(io, space, request.target.name);
+  const writer = new CheckedWriter(io, space, request.target.name, placement);
   const built = await target.build(mapping(), space, writer);
   await writer.flush();
-  return { build: built, stats: planner.stats, digest: digest.value(), metadataBytes: writer.bytes, relocatedBytes };
+  return { build: built, stats: planner.stats, digest: digest.value(), metadataBytes: writer.bytes, relocatedBytes, dataEnd, placement };
 }
 
 /**
- * Reopens the result with the target driver: its map must be the planned one (a digest, so nothing is kept) and,
- * with `check`, its own check clean. A target that packs skips the check here: packing surveys every unit of the
- * image (overlaps are refused there) and leaves nothing unreferenced.
+ * Opens the result with the target driver, as the commit will leave it (`view`): its map must be the planned one
+ * (a digest, so nothing is kept) and, with `check`, its own check clean. A target that packs skips the check here:
+ * packing surveys every unit of the image (overlaps are refused there) and leaves nothing unreferenced.
  */
-async function verify(io: BlockIO, target: Driver, expectedDigest: string, virtualSize: number, fileSize: number, check: boolean): Promise<{ leaks: number }> {
-  // The image as it is once the file is cut to its size (the intent record lies past it).
-  const image = await target.open(new ReadView(io, fileSize));
+async function verify(target: Driver, expectedDigest: string, virtualSize: number, view: ReadView, check: boolean, identity: boolean): Promise<{ leaks: number }> {
+  const image = await target.open(view);
   try {
     if (image.info().virtualSize !== virtualSize) {
       throw new IcError('INTERNAL', `${target.name}: the converted image has virtual size ${image.info().virtualSize}, expected ${virtualSize}`);
     }
-    const digest = new MappingDigest();
+    const digest = new MappingDigest(identity);
     for await (const batch of extentBatches(image.map())) for (const extent of batch) digest.push(extent);
     const actual = digest.value();
     if (actual !== expectedDigest) {
@@ -492,21 +508,35 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
     const layout = targetImage.layout;
     const C = layout.clusterSize;
     // The estimate was made with the file's end as the start of free space; the referenced end may lie further.
-    // New space lies past the file, past everything the source references, and past the target's header region
-    // (a source smaller than that region must not get relocated clusters inside it).
-    const spaceStart = alignUp(Math.max(surveyed.spaceStart, layout.headerRegionSize), C);
+    // New space lies past the file, past everything the source references, past the target's header region (a
+    // source smaller than that region must not get relocated clusters inside it) and past the clusters a packed
+    // or identity target places inside the image.
+    const decision = chosen.candidate.decision;
+    const headOffset = layout.headerOffset ?? 0;
+    const placedEnd =
+      layout.placement?.kind === 'packed' && decision ? decision.start + decision.dataClusters * C : layout.placement?.kind === 'identity' ? options.virtualSize : 0;
+    const spaceStart = alignUp(Math.max(surveyed.spaceStart, headOffset + layout.headerRegionSize, placedEnd), C);
     const estimate = targetImage.estimate({ ...chosen.candidate.summary(options.virtualSize), spaceStart });
     // Relocations take whole clusters; one table block of sector alignment (VMDK) may leave up to a cluster of padding.
     const packs = layout.unreferencedClustersLeak === true && (request.compact ?? 'auto') !== 'never';
     // Packing may move one table through the space past the image's end: as much again as the metadata (a hole
     // until then, so it costs nothing on disk).
-    const reserved = chosen.stats.clustersRelocated * C + estimate.metadataBytes * (packs ? 2 : 1) + 2 * C;
-    const limit = spaceStart + reserved;
-    if (limit > layout.maxHostOffset && chosen.stats.clustersRelocated > 0) {
+    const reserved = chosen.candidate.relocationSpace + estimate.metadataBytes * (packs ? 2 : 1) + 2 * C;
+    // A packed target's moved clusters whose slot still holds the source's go through scratch space past that.
+    const scratchBytes = layout.placement?.kind === 'packed' ? chosen.stats.clustersRelocated * C : 0;
+    const limit = spaceStart + reserved + scratchBytes;
+    if (limit > layout.maxHostOffset && chosen.candidate.relocationSpace > 0) {
       throw refuse(source.name, target.name, `the relocated clusters would lie past the ${layout.maxHostOffset} bytes a ${target.name} image can address`);
     }
-    const headCapacity = Math.min(alignUp(layout.headerRegionSize, SECTOR_SIZE), MAX_HEAD_LENGTH);
-    const logCapacity = packs ? packLogCapacity(surveyed.occupancy, estimate.metadataBytes, chosen.stats.bytesRelocated, C) : 0;
+    const headCapacity = alignUp(layout.headerRegionSize, SECTOR_SIZE);
+    if (headCapacity > MAX_HEAD_LENGTH) {
+      throw refuse(source.name, target.name, `the ${target.name} header region is ${layout.headerRegionSize} bytes; the engine commits at most ${MAX_HEAD_LENGTH}`);
+    }
+    const deferredBound = chosen.candidate.deferredBound;
+    const logCapacity = Math.max(
+      packs ? packLogCapacity(surveyed.occupancy, estimate.metadataBytes, chosen.stats.bytesRelocated, C) : 0,
+      deferredCapacity(deferredBound.ops, deferredBound.sectors),
+    );
     const block = recordBlock(alignUp(limit, C), headCapacity, logCapacity, C);
 
     const report = (dryRun: boolean, verified: boolean, fileSizeAfter: number, stats: PlanStats, metadataBytes: number, headerBytes: number, commit: ConversionReport['commit']): ConversionReport => ({
@@ -522,7 +552,7 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
       headerBytes,
       fileSizeBefore,
       fileSizeAfter,
-      spaceReserved: reserved,
+      spaceReserved: reserved + scratchBytes,
       io: { ...io.stats },
       durationMs: Math.round(performance.now() - started),
       commit,
@@ -545,11 +575,13 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
       targetFormat: target.name,
       pack: packs ? ((request.compact ?? 'auto') as PackMode) : 'never',
       packBudget: 0,
+      headOffset: 0,
+      deferred: false,
       // While growing, the head is the source's sector 0 (recover checks it is still there before cutting).
       oldHead: await io.read(0, SECTOR_SIZE),
       newHead: await io.read(0, SECTOR_SIZE),
     };
-    /** 'switching' while sector 0 is being written: the file may hold either header until recover looks. */
+    /** 'switching' while the header is being written: the file may hold either header until recover looks. */
     let phase: 'before' | 'switching' | 'after' = 'before';
     let found: FoundIntent = { record, block, slot: 0, sequence: 1 };
     try {
@@ -559,65 +591,80 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
       await io.flush();
 
       // 4. build.
-      const cursor = new SpaceCursor(spaceStart, block.offset);
-      const built = await build(io, request, view, targetImage, cursor, step, cache.complete ? cache : undefined);
+      const scratchStart = alignUp(spaceStart + reserved, C);
+      const cursor = new SpaceCursor(spaceStart, scratchBytes > 0 ? scratchStart : block.offset);
+      const scratch = new SpaceCursor(scratchStart, block.offset);
+      const placement = new PlacementRuntime(layout, decision ?? emptyDecision(), surveyed.occupancy, cursor, scratch, block.logCapacity, fileSizeBefore);
+      const built = await build(io, request, view, targetImage, placement, cursor, step, cache.complete ? cache : undefined);
       const header = built.build.header;
       if (header.length === 0 || header.length > layout.headerRegionSize || header.length > headCapacity) {
         throw new IcError('INTERNAL', `${target.name} target header is ${header.length} bytes; its header region is ${layout.headerRegionSize}`);
       }
-      if (built.build.fileSize < cursor.end || built.build.fileSize > block.offset) {
-        throw new IcError('INTERNAL', `${target.name} target file size ${built.build.fileSize} is outside [${cursor.end}, ${block.offset}]`);
+      const fileSize = built.build.fileSize;
+      const lowest = Math.max(built.dataEnd, headOffset + header.length, cursor.end > cursor.start ? cursor.end : 0);
+      if (fileSize < lowest || fileSize > cursor.limit) {
+        throw new IcError('INTERNAL', `${target.name} target file size ${fileSize} is outside [${lowest}, ${cursor.limit}]`);
       }
       const headLength = alignUp(Math.max(header.length, SECTOR_SIZE), SECTOR_SIZE);
       const newHead = new Uint8Array(headLength);
       newHead.set(header);
+      const deferred = built.placement.deferred;
       let commit: ConversionReport['commit'] = 'single-sector';
-      if (header.length > SECTOR_SIZE) commit = surveyed.occupancy.overlaps(SECTOR_SIZE, header.length - SECTOR_SIZE) ? 'transitional' : 'tail-then-sector-0';
+      if (deferred.count > 0 || surveyed.occupancy.overlaps(headOffset + SECTOR_SIZE, headLength - SECTOR_SIZE)) commit = 'transitional';
+      else if (headLength > SECTOR_SIZE) commit = 'tail-then-sector-0';
+      if (commit === 'transitional' && headOffset !== 0) {
+        throw refuse(source.name, target.name, `the ${target.name} header at ${headOffset} would overwrite bytes the source still uses`);
+      }
+      if (deferred.count > 0) await io.write(logOffsetOf(block), deferred.encode());
+
+      // 5. verify before anything is switched: the image as the commit will leave it (new header, deferred
+      // writes) must map exactly as planned and pass its own check (unless packing follows, which surveys it).
+      step('verify', 0, 1);
+      const overlay = deferred.count > 0 ? new DeferredOverlay(io, deferred.ops()) : undefined;
+      const leaks = (await verify(target, built.digest, options.virtualSize, new ReadView(io, fileSize, newHead, headOffset, overlay), !packs, layout.placement?.kind === 'identity')).leaks;
+      step('verify', 1, 1);
+
       // The metadata and slot B share one flush: slot B without the metadata durable still rolls back (the
       // header never changed), and nothing is switched before that flush.
       found = await writeNextSlot(io, found, {
         ...record,
         state: 'committing',
-        targetFileSize: built.build.fileSize,
+        targetFileSize: fileSize,
         packBudget: record.pack === 'auto' ? packBudget(surveyed.occupancy, built.metadataBytes, built.relocatedBytes) : 0,
-        oldHead: await io.read(0, headLength),
+        headOffset,
+        deferred: deferred.count > 0,
+        oldHead: await io.read(headOffset, headLength),
         newHead,
       });
       await io.flush();
       await closeSource();
       throwIfAborted(request.signal, 'the build');
 
-      // 5. commit.
+      // 6. commit.
       step('commit', 0, 1);
       if (commit === 'transitional') {
         await io.write(0, transitionalSector(block.offset));
         await io.flush();
       }
+      if (deferred.count > 0) {
+        // From here on the source is gone: recovery rolls forward.
+        phase = 'switching';
+        await applyDeferred(io, deferred.ops());
+        await io.flush();
+      }
       if (headLength > SECTOR_SIZE) {
-        await io.write(SECTOR_SIZE, newHead.subarray(SECTOR_SIZE));
+        await io.write(headOffset + SECTOR_SIZE, newHead.subarray(SECTOR_SIZE));
         await io.flush();
       }
       phase = 'switching';
-      await io.write(0, newHead.subarray(0, SECTOR_SIZE));
+      await io.write(headOffset, newHead.subarray(0, SECTOR_SIZE));
       await io.flush();
       phase = 'after';
       step('commit', 1, 1);
 
-      // 6. verify, rolling back to the untouched source on a mismatch.
-      step('verify', 0, 1);
-      let leaks: number;
-      try {
-        leaks = (await verify(io, target, built.digest, options.virtualSize, built.build.fileSize, !packs)).leaks;
-      } catch (error) {
-        phase = 'before';
-        await rollBack(io, found.record);
-        throw error;
-      }
-      step('verify', 1, 1);
-
       // 7. clean up, pack, cut to the final size (the record goes with it).
       step('cleanup', 0, 1);
-      await zeroStaleHeaderBytes(io, headLength, Math.min(layout.headerRegionSize, built.build.fileSize));
+      await zeroStaleHeaderBytes(io, headOffset + headLength, Math.min(headOffset + layout.headerRegionSize, fileSize));
       let compaction: ConversionReport['compaction'];
       if (packs) {
         // From here on packing may change header fields: the record stops comparing heads. (A torn slot leaves
@@ -627,23 +674,23 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
         step('pack', 0, 0);
         const result = await packImage(io, target, {
           log: { offset: logOffsetOf(block), capacity: block.logCapacity },
-          imageEnd: built.build.fileSize,
+          imageEnd: fileSize,
           limit: block.offset,
-          scratch: { offset: alignUp(built.build.fileSize, C), length: block.offset - alignUp(built.build.fileSize, C) },
+          scratch: { offset: alignUp(fileSize, C), length: block.offset - alignUp(fileSize, C) },
           ...(found.record.packBudget > 0 ? { maxBytes: found.record.packBudget } : {}),
           ...(request.signal ? { signal: request.signal } : {}),
           onProgress: (done, total) => step('pack', done, total),
         });
         compaction = packReportOf(result);
         if (!result.done) {
-          await io.truncate(Math.max(built.build.fileSize, result.referencedEnd));
+          await io.truncate(Math.max(fileSize, result.referencedEnd));
           await io.flush();
         }
       } else {
         if (layout.unreferencedClustersLeak && leaks > 0) {
           compaction = { done: false, unitsMoved: 0, bytesMoved: 0, bytesPlanned: 0, leaksLeft: leaks, reason: 'packing was turned off (--compact never)' };
         }
-        await io.truncate(built.build.fileSize);
+        await io.truncate(fileSize);
         await io.flush();
       }
       step('cleanup', 1, 1);
@@ -670,7 +717,7 @@ async function undoGrowth(io: BlockIO, fileSizeBefore: number, found: FoundInten
   try {
     if (found.record.state === 'committing' && found.record.oldHead.length > 0) {
       // The transitional marker or the tail may have been written: put the old header region back first.
-      const head = await io.read(0, found.record.oldHead.length);
+      const head = await io.read(found.record.headOffset, found.record.oldHead.length);
       if (!equalBytes(head, found.record.oldHead)) {
         await rollBack(io, found.record);
         return;

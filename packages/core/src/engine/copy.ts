@@ -60,7 +60,8 @@ export class RelocationCopier {
     // A long relocation is copied in chunks; each chunk is one destination piece.
     for (let done = 0; done < reserved; ) {
       const take = Math.min(COPY_CHUNK, reserved - done);
-      const destination = relocation.hostOffset + done;
+      // Scratch space first when the final place is written at the commit (Relocation.copyTo).
+      const destination = (relocation.copyTo ?? relocation.hostOffset) + done;
       if (this.bufferLength > 0 && (destination !== this.bufferStart + this.bufferLength || this.bufferLength + take > COPY_CHUNK)) await this.flush();
       if (this.bufferLength === 0) {
         this.bufferStart = destination;

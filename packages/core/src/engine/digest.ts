@@ -50,8 +50,12 @@ export class MappingDigest {
   /** The first few finished extents, for a message when two digests differ. */
   readonly head: Extent[] = [];
 
+  /** `identity`: a disk whose every byte lies at its own offset (raw, fixed VHD) cannot tell empty from data. */
+  constructor(private readonly identity = false) {}
+
   push(extent: Extent): void {
-    this.merger.push(extent);
+    if (this.identity && extent.kind !== 'data') this.merger.push({ kind: 'data', guestOffset: extent.guestOffset, length: extent.length, hostOffset: extent.guestOffset });
+    else this.merger.push(extent);
   }
 
   private add(extent: Extent): void {

@@ -1,4 +1,6 @@
 import { alignUp, IcError, isIcError, isPowerOfTwo, type Extent, type InPlaceTarget, type InPlaceTargetFactory, type OptionValues, type PlanSummary } from '../sdk/index.js';
+import type { HostOccupancy } from './occupancy.js';
+import { PlacementSurvey, type PlacementDecision } from './placement.js';
 import { MappingPlanner, type PlannerOptions, type PlanStats } from './planner.js';
 
 export interface GeometryChoice {
@@ -35,9 +37,14 @@ export class GeometryCandidate {
   private tablesUsed = 0;
   private lastTable = -1;
   private keptDataEnd = 0;
+  /** Host bytes the relocations take past the source (a prefixed block takes its prefix too). */
   private relocated = 0;
+  private relocatedClusters = 0;
   /** Bytes relocated for another reason than lying under the new header region. */
   relocatedElsewhere = 0;
+  /** Placements other than 'anywhere': what the build needs to know. */
+  readonly placement: PlacementSurvey | undefined;
+  decision: PlacementDecision | undefined;
 
   constructor(
     readonly clusterSize: number,
@@ -54,17 +61,33 @@ export class GeometryCandidate {
       this.failure = new IcError('INTERNAL', `the target ignored the cluster size ${clusterSize} (its layout says ${layout.clusterSize})`);
       return;
     }
+    const kind = layout.placement?.kind ?? 'anywhere';
+    const placement = kind === 'anywhere' ? undefined : new PlacementSurvey(layout, plannerOptions.virtualSize);
+    this.placement = placement;
+    const prefix = layout.placement?.kind === 'prefixed' ? alignUp(layout.placement.prefix, layout.hostAlignment ?? clusterSize) : 0;
     try {
       this.planner = new MappingPlanner({ ...plannerOptions, layout }, {
-        place: (length) => {
-          const offset = alignUp(this.spaceStart, clusterSize) + this.relocated;
-          this.relocated += alignUp(length, clusterSize);
-          return offset;
+        place: (length, guestOffset) => {
+          const clusters = Math.ceil(length / clusterSize);
+          this.relocatedClusters += clusters;
+          if (kind === 'identity') {
+            placement!.write(guestOffset, length);
+            return { hostOffset: guestOffset, length };
+          }
+          const offset = alignUp(this.spaceStart, clusterSize) + this.relocated + prefix;
+          this.relocated += clusters * (clusterSize + prefix);
+          return { hostOffset: offset, length };
         },
         relocation: (relocation) => {
           if (relocation.reason !== 'header-region') this.relocatedElsewhere += relocation.length;
         },
         extent: (extent) => this.count(extent),
+        // The survey keeps every cluster that may stay; which ones do is decided once all are known.
+        keeps: (guestOffset, hostOffset) => {
+          placement?.candidate(guestOffset, hostOffset);
+          return true;
+        },
+        zeroInPlace: (guestOffset, length) => placement?.write(guestOffset, length),
       });
     } catch (error) {
       this.failure = isIcError(error) ? error : new IcError('INTERNAL', String(error));
@@ -97,14 +120,52 @@ export class GeometryCandidate {
     }
   }
 
-  finish(): PlanStats | undefined {
+  /**
+   * Ends the plan, once every host range of the source is known: a placement decides which of its candidates stay
+   * (the others are counted as moved), identity checks its writes land on free bytes.
+   */
+  finish(occupancy: HostOccupancy, fileSizeBefore: number): PlanStats | undefined {
     if (this.failure || !this.planner) return undefined;
     try {
-      return this.planner.finish();
+      const stats = this.planner.finish();
+      const placement = this.placement;
+      if (!placement) return stats;
+      if (placement.kind === 'identity') {
+        const { headerOffset = 0, headerRegionSize } = this.target.layout;
+        placement.write(headerOffset, headerRegionSize);
+        placement.checkWrites(occupancy, fileSizeBefore, (reason) => new IcError('UNSUPPORTED', reason));
+        this.decision = placement.resolve(this.dataClusters);
+        return stats;
+      }
+      const decision = placement.resolve(this.dataClusters);
+      this.decision = decision;
+      // Candidates that do not stay move (the survey counted them as kept).
+      const demoted = placement.count - decision.keptCount;
+      const prefix = this.target.layout.placement?.kind === 'prefixed' ? alignUp(this.target.layout.placement.prefix, this.target.layout.hostAlignment ?? this.clusterSize) : 0;
+      stats.clustersKept -= demoted;
+      stats.clustersRelocated += demoted;
+      stats.bytesRelocated += decision.demotedBytes;
+      this.relocatedElsewhere += decision.demotedBytes;
+      this.relocatedClusters += demoted;
+      if (this.target.layout.placement?.kind === 'prefixed') this.relocated += demoted * (this.clusterSize + prefix);
+      return stats;
     } catch (error) {
       this.fail(error);
       return undefined;
     }
+  }
+
+  /** Host bytes past the source that relocations take (packed and identity targets move clusters into the image). */
+  get relocationSpace(): number {
+    return this.relocated;
+  }
+
+  /** Deferred writes the build may record at most: one per moved cluster (packed), one per kept block (prefixed). */
+  get deferredBound(): { ops: number; sectors: number } {
+    const placement = this.target.layout.placement;
+    if (placement?.kind === 'packed') return { ops: this.relocatedClusters, sectors: 0 };
+    if (placement?.kind === 'prefixed') return { ops: this.decision?.keptCount ?? 0, sectors: (this.decision?.keptCount ?? 0) * Math.ceil(placement.prefix / 512) };
+    return { ops: 0, sectors: 0 };
   }
 
   private fail(error: unknown): void {
@@ -118,7 +179,7 @@ export class GeometryCandidate {
       clusterSize: this.clusterSize,
       dataClusters: this.dataClusters,
       zeroClusters: this.zeroClusters,
-      relocatedClusters: this.relocated / this.clusterSize,
+      relocatedClusters: this.relocatedClusters,
       tablesUsed: this.tablesUsed,
       spaceStart: alignUp(this.spaceStart, this.clusterSize),
       keptDataEnd: this.keptDataEnd,

@@ -17,6 +17,9 @@ import { alignUp, ByteView, bytesEqual, crc32c, IcError, type BlockIO } from '..
  *   - committing, the header region holds the whole new head, or committed (the switch was verified; packing
  *     may change header fields from then on): roll forward: re-apply a valid log, finish the clean-up and the
  *     packing, cut the file to its final size.
+ *   - committing with deferred writes (a packed or prefixed target whose data moves onto bytes the source used),
+ *     the transitional marker or the new sector 0 in place: re-apply the deferred writes from the log, then the
+ *     new tail and sector 0, then roll forward (nothing inside the old file changes before this point).
  *   - committing, anything else (the old head, the transitional marker, a torn sector, a rollback in
  *     progress): roll back: write the old tail, then the old sector 0, then truncate to the old size.
  * Every path is idempotent, so a crash during recovery is finished by the next recovery.
@@ -26,9 +29,12 @@ import { alignUp, ByteView, bytesEqual, crc32c, IcError, type BlockIO } from '..
  *    32 u8 state (1 growing, 2 committing, 3 committed) | 33 u8 pack mode (0 never, 1 auto, 2 always) | 34 u8[6] 0
  *    40 u64 fileSizeBefore | 48 u64 targetFileSize | 56 u64 headerRegionSize | 64 u32 headLength | 68 u32 0
  *    72 char[16] source format | 88 char[16] target format | 104 u8[32] SHA-256 of the file's identity
- *   136 u64 pack budget (bytes packing may move; 0 = no limit) | 144 oldHead[headLength] | newHead[headLength]
+ *   136 u64 pack budget (bytes packing may move; 0 = no limit) | 144 u64 head offset (where the header region
+ *   starts: 0, or the virtual size of a footer format) | 152 u32 flags (bit 0: the log area holds the deferred
+ *   writes of the commit, see deferred.ts) | 156 u32 0 | 160 oldHead[headLength] | newHead[headLength]
  * Log (log area): 0 magic "ICREDOLG" | 8 u32 crc32c of bytes 12..24+count*520 | 12 u32 count | 16 u64 sequence
  *    24 entries: u64 sector offset | u8[512] the sector's new content
+ * The log area holds either packing's redo log (after the commit) or the commit's deferred writes (before it).
  * Block layout, from its start: padding | log | slot C | slot B | slot A | trailer.
  * Trailer (last 512 bytes of the block): 0 magic "ICTRAILR" | 8 u64 block offset | 16 u64 size of slots B and C
  *    24 u64 log capacity | 32 u32 crc32c of trailer bytes 0..32
@@ -52,28 +58,38 @@ export interface IntentRecord {
   pack: PackMode;
   /** With pack 'auto': the most bytes packing may move (0: no limit). */
   packBudget: number;
-  /** The bytes [0, headLength) before the commit (while growing: the source's sector 0). */
+  /** Where the header region starts (0, or the virtual size for a footer-only format). */
+  headOffset: number;
+  /**
+   * The commit has deferred writes (in the log area): they are applied after the transitional marker, and from
+   * then on the source is gone, so recovery only rolls forward.
+   */
+  deferred: boolean;
+  /** The bytes [headOffset, headOffset+headLength) before the commit (while growing: the source's sector 0). */
   oldHead: Uint8Array;
-  /** The bytes [0, headLength) after it (while growing: the source's sector 0 too; nothing is planned yet). */
+  /** The same bytes after it (while growing: the source's sector 0 too; nothing is planned yet). */
   newHead: Uint8Array;
 }
 
 const SLOT_MAGIC = 'ICINTENT';
 const TRAILER_MAGIC = 'ICTRAILR';
 const LOG_MAGIC = 'ICREDOLG';
-const VERSION = 2;
-const SLOT_FIXED = 144;
+const VERSION = 3;
+const SLOT_FIXED = 160;
 const IDENTITY_AT = 104;
 const LOG_HEADER = 24;
 export const LOG_ENTRY_SIZE = 520;
 export const TRAILER_SIZE = 512;
 export const TRANSITIONAL_MAGIC = 'IC-INTERRUPTED-CONVERSION';
-/** The longest header region a record saves (old and new): every target header fits it. */
-export const MAX_HEAD_LENGTH = 64 * 1024;
+/**
+ * The longest header region a record saves (old and new). Header regions that hold a whole table (a VDI block
+ * map: 4 MiB per TiB of disk) are this long at most.
+ */
+export const MAX_HEAD_LENGTH = 64 * 1024 * 1024;
 const PACK_MODES: readonly PackMode[] = ['never', 'auto', 'always'];
 const STATES: readonly (RecordState | undefined)[] = [undefined, 'growing', 'committing', 'committed'];
 const MAX_SLOT = alignUp(2 * MAX_HEAD_LENGTH + SLOT_FIXED, 512);
-const MAX_LOG = 64 * 1024 * 1024;
+const MAX_LOG = 256 * 1024 * 1024;
 
 const encoder = new TextEncoder();
 
@@ -127,6 +143,8 @@ function encodeSlot(record: IntentRecord, sequence: number, slotSize: number): U
   slot.bytes.set(encoder.encode(record.targetFormat).subarray(0, 16), 88);
   slot.bytes.set(record.identityDigest.subarray(0, 32), IDENTITY_AT);
   slot.setU64le(136, record.packBudget);
+  slot.setU64le(144, record.headOffset);
+  slot.setU32le(152, record.deferred ? 1 : 0);
   slot.bytes.set(record.oldHead, SLOT_FIXED);
   slot.bytes.set(record.newHead, SLOT_FIXED + headLength);
   slot.setU32le(12, crc32c(slot.bytes.subarray(16, length)));
@@ -178,7 +196,8 @@ async function readSlot(io: BlockIO, at: number, slotSize: number): Promise<{ re
   const headLength = view.u32le(64);
   const state = STATES[view.u8(32)];
   const pack = PACK_MODES[view.u8(33)];
-  if (SLOT_FIXED + 2 * headLength !== length || !state || !pack) return undefined;
+  const flags = view.u32le(152);
+  if (SLOT_FIXED + 2 * headLength !== length || !state || !pack || (flags & ~1) !== 0 || view.u32le(156) !== 0) return undefined;
   const name = (offset: number) => view.text(offset, 16).replace(/\0+$/, '');
   return {
     sequence: Number(view.u64leBig(24)),
@@ -192,6 +211,8 @@ async function readSlot(io: BlockIO, at: number, slotSize: number): Promise<{ re
       targetFormat: name(88),
       pack,
       packBudget: view.u64le(136),
+      headOffset: view.u64le(144),
+      deferred: (flags & 1) !== 0,
       oldHead: bytes.slice(SLOT_FIXED, SLOT_FIXED + headLength),
       newHead: bytes.slice(SLOT_FIXED + headLength, SLOT_FIXED + 2 * headLength),
     },
@@ -302,16 +323,17 @@ export async function inspectInterrupted(io: BlockIO): Promise<InterruptedState>
 }
 
 /**
- * Puts the old header region back and cuts the file to its old size: the old tail first, sector 0 last, so
- * that once sector 0 is the old one again every byte of the old header region is back.
+ * Puts the old header region back and cuts the file to its old size: the old tail first, the first sector last, so
+ * that once that sector is the old one again every byte of the old header region is back.
  */
 export async function rollBack(io: BlockIO, record: IntentRecord): Promise<void> {
+  const at = record.headOffset;
   if (record.oldHead.length > 512) {
-    await io.write(512, record.oldHead.subarray(512));
+    await io.write(at + 512, record.oldHead.subarray(512));
     await io.flush();
   }
   if (record.oldHead.length > 0) {
-    await io.write(0, record.oldHead.subarray(0, 512));
+    await io.write(at, record.oldHead.subarray(0, 512));
     await io.flush();
   }
   await io.truncate(record.fileSizeBefore);

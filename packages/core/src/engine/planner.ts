@@ -13,6 +13,11 @@ export type RelocationSource =
 
 /** Target clusters whose guest content is copied to new host space before the commit. */
 export interface Relocation {
+  /**
+   * Where the bytes are copied before the commit when that is not hostOffset: scratch space, from which a write
+   * deferred to the commit puts them in place (their final place still holds something the source uses).
+   */
+  copyTo?: number;
   guestOffset: number;
   /** Guest bytes (whole clusters, except for the last cluster of the disk). */
   length: number;
@@ -31,13 +36,32 @@ export interface PlanStats {
   unallocatedClusters: number;
 }
 
+/** Host space granted for guest bytes that must move. */
+export interface Placed {
+  hostOffset: number;
+  /** Bytes granted from the start of the request (whole clusters, or the rest of the request); at least one cluster. */
+  length: number;
+  /** See Relocation.copyTo. */
+  copyTo?: number;
+}
+
 /** Receives the plan as it is made: target mapping extents in guest order, and the ranges that must move. */
 export interface PlanSink {
-  /** Reserves host space for `length` guest bytes that must move (whole clusters) and returns its offset. */
-  place(length: number): number;
+  /**
+   * Host space for the guest bytes [guestOffset, guestOffset+length) that must move (whole clusters). It may grant
+   * less than asked (a packed target's free slots are not contiguous): the planner asks again for the rest.
+   */
+  place(length: number, guestOffset: number): Placed;
   relocation?(relocation: Relocation): void;
   /** The next extent of the target mapping (cluster-aligned, merged by the caller if it wants). */
   extent(extent: Extent): void;
+  /**
+   * Placements 'packed' and 'prefixed': whether the target cluster at `guestOffset`, whose data is one host run at
+   * the aligned `hostOffset` inside the addressable range, stays there. Absent: it stays.
+   */
+  keeps?(guestOffset: number, hostOffset: number): boolean;
+  /** Placement 'identity': the empty target range [guestOffset, +length) must read as zeros at its own host offset. */
+  zeroInPlace?(guestOffset: number, length: number): void;
 }
 
 export interface PlannerOptions {
@@ -69,6 +93,9 @@ export class MappingPlanner {
   private pendingEnd = 0;
   /** Next guest offset to plan (a cluster boundary). */
   private guest = 0;
+  private readonly placement: 'anywhere' | 'packed' | 'prefixed' | 'identity';
+  /** Lowest host offset a kept cluster may start at. */
+  private readonly minHost: number;
 
   constructor(
     private readonly options: PlannerOptions,
@@ -76,9 +103,15 @@ export class MappingPlanner {
   ) {
     this.clusterSize = options.layout.clusterSize;
     this.alignment = options.layout.hostAlignment ?? this.clusterSize;
-    if ((options.layout.placement?.kind ?? 'anywhere') !== 'anywhere' || (options.layout.headerOffset ?? 0) !== 0) {
-      throw new IcError('UNSUPPORTED', `this engine cannot yet place data for a target whose layout is '${options.layout.placement?.kind ?? 'anywhere'}' with its header at ${options.layout.headerOffset ?? 0}`);
+    const { layout } = options;
+    const placement = layout.placement ?? { kind: 'anywhere' };
+    this.placement = placement.kind;
+    const headerOffset = layout.headerOffset ?? 0;
+    if (headerOffset !== 0 && (placement.kind !== 'identity' || headerOffset < options.virtualSize)) {
+      throw new IcError('UNSUPPORTED', `a header region at ${headerOffset} is supported for identity placement past the disk's end only (the layout says '${placement.kind}')`);
     }
+    this.minHost =
+      placement.kind === 'packed' ? Math.max(layout.headerRegionSize, placement.start) : placement.kind === 'prefixed' ? layout.headerRegionSize + placement.prefix : layout.headerRegionSize;
   }
 
   /** The next source extent (guest order, contiguous with the previous one). */
@@ -135,14 +168,24 @@ export class MappingPlanner {
     switch (extent.kind) {
       case 'unallocated':
       case 'zero':
+        if (this.placement === 'identity' && !this.readsZeroInPlace(extent, from)) this.sink.zeroInPlace?.(from, to - from);
         this.emitEmpty(extent.kind, from, to - from);
         return;
       case 'data': {
         const C = this.clusterSize;
         const { headerRegionSize, maxHostOffset } = this.options.layout;
         const hostFrom = extent.hostOffset + (from - extent.guestOffset);
+        if (this.placement === 'identity') {
+          if (hostFrom === from && to <= maxHostOffset) this.keep(from, to - from, hostFrom);
+          else this.relocate(from, to - from, 'placement', { kind: 'host', hostOffset: hostFrom });
+          return;
+        }
         if (hostFrom % this.alignment !== 0) {
           this.relocate(from, to - from, 'misaligned', { kind: 'host', hostOffset: hostFrom });
+          return;
+        }
+        if (this.placement !== 'anywhere') {
+          this.planEachCluster(from, to, hostFrom);
           return;
         }
         // Clusters under the header region move; so do those that would end past the addressable range.
@@ -170,10 +213,58 @@ export class MappingPlanner {
     }
   }
 
-  private relocate(guestOffset: number, length: number, reason: RelocationReason, source: RelocationSource): void {
-    const hostOffset = this.sink.place(length);
-    this.sink.relocation?.({ guestOffset, length, hostOffset, reason, source });
+  /** A zero run that is a hole of the source at its own guest offset (a raw file's): it reads as zeros there already. */
+  private readsZeroInPlace(extent: Extent, guest: number): boolean {
+    return extent.kind === 'zero' && this.options.zeroHostRangesReadAsZero === true && extent.hostOffset !== undefined && extent.hostOffset + (guest - extent.guestOffset) === guest;
+  }
+
+  private keep(guestOffset: number, length: number, hostOffset: number): void {
     this.sink.extent({ kind: 'data', guestOffset, length, hostOffset });
+    this.stats.clustersKept += this.clustersIn(length);
+  }
+
+  /**
+   * Packed and prefixed placements: cluster by cluster (the target decides which may stay), in runs of one
+   * decision. `hostFrom` is aligned.
+   */
+  private planEachCluster(from: number, to: number, hostFrom: number): void {
+    const C = this.clusterSize;
+    const { maxHostOffset } = this.options.layout;
+    let runStart = from;
+    let runReason: RelocationReason | 'kept' | undefined;
+    const flush = (end: number) => {
+      if (runReason === undefined || end <= runStart) return;
+      const host = hostFrom + (runStart - from);
+      if (runReason === 'kept') this.keep(runStart, end - runStart, host);
+      else this.relocate(runStart, end - runStart, runReason, { kind: 'host', hostOffset: host });
+    };
+    for (let guest = from; guest < to; guest += C) {
+      const host = hostFrom + (guest - from);
+      const reason: RelocationReason | 'kept' =
+        host < this.minHost ? 'header-region' : host + C > maxHostOffset ? 'beyond-addressable' : this.sink.keeps?.(guest, host) === false ? 'placement' : 'kept';
+      // Kept clusters of a prefixed target are never contiguous; runs of one decision still are for the others.
+      if (reason !== runReason || (reason === 'kept' && this.placement === 'prefixed')) {
+        flush(guest);
+        runStart = guest;
+        runReason = reason;
+      }
+    }
+    flush(to);
+  }
+
+  private relocate(guestOffset: number, length: number, reason: RelocationReason, source: RelocationSource): void {
+    for (let done = 0; done < length; ) {
+      const placed = this.sink.place(length - done, guestOffset + done);
+      const granted = Math.min(length - done, placed.length);
+      if (!(granted > 0) || (granted < length - done && granted % this.clusterSize !== 0)) {
+        throw new IcError('INTERNAL', `plan: ${placed.length} bytes granted for ${length - done} relocated bytes at guest ${guestOffset + done}`);
+      }
+      const piece: Relocation = { guestOffset: guestOffset + done, length: granted, hostOffset: placed.hostOffset, reason, source: sliceSource(source, done) };
+      if (placed.copyTo !== undefined) piece.copyTo = placed.copyTo;
+      this.sink.relocation?.(piece);
+      this.sink.extent({ kind: 'data', guestOffset: piece.guestOffset, length: granted, hostOffset: placed.hostOffset });
+      done += granted;
+    }
     this.stats.clustersRelocated += this.clustersIn(length);
     this.stats.bytesRelocated += length;
   }
@@ -216,6 +307,12 @@ export class MappingPlanner {
     }
     if (hasData && this.options.zeroHostRangesReadAsZero && this.keepMixed(inCluster, guest, clusterEnd)) return;
     if (!hasData) {
+      if (this.placement === 'identity') {
+        for (const extent of inCluster) {
+          const from = Math.max(guest, extent.guestOffset);
+          if (!this.readsZeroInPlace(extent, from)) this.sink.zeroInPlace?.(from, Math.min(clusterEnd, extent.guestOffset + extent.length) - from);
+        }
+      }
       this.emitEmpty(hasZero && !hasUnallocated ? 'zero' : 'unallocated', guest, clusterEnd - guest);
       return;
     }
@@ -240,12 +337,26 @@ export class MappingPlanner {
       expectedHost = at + (Math.min(clusterEnd, extent.guestOffset + extent.length) - Math.max(guest, extent.guestOffset));
     }
     const hostOffset = expectedHost! - (clusterEnd - guest);
-    const { headerRegionSize, maxHostOffset } = this.options.layout;
-    if (hostOffset % this.alignment !== 0 || hostOffset < headerRegionSize || hostOffset + this.clusterSize > maxHostOffset) return false;
-    this.sink.extent({ kind: 'data', guestOffset: guest, length: clusterEnd - guest, hostOffset });
-    this.stats.clustersKept++;
+    const { maxHostOffset } = this.options.layout;
+    const stays =
+      this.placement === 'identity'
+        ? hostOffset === guest && clusterEnd <= maxHostOffset
+        : hostOffset % this.alignment === 0 &&
+          hostOffset >= this.minHost &&
+          hostOffset + this.clusterSize <= maxHostOffset &&
+          (this.placement === 'anywhere' || this.sink.keeps?.(guest, hostOffset) !== false);
+    if (!stays) return false;
+    this.keep(guest, clusterEnd - guest, hostOffset);
     return true;
   }
+}
+
+/** The part of a relocation's source from `skip` guest bytes on. */
+function sliceSource(source: RelocationSource, skip: number): RelocationSource {
+  if (skip === 0 || source.kind === 'zero') return source;
+  if (source.kind === 'host') return { kind: 'host', hostOffset: source.hostOffset + skip };
+  // Pieces describe one target cluster, which is never split.
+  throw new IcError('INTERNAL', 'plan: a mixed cluster was split');
 }
 
 /** A whole plan in memory: for tests, dry runs of small images and writeImage. */
@@ -269,7 +380,7 @@ export function planMapping(input: PlanInput): Plan {
   const relocations: Relocation[] = [];
   const clusterSize = input.layout.clusterSize;
   const planner = new MappingPlanner(input, {
-    place: (length) => input.space.allocate(Math.ceil(length / clusterSize) * clusterSize, clusterSize),
+    place: (length) => ({ hostOffset: input.space.allocate(Math.ceil(length / clusterSize) * clusterSize, clusterSize), length }),
     relocation: (relocation) => relocations.push(relocation),
     extent: (extent) => pushExtent(mapping, extent),
   });

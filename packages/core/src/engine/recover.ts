@@ -1,6 +1,7 @@
 import { bytesEqual, IcError, isIcError, type BlockIO, type Driver } from '../sdk/index.js';
 import { zeroStaleHeaderBytes } from './host-ranges.js';
 import { identityDigest, isTransitionalSector, LOG_INVALID, logOffsetOf, readIntent, readLog, rollBack, transitionalSector, writeNextSlot, type FoundIntent, type IntentRecord } from './intent.js';
+import { applyDeferred, DeferredOverlay, readDeferred } from './deferred.js';
 import { applyLog, packImage } from './pack.js';
 import { ReadView } from './view.js';
 
@@ -29,14 +30,23 @@ export interface RecoverOptions {
 }
 
 /** Refuses a step whose result the format's driver would not open (a forged or damaged record). */
-async function checkProspect(io: BlockIO, options: RecoverOptions, format: string, head: Uint8Array, size: number, what: string): Promise<void> {
+async function checkProspect(
+  io: BlockIO,
+  options: RecoverOptions,
+  format: string,
+  head: Uint8Array,
+  size: number,
+  what: string,
+  headOffset = 0,
+  overlay?: DeferredOverlay,
+): Promise<void> {
   if (!Number.isSafeInteger(size) || size < 1) {
     throw new IcError('NEEDS_RECOVERY', `${io.name}: the conversion record says the file was ${size} bytes, which no ${format} image can be; not touching it`, { path: io.name });
   }
   const driver = options.drivers?.find(format);
   if (!driver) return;
   try {
-    const image = await driver.open(new ReadView(io, size, head));
+    const image = await driver.open(new ReadView(io, size, head, headOffset, overlay));
     await image.close();
   } catch (error) {
     const reason = isIcError(error) ? error.message : String(error);
@@ -82,19 +92,20 @@ export async function recover(io: BlockIO, options: RecoverOptions = {}): Promis
     await io.flush();
     return { action: 'rolled-back', format: record.sourceFormat, detail: `undid the conversion from ${record.sourceFormat} to ${record.targetFormat} (nothing had been switched)` };
   }
-  if (record.state === 'committed') return rollForward(io, found, options, await io.read(0, record.newHead.length));
-  const head = await io.read(0, record.newHead.length);
+  const at = record.headOffset;
+  if (record.state === 'committed') return rollForward(io, found, options, await io.read(at, record.newHead.length));
+  const head = await io.read(at, record.newHead.length);
   if (bytesEqual(head, record.newHead)) return rollForward(io, found, options, record.newHead);
   const sector = head.subarray(0, 512);
   if (bytesEqual(sector, record.oldHead.subarray(0, 512))) {
-    await checkProspect(io, options, record.sourceFormat, record.oldHead, record.fileSizeBefore, 'rolling back');
+    await checkProspect(io, options, record.sourceFormat, record.oldHead, record.fileSizeBefore, 'rolling back', at);
     // The switch never happened. A header tail written before it lies where the source keeps nothing; put
     // back only the sectors that hold exactly what the commit wrote, then drop the growth.
     for (let at = 512; at < record.oldHead.length; at += 512) {
       const current = head.subarray(at, at + 512);
       const written = record.newHead.subarray(at, at + 512);
       const original = record.oldHead.subarray(at, at + 512);
-      if (bytesEqual(current, written) && !bytesEqual(current, original)) await io.write(at, original);
+      if (bytesEqual(current, written) && !bytesEqual(current, original)) await io.write(record.headOffset + at, original);
     }
     await io.flush();
     await io.truncate(record.fileSizeBefore);
@@ -105,10 +116,34 @@ export async function recover(io: BlockIO, options: RecoverOptions = {}): Promis
   if (!ownMarker && !bytesEqual(sector, record.newHead.subarray(0, 512))) {
     throw new IcError('NEEDS_RECOVERY', `${io.name}: sector 0 matches neither side of the interrupted conversion; not touching it`, { path: io.name });
   }
+  // Deferred writes may have begun once the marker was durable: the source is gone, finish the commit.
+  if (record.deferred) return finishDeferredCommit(io, found, options);
   // The transitional marker, or the new sector 0 with a partly restored tail (a rollback in progress).
-  await checkProspect(io, options, record.sourceFormat, record.oldHead, record.fileSizeBefore, 'rolling back');
+  await checkProspect(io, options, record.sourceFormat, record.oldHead, record.fileSizeBefore, 'rolling back', at);
   await rollBack(io, record);
   return { action: 'rolled-back', format: record.sourceFormat, detail: `undid the conversion from ${record.sourceFormat} to ${record.targetFormat}` };
+}
+
+/**
+ * A commit with deferred writes stopped after its transitional marker: apply them all again (each is idempotent),
+ * then the new header, tail first.
+ */
+async function finishDeferredCommit(io: BlockIO, found: FoundIntent, options: RecoverOptions): Promise<RecoveryResult> {
+  const { record, block } = found;
+  const ops = await readDeferred(io, logOffsetOf(block), block.logCapacity);
+  if (!ops) {
+    throw new IcError('NEEDS_RECOVERY', `${io.name}: the interrupted commit's deferred writes are missing or damaged, so it can be neither finished nor undone; not touching it`, { path: io.name });
+  }
+  await checkProspect(io, options, record.targetFormat, record.newHead, record.targetFileSize, 'finishing the conversion', record.headOffset, new DeferredOverlay(io, ops));
+  await applyDeferred(io, ops);
+  await io.flush();
+  if (record.newHead.length > 512) {
+    await io.write(record.headOffset + 512, record.newHead.subarray(512));
+    await io.flush();
+  }
+  await io.write(record.headOffset, record.newHead.subarray(0, 512));
+  await io.flush();
+  return rollForward(io, found, options, record.newHead);
 }
 
 /** The commit happened: re-apply an interrupted packing wave, finish the clean-up and the packing, cut the file. */
@@ -117,7 +152,7 @@ async function rollForward(io: BlockIO, found: FoundIntent, options: RecoverOpti
   // Once packing started (committed), a table may lie in the scratch space past the target's end: the image is
   // everything below the record.
   const prospectSize = record.state === 'committed' ? found.block.offset : record.targetFileSize;
-  await checkProspect(io, options, record.targetFormat, head, prospectSize, 'finishing the conversion');
+  await checkProspect(io, options, record.targetFormat, head, prospectSize, 'finishing the conversion', record.headOffset);
   const log = await readLog(io, block);
   if (log) {
     await applyLog(io, log);
@@ -125,7 +160,7 @@ async function rollForward(io: BlockIO, found: FoundIntent, options: RecoverOpti
     await io.write(logOffsetOf(block), LOG_INVALID);
     await io.flush();
   }
-  await zeroStaleHeaderBytes(io, record.newHead.length, Math.min(record.headerRegionSize, record.targetFileSize));
+  await zeroStaleHeaderBytes(io, record.headOffset + record.newHead.length, Math.min(record.headOffset + record.headerRegionSize, record.targetFileSize));
   await io.flush();
   const result: RecoveryResult = { action: 'rolled-forward', format: record.targetFormat, detail: `finished the conversion from ${record.sourceFormat} to ${record.targetFormat}` };
   const driver = record.pack !== 'never' ? options.drivers?.find(record.targetFormat) : undefined;

@@ -3,7 +3,7 @@
  * and JSON, the `check` text and JSON. Key orders follow what qemu-img 7.2 prints so that the JSON is
  * byte-comparable, not only equal as objects.
  */
-import type { CheckReport, ImageInfo, QemuMapEntry } from '@ic/core';
+import type { CheckReport, ImageInfo, QemuMapEntry } from '@ic/core/sdk';
 
 const SIZE_SUFFIXES = ['', 'Ki', 'Mi', 'Gi', 'Ti', 'Pi', 'Ei'] as const;
 
