@@ -19,6 +19,8 @@ export interface CrashSuiteOptions {
   /** Interrupted states whose recovery is crashed, per conversion (default 3). */
   recoveryCrashes?: number;
   shapes?: readonly CrashShape[];
+  /** Only the pairs with this driver as source or target (a driver's own campaigns against its partners). */
+  subject?: Driver;
   /** Run only every `of`-th pair starting at `index`, so that the pairs can be spread over test files. */
   part?: { index: number; of: number };
   /** Also show that an engine without flushes is caught (default true for part 0). */
@@ -53,7 +55,10 @@ export function describeCrashCampaigns(drivers: readonly Driver[], options: Cras
   const clusterSize = options.clusterSize ?? 65536;
   const generators = options.generators ?? ['prefix', 'omit-one', 'tear-512', 'subsets', 'extension', 'random'];
   const part = options.part ?? { index: 0, of: 1 };
-  const pairs = sources.flatMap((source) => targets.filter((target) => target !== source).map((target) => [source, target] as const)).filter((_, i) => i % part.of === part.index);
+  const pairs = sources
+    .flatMap((source) => targets.filter((target) => target !== source).map((target) => [source, target] as const))
+    .filter(([source, target]) => options.subject === undefined || source === options.subject || target === options.subject)
+    .filter((_, i) => i % part.of === part.index);
   const ran = new Set<string>();
 
   describe.runIf(pairs.length > 0)(`crash campaigns (${drivers.map((d) => d.name).join(', ')}; part ${part.index + 1} of ${part.of})`, () => {
