@@ -2,15 +2,12 @@ import { DRIVER_API_VERSION, type BlockIO, type Driver, type Image, type OpenOpt
 import { createImage, VHDX_OPTIONS } from './create.js';
 import { FORMAT, hasVhdxSignature } from './header.js';
 import { openVhdx } from './image.js';
+import { vhdxInPlace } from './target.js';
 
 /** The package version, reported by `ic formats`. */
 export const VHDX_DRIVER_VERSION = '0.1.0';
 
-/**
- * The VHDX driver. Its in-place target (vhdxInPlace in target.ts) is built and tested, but not offered here:
- * the engine commits at most 64 KiB of header and a VHDX header section is 320 KiB. Once the engine commits
- * larger heads, `inPlace: vhdxInPlace` and `inPlaceTarget: true` switch it on.
- */
+/** The VHDX driver: read, check, create, in-place source and target (dynamic images, see target.ts). */
 export const vhdxDriver: Driver = {
   name: FORMAT,
   description: 'Hyper-V virtual hard disk v2 (VHDX)',
@@ -24,7 +21,7 @@ export const vhdxDriver: Driver = {
     zeroExtents: true,
     check: true,
     inPlaceSource: true,
-    inPlaceTarget: false,
+    inPlaceTarget: true,
   },
   options: VHDX_OPTIONS,
   probe(head: Uint8Array): number {
@@ -32,4 +29,5 @@ export const vhdxDriver: Driver = {
   },
   open: (io: BlockIO, options?: OpenOptions): Promise<Image> => openVhdx(io, options),
   create: createImage,
+  inPlace: vhdxInPlace,
 };

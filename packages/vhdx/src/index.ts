@@ -39,6 +39,6 @@ export * from './bat.js';
 export { checkImage } from './check.js';
 export { VHDX_OPTIONS, createImage, createLayout, headerSection, defaultBlockSize, isValidBlockSize, MAX_VIRTUAL_SIZE, CREATOR } from './create.js';
 export { openVhdx, VhdxImage, type VhdxLayout } from './image.js';
-export { VhdxInPlaceTarget, vhdxInPlace, ENGINE_HEAD_LIMIT } from './target.js';
+export { VhdxInPlaceTarget, vhdxInPlace } from './target.js';
 
 export default vhdxDriver;

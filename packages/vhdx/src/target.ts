@@ -18,13 +18,6 @@ import { randomGuid } from './guid.js';
 import { FORMAT, HEADER_SECTION_SIZE, MiB } from './header.js';
 import { MAX_BLOCK_SIZE, METADATA_TABLE_SIZE, MIN_BLOCK_SIZE, serializeMetadata } from './metadata.js';
 
-/**
- * The most header bytes the engine commits (@ic/core MAX_HEAD_LENGTH, 64 KiB). A VHDX header section needs
- * 320 KiB (file identifier, headers at 64 and 128 KiB, region tables at 192 and 256 KiB), so until the engine
- * commits larger heads the target refuses in estimate(), before anything is written.
- */
-export const ENGINE_HEAD_LIMIT = 64 * 1024;
-
 /** BAT bytes kept in memory while building: pieces of 4 MiB, written when the mapping leaves them. */
 const BAT_PIECE = 4 * MiB;
 
@@ -34,9 +27,13 @@ function internal(message: string): IcError {
 
 /**
  * A dynamic VHDX image built around payload blocks that already sit in the file: blocks must be 1 MiB-aligned (the
- * BAT stores MiB offsets), the first 1 MiB is the header section. The target allocates an empty 1 MiB log, the BAT
- * region and a 1 MiB metadata region; the commit writes the header section (two headers with CRC-32C, two region
- * tables). Data blocks are "fully present", zero runs "zero", the rest "not present".
+ * BAT stores MiB offsets) and lie past the header section, the first 1 MiB, which is the header region: the commit
+ * writes all of it (file identifier, two headers with CRC-32C, two region tables, zeros up to 1 MiB, as qemu-img
+ * create leaves it), so no byte of the source's metadata is left in it. Everything else is new space from the
+ * allocator, past the source: an empty 1 MiB log (the headers' log GUID is zero, so there is nothing to replay),
+ * the BAT region and a 1 MiB metadata region. Placement 'anywhere' (1 MiB host alignment): a VHDX block may sit at
+ * any MiB offset and blocks need not be in guest order. Data blocks are "fully present", zero runs "zero", the rest
+ * "not present".
  */
 export class VhdxInPlaceTarget implements InPlaceTarget {
   readonly layout: TargetLayout;
@@ -63,10 +60,6 @@ export class VhdxInPlaceTarget implements InPlaceTarget {
   }
 
   estimate(_summary: PlanSummary): TargetEstimate {
-    const header = headerSection({ logOffset: MiB, logSize: DEFAULT_LOG_SIZE, batOffset: 0, batLength: 0, metadataOffset: 0 }).length;
-    if (header > ENGINE_HEAD_LIMIT) {
-      throw new IcError('UNSUPPORTED', `${FORMAT}: a VHDX header section takes ${header} bytes at offset 0; this engine commits at most ${ENGINE_HEAD_LIMIT} header bytes`, { format: FORMAT });
-    }
     return { metadataBytes: DEFAULT_LOG_SIZE + batRegionLength(this.geometry) + MiB + 3 * MiB };
   }
 
@@ -134,14 +127,15 @@ export class VhdxInPlaceTarget implements InPlaceTarget {
     const metadata = serializeMetadata({ blockSize, fileFlags: 0, virtualDiskSize: virtualSize, sectorSize: 512, page83: randomGuid() });
     await out.write(metadataOffset, metadata.table);
     await out.write(metadataOffset + METADATA_TABLE_SIZE, metadata.items);
-    const header = headerSection({ logOffset, logSize: DEFAULT_LOG_SIZE, batOffset, batLength, metadataOffset });
+    const header = new Uint8Array(HEADER_SECTION_SIZE);
+    header.set(headerSection({ logOffset, logSize: DEFAULT_LOG_SIZE, batOffset, batLength, metadataOffset }));
     // The specification wants the file to end on a 1 MiB boundary.
     const fileSize = Math.ceil(Math.max(space.end, hostEnd) / MiB) * MiB;
     return { header, fileSize };
   }
 }
 
-/** The in-place target side of the VHDX driver (see ENGINE_HEAD_LIMIT for why the driver does not offer it yet). */
+/** driver.inPlace for VHDX. */
 export const vhdxInPlace: InPlaceTargetFactory = {
   clusterSizes: { min: MIN_BLOCK_SIZE, max: MAX_BLOCK_SIZE },
   clusterSizeOption: 'block_size',
