@@ -15,15 +15,18 @@ import { MAX_CLUSTERS } from './create.js';
 import { BAT_ENTRY_SIZE, FORMAT, HEADER_LENGTH, newHeader, SECTOR_SIZE, serializeHeader } from './header.js';
 
 /**
- * The most header bytes the engine commits (its intent record keeps old and new head of at most 64 KiB; @ic/core
- * MAX_HEAD_LENGTH). The Parallels header region holds the whole BAT, so bigger disks (more than 16,368 clusters)
- * cannot be produced in place until the engine commits larger heads.
+ * The most header bytes the engine commits (its intent record keeps the old and the new header region; @ic/core
+ * MAX_HEAD_LENGTH, 64 MiB, which a test compares with this). The Parallels header region holds the whole BAT, so
+ * a disk of more than 16,777,200 clusters (just under 16 TiB at 1 MiB clusters, 1 TiB at 64 KiB) cannot be produced in place.
  */
-export const ENGINE_HEAD_LIMIT = 64 * 1024;
+export const ENGINE_HEAD_LIMIT = 64 * 1024 * 1024;
 
-/** Smallest and largest cluster sizes offered to the engine (qemu accepts any multiple of 512). */
+/**
+ * Smallest and largest cluster sizes offered to the engine (qemu accepts any multiple of 512). The header region
+ * is padded to a cluster (data_off), so a cluster larger than the engine's header limit could never be committed.
+ */
 export const MIN_TARGET_CLUSTER = 4096;
-export const MAX_TARGET_CLUSTER = 256 * 1024 * 1024;
+export const MAX_TARGET_CLUSTER = ENGINE_HEAD_LIMIT;
 
 function internal(message: string): IcError {
   return new IcError('INTERNAL', `${FORMAT} target: ${message}`, { format: FORMAT, step: 'build Parallels BAT' });
