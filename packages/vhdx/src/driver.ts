@@ -18,7 +18,9 @@ export const vhdxDriver: Driver = {
     create: true,
     // Differencing images are read as a backing reference, but ic cannot create them.
     backing: false,
-    zeroExtents: true,
+    // A "zero" block differs from "not present" only in a differencing image (which ic neither creates nor
+    // converts to): without a parent both read and map as unallocated, so ic records no zero extents.
+    zeroExtents: false,
     check: true,
     inPlaceSource: true,
     inPlaceTarget: true,

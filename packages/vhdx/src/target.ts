@@ -32,8 +32,8 @@ function internal(message: string): IcError {
  * create leaves it), so no byte of the source's metadata is left in it. Everything else is new space from the
  * allocator, past the source: an empty 1 MiB log (the headers' log GUID is zero, so there is nothing to replay),
  * the BAT region and a 1 MiB metadata region. Placement 'anywhere' (1 MiB host alignment): a VHDX block may sit at
- * any MiB offset and blocks need not be in guest order. Data blocks are "fully present", zero runs "zero", the rest
- * "not present".
+ * any MiB offset and blocks need not be in guest order. Data blocks are "fully present", zero runs (only when a
+ * caller passes them) "zero", the rest "not present".
  */
 export class VhdxInPlaceTarget implements InPlaceTarget {
   readonly layout: TargetLayout;
@@ -50,7 +50,9 @@ export class VhdxInPlaceTarget implements InPlaceTarget {
       hostAlignment: MiB,
       headerRegionSize: HEADER_SECTION_SIZE,
       maxHostOffset: Number.MAX_SAFE_INTEGER,
-      zeroExtents: true,
+      // Without a parent (a target never has one) "zero" and "not present" are alike: the planner sends no zero
+      // extents; build() still writes any it is given as "zero" blocks.
+      zeroExtents: false,
     };
     const problems: string[] = [];
     if (backing) problems.push(`ic does not write differencing VHDX images, so the backing file "${backing.name}" cannot be kept`);
