@@ -46,9 +46,9 @@ export class ParallelsImage implements Image {
   }
 
   info(): ImageInfo {
-    // qemu-img info shows neither a cluster size nor a dirty flag for Parallels (its driver has no get_info). The
-    // cluster size is reported all the same: the engine packs by it. `dirty` is the inuse marker.
-    return { format: FORMAT, virtualSize: this.geometry.virtualSize, clusterSize: this.geometry.clusterSize, dirty: this.inUse };
+    // qemu-img info shows neither a cluster size nor a dirty flag for Parallels (its driver has no get_info), so
+    // neither does ic: conversionSource() has the cluster size (the engine packs by it), check() the inuse marker.
+    return { format: FORMAT, virtualSize: this.geometry.virtualSize };
   }
 
   map(): AsyncIterable<Extent[]> {
