@@ -8,7 +8,7 @@ import { summariseCampaign } from './report.js';
 import { buildCrashSource, canBeCrashSource, crashShapes, type CrashShape } from './sources.js';
 
 export interface CrashSuiteOptions {
-  /** Cluster size the sources are built with (default 65536). */
+  /** Cluster size the sources are built with (default 65536), moved into each source driver's range. */
   clusterSize?: number;
   /** Default: prefix, omit-one, tear-512, subsets, extension, random. */
   generators?: readonly GeneratorName[];
@@ -25,6 +25,12 @@ export interface CrashSuiteOptions {
   part?: { index: number; of: number };
   /** Also show that an engine without flushes is caught (default true for part 0). */
   selfTest?: boolean;
+}
+
+/** The cluster size the source is built with: the requested one, moved into the driver's range. */
+function nearestClusterSize(driver: Driver, clusterSize: number): number {
+  const range = driver.inPlace?.clusterSizes;
+  return range ? Math.min(range.max, Math.max(range.min, clusterSize)) : clusterSize;
 }
 
 function failureList(result: Pick<EnumerationResult, 'failures'>): string {
@@ -67,7 +73,7 @@ export function describeCrashCampaigns(drivers: readonly Driver[], options: Cras
         for (const shape of options.shapes ?? crashShapes) {
           if (shape.needsBacking && !(hasCapability(source, 'backing') && hasCapability(target, 'backing'))) continue;
           it(shape.name, async (context) => {
-            const built = await buildCrashSource(source, shape, clusterSize);
+            const built = await buildCrashSource(source, shape, nearestClusterSize(source, clusterSize));
             const result = await runCrashCampaign({
               registry,
               sourceDriver: source.name,
