@@ -40,7 +40,7 @@ export default defineConfig({
   clean: true,
   target: 'node20',
   splitting: true,
-  noExternal: [/^@ic\/(?:core|core\/sdk|qcow2|qed|vmdk|raw|vdi|vpc|qemu-output)$/, 'commander'],
+  noExternal: [/^@ic\/(?:core|core\/sdk|qcow2|qed|vmdk|raw|vdi|vpc|parallels|vhdx|qemu-output)$/, 'commander'],
   external: ['@ic/core/node', 'koffi'],
   esbuildPlugins: [lazyBuiltins],
   // Keep 'node:' in imports so that the lazy-builtins plugin sees them (tsup would strip it and mark them external first).

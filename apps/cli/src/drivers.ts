@@ -16,6 +16,8 @@ import * as vmdkPackage from '@ic/vmdk';
 import * as rawPackage from '@ic/raw';
 import * as vdiPackage from '@ic/vdi';
 import * as vpcPackage from '@ic/vpc';
+import * as parallelsPackage from '@ic/parallels';
+import * as vhdxPackage from '@ic/vhdx';
 import { pathToFileURL } from 'node:url';
 import { DRIVER_API_VERSION, Registry, isIcError, type Driver } from '@ic/core';
 import { oneLine } from '@ic/core/node';
@@ -28,6 +30,8 @@ const BUNDLED_PACKAGES: readonly { packageName: string; exports: Record<string, 
   { packageName: '@ic/raw', exports: rawPackage },
   { packageName: '@ic/vdi', exports: vdiPackage },
   { packageName: '@ic/vpc', exports: vpcPackage },
+  { packageName: '@ic/parallels', exports: parallelsPackage },
+  { packageName: '@ic/vhdx', exports: vhdxPackage },
 ];
 
 /** Where a driver came from: 'bundled', a module's path, or 'main() options'. */

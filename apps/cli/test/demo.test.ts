@@ -41,7 +41,8 @@ test('ic demo --dir --keep: every step verified, qemu-img finds no corruption an
   }
   expect(result.stdout).toContain('every step verified');
   expect(existsSync(work.path('sample.img'))).toBe(true);
-});
+  // One conversion per in-place driver, each judged by qemu-img: minutes on a loaded machine.
+}, 300_000);
 
 test('without qemu-img on PATH the demo says so and still verifies', async () => {
   const path = process.env['PATH'];

@@ -63,7 +63,7 @@ export function infoJson(info: ImageInfo, filename: string, actualSize: number |
     if (full !== undefined) json['full-backing-filename'] = full;
     json['backing-filename'] = backing.name;
   }
-  json['dirty-flag'] = info.dirty;
+  if (info.dirty !== undefined) json['dirty-flag'] = info.dirty;
   return json;
 }
 

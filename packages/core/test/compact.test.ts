@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { collectExtents, convertInPlace, MemoryIO, writeImage } from '../src/index.js';
+import { collectExtents, convertInPlace, MemoryIO, writeImage, type Driver } from '../src/index.js';
 import { makeToyDriver } from './toy-format.js';
 
 /** Byte equality without vitest's element-wise diff (slow on megabytes). */
@@ -35,6 +35,26 @@ describe('packing after a conversion (a target that counts unreferenced clusters
     const dataClusters = extents.filter((e) => e.kind === 'data').reduce((n, e) => n + Math.ceil(e.length / clusterSize), 0);
     const tableClusters = Math.ceil((600 * 8) / clusterSize);
     expect(await io.size()).toBe(3 * clusterSize + (dataClusters + tableClusters) * clusterSize);
+  });
+
+  it("packs by the conversion source's cluster size when info() shows none (as qemu-img info shows none for some formats)", async () => {
+    const quiet: Driver = {
+      ...toyB,
+      open: async (file, options) => {
+        const image = await toyB.open(file, options);
+        return { ...image, info: () => ({ ...image.info(), clusterSize: undefined }) };
+      },
+    };
+    const io = new MemoryIO(new Uint8Array(0), 'pack-quiet');
+    await writeImage(io, toyA, content);
+    const before = await (await toyA.open(io)).read(0, content.virtualSize);
+    const report = await convertInPlace({ io, source: toyA, target: quiet });
+    expect(report.compaction?.done, report.compaction?.reason).toBe(true);
+    expect(report.compaction?.unitsMoved).toBeGreaterThan(0);
+    const image = await quiet.open(io);
+    expect(image.info().clusterSize).toBeUndefined();
+    expect(same(await image.read(0, content.virtualSize), before)).toBe(true);
+    expect((await image.check!()).leaks).toBe(0);
   });
 
   it('with packing off, leaves the leaks and says so', async () => {

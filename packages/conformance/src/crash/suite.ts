@@ -8,7 +8,7 @@ import { summariseCampaign } from './report.js';
 import { buildCrashSource, canBeCrashSource, crashShapes, type CrashShape } from './sources.js';
 
 export interface CrashSuiteOptions {
-  /** Cluster size the sources are built with (default 65536). */
+  /** Cluster size the sources are built with (default 65536), moved into each source driver's range. */
   clusterSize?: number;
   /** Default: prefix, omit-one, tear-512, subsets, extension, random. */
   generators?: readonly GeneratorName[];
@@ -19,12 +19,20 @@ export interface CrashSuiteOptions {
   /** Interrupted states whose recovery is crashed, per conversion (default 3). */
   recoveryCrashes?: number;
   shapes?: readonly CrashShape[];
+  /** Only the pairs with this driver as source or target (a driver's own campaigns against its partners). */
+  subject?: Driver;
   /** Run only every `of`-th pair starting at `index`, so that the pairs can be spread over test files. */
   part?: { index: number; of: number };
   /** Only the ordered pairs this accepts (default: every pair), e.g. the conversions into one new driver. */
   pairs?: (source: Driver, target: Driver) => boolean;
   /** Also show that an engine without flushes is caught (default true for part 0). */
   selfTest?: boolean;
+}
+
+/** The cluster size the source is built with: the requested one, moved into the driver's range. */
+function nearestClusterSize(driver: Driver, clusterSize: number): number {
+  const range = driver.inPlace?.clusterSizes;
+  return range ? Math.min(range.max, Math.max(range.min, clusterSize)) : clusterSize;
 }
 
 function failureList(result: Pick<EnumerationResult, 'failures'>): string {
@@ -58,6 +66,7 @@ export function describeCrashCampaigns(drivers: readonly Driver[], options: Cras
   const accepts = options.pairs ?? (() => true);
   const pairs = sources
     .flatMap((source) => targets.filter((target) => target !== source && accepts(source, target)).map((target) => [source, target] as const))
+    .filter(([source, target]) => options.subject === undefined || source === options.subject || target === options.subject)
     .filter((_, i) => i % part.of === part.index);
   const ran = new Set<string>();
 
@@ -67,7 +76,7 @@ export function describeCrashCampaigns(drivers: readonly Driver[], options: Cras
         for (const shape of options.shapes ?? crashShapes) {
           if (shape.needsBacking && !(hasCapability(source, 'backing') && hasCapability(target, 'backing'))) continue;
           it(shape.name, async (context) => {
-            const built = await buildCrashSource(source, shape, clusterSize);
+            const built = await buildCrashSource(source, shape, nearestClusterSize(source, clusterSize));
             const result = await runCrashCampaign({
               registry,
               sourceDriver: source.name,

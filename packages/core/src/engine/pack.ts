@@ -252,9 +252,10 @@ function refuseUnits(driver: Driver, message: string, what = 'pack'): IcError {
 /** Pass A: what is referenced, as a bitmap over clusters; the tables (multi-cluster units) and fixed ranges as runs. */
 export async function survey(driver: Driver, image: Image): Promise<Survey> {
   if (!image.units || !image.conversionSource) throw refuseUnits(driver, 'its images do not list their units');
-  const clusterSize = image.info().clusterSize;
-  if (!clusterSize) throw refuseUnits(driver, 'its images have no cluster size');
   const description = await image.conversionSource();
+  // The conversion geometry, as info() may leave the cluster size out where qemu-img info shows none (Parallels).
+  const clusterSize = image.info().clusterSize ?? description.options.clusterSize;
+  if (!clusterSize) throw refuseUnits(driver, 'its images have no cluster size');
   const headerClusters = Math.ceil((description.headerRegionSize ?? 0) / clusterSize);
   const used = new ClusterBitmap();
   const tables = new RunList();

@@ -93,8 +93,11 @@ export interface ImageInfo {
   virtualSize: number;
   clusterSize?: number;
   backing?: BackingReference;
-  /** The format's own "structures may be stale" marker (qcow2 dirty bit, QED need-check...). */
-  dirty: boolean;
+  /**
+   * The format's own "structures may be stale" marker (qcow2 dirty bit, QED need-check...). Left out only where
+   * qemu-img info prints no dirty flag for the format (its qemu driver has no get_info, as Parallels).
+   */
+  dirty?: boolean;
   /** qemu-img's "format-specific" object, when the format has one. */
   formatSpecific?: { type: string; data: Record<string, unknown> };
 }
