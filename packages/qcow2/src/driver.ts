@@ -29,6 +29,7 @@ export const qcow2Driver: Driver = {
     check: true,
     inPlaceSource: true,
     inPlaceTarget: true,
+    repair: true,
   },
   options: QCOW2_OPTIONS,
   probe: probeQcow2,

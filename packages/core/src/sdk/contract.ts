@@ -32,6 +32,8 @@ export interface Capabilities {
   inPlaceSource: boolean;
   /** driver.inPlace builds this format's metadata around data that already sits in a file. */
   inPlaceTarget: boolean;
+  /** Image.check({ repair }) repairs what `qemu-img check -r leaks|all` repairs (needs the image opened for writing). */
+  repair?: boolean;
 }
 
 export const CAPABILITY_HELP: Readonly<Record<keyof Capabilities, string>> = {
@@ -42,6 +44,7 @@ export const CAPABILITY_HELP: Readonly<Record<keyof Capabilities, string>> = {
   check: 'checks image consistency (errors and leaks)',
   inPlaceSource: 'can be converted in place to another format',
   inPlaceTarget: 'can be produced in place from another format',
+  repair: 'check -r leaks|all repairs the image in place',
 };
 
 /** A creation or conversion option, described as data so that the CLI can list, parse and validate it. */
@@ -100,7 +103,11 @@ export interface ImageInfo {
 }
 
 export interface CheckOptions {
-  /** Not supported by every driver; a driver that cannot repair says so. */
+  /**
+   * qemu-img check -r: 'leaks' frees leaked space, 'all' also repairs corruptions. Only drivers claiming capability
+   * 'repair'; the image must be opened on a writable BlockIO. The report then gives what is left after the repair,
+   * with corruptionsFixed and leaksFixed; damage the driver cannot repair safely is refused before anything is written.
+   */
   repair?: 'leaks' | 'all';
 }
 
