@@ -14,12 +14,15 @@ import {
   type UnitRun,
 } from '@ic/core/sdk';
 import { checkImage } from './check.js';
+import { repairImage } from './repair.js';
 import {
   clusterOffsetProblem,
   FEATURE_NEED_CHECK,
   FORMAT,
   HEADER_LENGTH,
+  parseHeader,
   tableOffsetProblem,
+  validateHeader,
   type QedGeometry,
   type QedHeader,
 } from './header.js';
@@ -33,17 +36,18 @@ const L1_TABLE_OFFSET_FIELD = 40;
 /** The blocker conversionSource() reports while the need-check flag is set. */
 export const NEED_CHECK_BLOCKER = {
   feature: 'need-check flag',
-  reason: 'the QED image needs a consistency check (need-check flag set): run `qemu-img check -r all` first',
+  reason: 'the QED image needs a consistency check (need-check flag set): run `ic check -r all` (or `qemu-img check -r all`) first',
 } as const;
 
-/** An opened QED image. Reads only; every offset is validated on the way (qemu's rules, formats.md §2.4). */
+/** An opened QED image. Reads only, but for check({ repair }); every offset is validated on the way (qemu's rules, formats.md §2.4). */
 export class QedImage implements Image {
   readonly format = FORMAT;
 
   constructor(
     readonly io: BlockIO,
-    readonly header: QedHeader,
-    readonly geometry: QedGeometry,
+    /** Replaced by reload() after a repair rewrote the header or resized the file. */
+    public header: QedHeader,
+    public geometry: QedGeometry,
     readonly backing: BackingReference | undefined,
     private readonly options: OpenOptions = {},
   ) {}
@@ -80,7 +84,15 @@ export class QedImage implements Image {
   }
 
   async check(options: CheckOptions = {}): Promise<CheckReport> {
-    return checkImage({ io: this.io, header: this.header, geometry: this.geometry, needCheck: this.needCheck }, options.repair);
+    if (options.repair) return repairImage(this);
+    return checkImage({ io: this.io, header: this.header, geometry: this.geometry, needCheck: this.needCheck });
+  }
+
+  /** Reads the header again and sizes the geometry for the file as it is now. */
+  async reload(): Promise<void> {
+    const fileSize = await this.io.size();
+    this.header = parseHeader(await this.io.read(0, Math.min(HEADER_LENGTH, fileSize)));
+    this.geometry = validateHeader(this.header, fileSize);
   }
 
   /**

@@ -2,3 +2,4 @@ export * from './qemu.js';
 export * from './files.js';
 export * from './processes.js';
 export * from './ic.js';
+export * from './crash-states.js';
