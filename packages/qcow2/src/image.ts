@@ -6,15 +6,19 @@ import {
   type CheckReport,
   type ConversionSource,
   type Extent,
+  type AmendReport,
   type Image,
+  type ImageFeature,
   type ImageInfo,
   type OpenOptions,
+  type OptionValues,
 } from '@ic/core/sdk';
 import { bitmapFlagNames, readBitmapDirectory, type BitmapEntry } from './bitmaps.js';
 import { checkImage } from './check.js';
 import { corruptAt, FORMAT, hex, unsupportedFeature } from './errors.js';
 import { AutoclearFeature, CompatibleFeature, hasFeature, isExtendedL2 } from './header.js';
 import { collectReadPieces, mergedExtents, walkMapping, type MappedPiece } from './mapping.js';
+import { amendImage, demoteImage, qcow2Features } from './amend.js';
 import { repairImage } from './repair.js';
 import { describeConversionSource } from './source.js';
 import { loadState, type Qcow2State } from './state.js';
@@ -139,6 +143,22 @@ export class Qcow2Image implements Image {
       return report;
     }
     return checkImage(this.state, this.bitmaps);
+  }
+
+  features(): Promise<ImageFeature[]> {
+    return qcow2Features(this.state);
+  }
+
+  async amend(options: OptionValues): Promise<AmendReport> {
+    const { state, report } = await amendImage(this.state, this.bitmaps, options);
+    this.state = state;
+    return report;
+  }
+
+  async demote(features: readonly string[]): Promise<AmendReport> {
+    const { state, report } = await demoteImage(this.state, this.bitmaps, features);
+    this.state = state;
+    return report;
   }
 
   conversionSource(): Promise<ConversionSource> {

@@ -154,20 +154,26 @@ async function fixRefcountsInPlace(state: Qcow2State, findings: CheckFindings, m
 
 /**
  * Builds a complete refcount structure past the end of the file from the references (the old table and blocks not
- * counted), then points the header at it. See repairImage for why every instant of it is safe.
+ * counted), then points the header at it. See repairImage for why every instant of it is safe. `extra` clusters
+ * (written past the references by the caller, for tables it is about to switch to them) count once more.
  */
-async function rebuildRefcounts(state: Qcow2State, findings: CheckFindings): Promise<void> {
+export async function rebuildRefcounts(state: Qcow2State, findings: CheckFindings, extra?: { first: number; count: number }): Promise<void> {
   const { io, clusterSize, fileSize } = state;
   const { entriesPerBlock, order, maxValue } = state.refcounts;
   const { references, refcountStructures } = findings;
   const counted = findings.clusterCount;
+  const inExtra = (cluster: number): boolean => extra !== undefined && cluster >= extra.first && cluster < extra.first + extra.count;
   const countOf = (cluster: number): number => {
-    if (cluster >= counted || !references.has(cluster)) return 0;
-    return references.get(cluster) - (refcountStructures.get(cluster) ?? 0);
+    const more = inExtra(cluster) ? 1 : 0;
+    if (cluster >= counted || !references.has(cluster)) return more;
+    return references.get(cluster) - (refcountStructures.get(cluster) ?? 0) + more;
   };
 
-  const start = Math.max(Math.ceil(fileSize / clusterSize), counted);
+  const start = Math.max(Math.ceil(fileSize / clusterSize), counted, extra ? extra.first + extra.count : 0);
   const used = blocksInUse(references, counted, entriesPerBlock, countOf);
+  if (extra && extra.count > 0) {
+    for (let index = Math.floor(extra.first / entriesPerBlock); index <= Math.floor((extra.first + extra.count - 1) / entriesPerBlock); index++) used.push(index);
+  }
   // The new blocks at start.., the table right after them; both need blocks of their own: grow until stable.
   let blockCount = 0;
   let tableClusters = 1;
@@ -209,7 +215,7 @@ async function rebuildRefcounts(state: Qcow2State, findings: CheckFindings): Pro
     const offset = (start + slot) * clusterSize;
     tableView.setUint32(blockIndex * 8, Math.floor(offset / TWO_32));
     tableView.setUint32(blockIndex * 8 + 4, offset % TWO_32);
-    pending.push(encodeBlock(blockIndex, entriesPerBlock, order, clusterSize, references, counted, valueOf));
+    pending.push(encodeBlock(blockIndex, entriesPerBlock, order, clusterSize, references, extra ? 0 : counted, valueOf));
     if (pending.length * clusterSize >= WRITE_CHUNK) await flushPending();
   }
   await flushPending();

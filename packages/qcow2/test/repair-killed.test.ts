@@ -24,7 +24,7 @@ const M = 1024 * 1024;
 async function repairFile(file: string, mode: 'leaks' | 'all'): Promise<void> {
   const io = await FileIO.open(file, { writable: true });
   try {
-    await (await qcow2Driver.open(io, { inflate })).check({ repair: mode });
+    await (await qcow2Driver.open(io, { inflate })).check!({ repair: mode });
   } finally {
     await io.close();
   }
@@ -45,7 +45,7 @@ async function killEverywhere(damaged: string, mode: 'leaks' | 'all', name: stri
 
   const tally: Tally = { states: 0, acceptedAsIs: 0, completedByRerun: 0 };
   const file = tmp.path(`${name}-state.qcow2`);
-  const repair = async (io: BlockIO) => (await qcow2Driver.open(io, { inflate })).check({ repair: mode });
+  const repair = async (io: BlockIO) => (await qcow2Driver.open(io, { inflate })).check!({ repair: mode });
   for await (const { where, bytes } of crashStatesOf(new Uint8Array(readFileSync(damaged)), repair, { samples: 24, maxTearPoints: 3, maxSubsetOps: 6 })) {
     tally.states++;
     writeFileSync(file, bytes);
@@ -68,7 +68,7 @@ async function killEverywhere(damaged: string, mode: 'leaks' | 'all', name: stri
   return tally;
 }
 
-describe('repair killed at every write', () => {
+describe('repair killed at every write', { timeout: 600_000 }, () => {
   it('rebuild of a dirty image with lazy refcounts (-r all)', async () => {
     const dirty = tmp.path('dirty.qcow2');
     qemuCreate(dirty, 'qcow2', 64 * M, { o: 'lazy_refcounts=on' });

@@ -8,7 +8,9 @@ import {
   type ConversionSource,
   type Extent,
   type HostRange,
+  type AmendReport,
   type Image,
+  type ImageFeature,
   type ImageInfo,
   type OpenOptions,
   type UnitRun,
@@ -17,6 +19,8 @@ import { checkImage } from './check.js';
 import { repairImage } from './repair.js';
 import {
   clusterOffsetProblem,
+  FEATURE_BACKING_FILE,
+  FEATURE_BACKING_FORMAT_NO_PROBE,
   FEATURE_NEED_CHECK,
   FORMAT,
   HEADER_LENGTH,
@@ -86,6 +90,40 @@ export class QedImage implements Image {
   async check(options: CheckOptions = {}): Promise<CheckReport> {
     if (options.repair) return repairImage(this);
     return checkImage({ io: this.io, header: this.header, geometry: this.geometry, needCheck: this.needCheck });
+  }
+
+  /** The features in use, as data (`ic info --features`): QED's only removable one is the need-check flag. */
+  async features(): Promise<ImageFeature[]> {
+    const features: ImageFeature[] = [];
+    if (this.needCheck) {
+      features.push({
+        name: 'need_check',
+        kind: 'incompatible',
+        description: 'need-check flag: the image was not closed cleanly, its tables must be checked before they are trusted',
+        removal: { possible: true, cost: 'metadata', how: 'the tables scanned and repaired, the flag cleared (check -r all)' },
+      });
+    }
+    if ((this.header.features & FEATURE_BACKING_FILE) !== 0n) {
+      features.push({ name: 'backing_file', kind: 'incompatible', description: 'the image has a backing file', removal: { possible: false, why: 'its data would have to be copied in (qemu-img rebase or convert)' } });
+    }
+    if ((this.header.features & FEATURE_BACKING_FORMAT_NO_PROBE) !== 0n) {
+      features.push({ name: 'backing_format_no_probe', kind: 'incompatible', description: 'the backing file is raw and must not be probed', removal: { possible: false, why: 'clearing it would let a reader probe the backing file' } });
+    }
+    return features;
+  }
+
+  /** Removes the need-check flag (the only removable feature) by repairing the image. */
+  async demote(features: readonly string[]): Promise<AmendReport> {
+    const known = await this.features();
+    for (const name of features) {
+      const feature = known.find((candidate) => candidate.name === name);
+      if (!feature) throw new IcError('INVALID', `${FORMAT}: the image does not use feature '${name}'`, { format: FORMAT });
+      if (!feature.removal.possible) throw new IcError('UNSUPPORTED', `${FORMAT}: feature '${name}' cannot be removed: ${feature.removal.why}`, { format: FORMAT });
+    }
+    if (!features.includes('need_check')) return { changes: [] };
+    const report = await repairImage(this);
+    if (this.needCheck) throw new IcError('CORRUPT', `${FORMAT}: the need-check flag stays: ${report.messages[0] ?? 'the image is not consistent'}`, { format: FORMAT });
+    return { changes: ['need-check flag cleared (tables checked)'] };
   }
 
   /** Reads the header again and sizes the geometry for the file as it is now. */

@@ -71,6 +71,22 @@ describe('need-check', () => {
     expect(sha256File(ours)).toBe(sha256File(theirs));
   });
 
+  it('the feature model: need_check listed as removable; demote removes it by the same repair', async () => {
+    const file = makeImage('demote');
+    run('qemu-io', ['-f', 'qed', '-c', 'write -P 3 2M 128k', '-c', 'abort', file]);
+    const io = await FileIO.open(file, { writable: true });
+    try {
+      const image = (await qedDriver.open(io)) as QedImage;
+      expect((await image.features()).map((feature) => [feature.name, feature.removal.possible])).toEqual([['need_check', true]]);
+      expect((await image.demote(['need_check'])).changes).toEqual(['need-check flag cleared (tables checked)']);
+      expect(await image.features()).toEqual([]);
+    } finally {
+      await io.close();
+    }
+    expect(needCheck(file)).toBe(false);
+    expect(qemuCheck(file, 'qed').code).toBe(0);
+  });
+
   it('an entry naming a cluster past the end (an allocating write whose data never arrived) is cleared, as qemu-img does', async () => {
     const file = makeImage('past-end');
     run('qemu-io', ['-f', 'qed', '-c', 'write -P 3 2M 64k', '-c', 'abort', file]);
