@@ -5,6 +5,7 @@ import { IcError, PROBE_LENGTH, assertCoverage, collectExtents, hasCapability, i
 import { FileIO, QEMU_LOCKS, type FileOpenOptions } from '@ic/core/node';
 import { printable, usage, type Context } from './context.js';
 import { FOREIGN_TAIL_LENGTH, recogniseForeign } from './foreign-formats.js';
+import { withKillSwitch } from './kill-switch.js';
 import { fullBackingFilename, hasProtocol } from '@ic/qemu-output';
 
 /** The driver named by -f (never probing then); a usage error when no installed driver has that name. */
@@ -122,10 +123,12 @@ export interface OpenedImage {
 export async function openImage(
   context: Context,
   filename: string,
-  options: { driver?: Driver | undefined; access?: Access; untrusted?: boolean } = {},
+  options: { driver?: Driver | undefined; access?: Access; untrusted?: boolean; killSwitch?: boolean } = {},
 ): Promise<OpenedImage> {
   const access = options.access ?? 'read';
-  const io = await openFile(context, filename, access);
+  const file = await openFile(context, filename, access);
+  // The test hooks of kill-switch.ts, for commands that write through the driver (check -r).
+  const io = options.killSwitch ? withKillSwitch(file) : file;
   const extraFiles: FileIO[] = [];
   try {
     const size = await io.size();

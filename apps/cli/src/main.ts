@@ -3,6 +3,7 @@ import packageJson from '../package.json' with { type: 'json' };
 import { EXIT, errorLine, printable, reportError, type CliStreams, type Context } from './context.js';
 import type { Driver } from '@ic/core';
 import { bundledDrivers, createRegistry, driverModulesFromArgv, driverModulesFromEnv, loadDriverModules, type SourcedDriver } from './drivers.js';
+import { amendCommand, demoteCommand } from './commands/amend.js';
 import { checkCommand } from './commands/check.js';
 import { convertCommand } from './commands/convert.js';
 import { createCommand } from './commands/create.js';
@@ -61,8 +62,9 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
     .option('-f, --format <fmt>', 'image format (default: probe)')
     .addOption(outputOption())
     .addOption(forceShareOption())
+    .option('--features', 'also list the features the image uses: kind, description, whether demote can remove them')
     .argument('<image>', 'image file')
-    .action((image: string, options: { format?: string; output: Output }) => run(() => infoCommand(context, image, options)));
+    .action((image: string, options: { format?: string; output: Output; features?: boolean }) => run(() => infoCommand(context, image, options)));
 
   program
     .command('map')
@@ -167,6 +169,22 @@ function buildProgram(context: Context, run: (work: () => Promise<number> | numb
         }),
       ),
     );
+
+  program
+    .command('amend')
+    .description('change image options in place (qemu-img amend): only the options named change')
+    .option('-f, --format <fmt>', 'image format (default: probe)')
+    .option('-o <options>', 'options to change, e.g. compat=0.10 or lazy_refcounts=off', collect, [])
+    .argument('<image>', 'image file (modified in place)')
+    .action((image: string, options: { format?: string; o: string[] }) => run(() => amendCommand(context, image, options)));
+
+  program
+    .command('demote')
+    .description('remove features so that older readers open the image (all removable ones without --feature)')
+    .option('-f, --format <fmt>', 'image format (default: probe)')
+    .option('--feature <name>', 'a feature to remove (ic info --features lists them); repeatable', collect, [])
+    .argument('<image>', 'image file (modified in place)')
+    .action((image: string, options: { format?: string; feature: string[] }) => run(() => demoteCommand(context, image, options)));
 
   program
     .command('recover')

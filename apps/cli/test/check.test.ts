@@ -63,14 +63,68 @@ test.each([
   expect(sha256File(file)).toBe(before);
 });
 
-test('-r: repair is refused while no driver declares it, and nothing is written', async () => {
-  const before = sha256File(leaky);
-  const result = await runIc(['check', '-r', 'leaks', leaky]);
+/** `ic check -r MODE` and `qemu-img check -r MODE` on two copies of `file`: both results, and the copies. */
+async function repairBoth(file: string, mode: 'leaks' | 'all', output: 'human' | 'json' = 'human') {
+  const ours = work.path(`ours-${mode}-${output}-${Math.random().toString(36).slice(2)}.qcow2`);
+  const theirs = `${ours}.qemu`;
+  copyFile(file, ours);
+  copyFile(file, theirs);
+  const args = output === 'json' ? ['--output=json'] : [];
+  const ic = await runIc(['check', '-r', mode, ...args, ours]);
+  const qemu = run('qemu-img', ['check', '-r', mode, '-f', 'qcow2', ...args, theirs]);
+  return { ic, qemu, ours, theirs };
+}
+
+test.each(['human', 'json'] as const)('-r leaks: the same report (%s) and exit status as qemu-img, a clean image after', async (output) => {
+  const { ic, qemu, ours, theirs } = await repairBoth(leaky, 'leaks', output);
+  expect(ic.code).toBe(qemu.code);
+  expect(ic.code).toBe(0);
+  expect(output === 'json' ? JSON.parse(ic.stdout) : ic.stdout).toEqual(output === 'json' ? { ...JSON.parse(qemu.stdout), filename: ours } : qemu.stdout);
+  expect(ic.stderr).toContain('Leaked cluster 0 refcount=2 reference=1');
+  expect(qemuCheck(ours, 'qcow2').code).toBe(0);
+  expect(run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', ours, theirs]).code).toBe(0);
+});
+
+test('-r all on a dirty image with lazy refcounts: qemu-img\'s report, dirty bit cleared; -r leaks refuses it like qemu-img', async () => {
+  const dirty = work.path('dirty.qcow2');
+  qemuCreate(dirty, 'qcow2', '64M', { o: 'lazy_refcounts=on' });
+  run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 1 0 128k', '-c', 'write -P 2 1M 64k', '-c', 'abort', dirty]);
+  const { ic, qemu, ours, theirs } = await repairBoth(dirty, 'all');
+  expect(ic.code).toBe(qemu.code);
+  expect(ic.code).toBe(0);
+  expect(ic.stdout).toBe(qemu.stdout);
+  expect(qemuCheck(ours, 'qcow2').code).toBe(0);
+  expect(run('qemu-img', ['info', '--output=json', ours]).stdout).toContain('"dirty-flag": false');
+  expect(run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', ours, theirs]).code).toBe(0);
+
+  const before = sha256File(dirty);
+  const leaks = await runIc(['check', '-r', 'leaks', dirty]);
+  expect(leaks.code).toBe(1);
+  expect(leaks.stderr).toMatch(ERROR_LINE);
+  expect(leaks.stderr).toContain('must be rebuilt');
+  expect(sha256File(dirty)).toBe(before);
+  const qemuLeaks = work.path('dirty-qemu-leaks.qcow2');
+  copyFile(dirty, qemuLeaks);
+  const refused = run('qemu-img', ['check', '-r', 'leaks', '-f', 'qcow2', qemuLeaks]);
+  expect(refused.code).toBe(1);
+  expect(refused.stderr).toContain('need to rebuild refcount structures');
+});
+
+test('-r on damage the repair does not touch: one line, exit 1, nothing written', async () => {
+  const damaged = work.path('damaged.qcow2');
+  copyFile(clean, damaged);
+  const bytes = readFileSync(damaged);
+  const l1 = Number(bytes.readBigUInt64BE(40));
+  bytes.writeBigUInt64BE(0x8000000000040001n, l1); // L1 entry with reserved bits
+  writeFileSync(damaged, bytes);
+  const before = sha256File(damaged);
+  const result = await runIc(['check', '-r', 'all', damaged]);
   expect(result.code).toBe(1);
+  expect(result.stdout).toBe('');
   expect(result.stderr).toMatch(ERROR_LINE);
-  expect(result.stderr).toContain('repair is not supported yet');
-  expect(sha256File(leaky)).toBe(before);
-  const bad = await runIc(['check', '-r', 'everything', leaky]);
+  expect(result.stderr).toContain('[CORRUPT]');
+  expect(sha256File(damaged)).toBe(before);
+  const bad = await runIc(['check', '-r', 'everything', damaged]);
   expect(bad.code).toBe(2);
   expect(bad.stderr).toMatch(ERROR_LINE);
 });

@@ -34,16 +34,58 @@ const REFCOUNT_RUN_BYTES = 4 * 1024 * 1024;
  * clusters come in host order, after those of the L2 tables. The counters are the same.
  */
 export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntry[]): Promise<CheckReport> {
+  return (await analyseImage(state, bitmaps)).report;
+}
+
+/**
+ * What a repair needs besides the report: the references counted from the tables, and the problems sorted by
+ * what can fix them (repair.ts). Counts of corruptions add up to report.corruptions.
+ */
+export interface CheckFindings {
+  /** How often every host cluster [0, clusterCount) is referenced, the old refcount structures included. */
+  references: ClusterCounts;
+  clusterCount: number;
+  /** Corruptions of the tables themselves (bad entries, references past the end...): nothing here repairs them. */
+  unrepairable: number;
+  firstUnrepairable: string | undefined;
+  /** Corruptions of the refcount table and blocks (entries, alignment, blocks used twice). */
+  structural: number;
+  /** qemu's "rebuild" verdict: the refcount structures must be built anew (structural damage, or clusters in use counted as free). */
+  rebuild: boolean;
+  /** Clusters whose stored refcount is above / below their references. */
+  leaks: number;
+  low: number;
+  /** Clusters whose stored refcount differs from their references, in increasing order. */
+  mismatches: number[];
+  copiedErrors: number;
+  /** Clusters the current refcount table and blocks occupy, with how often they reference each. */
+  refcountStructures: Map<number, number>;
+}
+
+/** The check, and what it found sorted for a repair. */
+export async function analyseImage(state: Qcow2State, bitmaps: readonly BitmapEntry[]): Promise<{ report: CheckReport; findings: CheckFindings }> {
   const { clusterSize, fileSize, geometry, header, io } = state;
   const log = new MessageLog(MAX_MESSAGES);
   const copiedLog = new MessageLog(MAX_MESSAGES);
   const result = { corruptions: 0, leaks: 0, checkErrors: 0, allocated: 0, fragmented: 0, compressed: 0 };
+  const found = { unrepairable: 0, firstUnrepairable: undefined as string | undefined, structural: 0, rebuild: false, low: 0, copied: 0 };
+  const mismatches: number[] = [];
+  const refcountStructures = new Map<number, number>();
   const corruption = (line: string): void => {
     result.corruptions++;
+    found.unrepairable++;
+    found.firstUnrepairable ??= line;
+    log.add(line);
+  };
+  const structural = (line: string): void => {
+    result.corruptions++;
+    found.structural++;
+    found.rebuild = true;
     log.add(line);
   };
   const copiedCorruption = (line: string): void => {
     result.corruptions++;
+    found.copied++;
     copiedLog.add(line);
   };
 
@@ -281,6 +323,10 @@ export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntr
 
   // Refcount table, encryption header, bitmaps.
   addReference(header.refcountTableOffset, header.refcountTableClusters * clusterSize);
+  for (let index = 0; index < header.refcountTableClusters; index++) {
+    const cluster = header.refcountTableOffset / clusterSize + index;
+    refcountStructures.set(cluster, (refcountStructures.get(cluster) ?? 0) + 1);
+  }
   if (state.extensions.encryption) addReference(state.extensions.encryption.offset, state.extensions.encryption.length);
   if (state.bitmapsActive && state.extensions.bitmaps) {
     addReference(state.extensions.bitmaps.directoryOffset, state.extensions.bitmaps.directorySize);
@@ -311,23 +357,26 @@ export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntr
   for (let index = 0; index < refcountTable.count; index++) {
     const blockOffset = refcountTable.offsets[index]!;
     if (refcountTable.reserved[index] !== 0) {
-      corruption(`ERROR refcount table entry ${index} has reserved bits set`);
+      structural(`ERROR refcount table entry ${index} has reserved bits set`);
       continue;
     }
     if (blockOffset % clusterSize !== 0) {
-      corruption(`ERROR refcount block ${index} is not cluster aligned; refcount table entry corrupted`);
+      structural(`ERROR refcount block ${index} is not cluster aligned; refcount table entry corrupted`);
       continue;
     }
     const cluster = blockOffset / clusterSize;
     if (cluster >= clusterCount) {
-      corruption(`ERROR refcount block ${index} is outside image`);
+      structural(`ERROR refcount block ${index} is outside image`);
       continue;
     }
     if (blockOffset !== 0) {
       addReference(blockOffset, clusterSize);
-      if (references.get(cluster) !== 1) corruption(`ERROR refcount block ${index} refcount=${references.get(cluster)}`);
+      refcountStructures.set(cluster, (refcountStructures.get(cluster) ?? 0) + 1);
+      if (references.get(cluster) !== 1) structural(`ERROR refcount block ${index} refcount=${references.get(cluster)}`);
     }
   }
+  // A refcount table sharing a cluster with anything else cannot stay where it is either.
+  for (const [cluster, count] of refcountStructures) if (references.get(cluster) > count) found.rebuild = true;
 
   // Compare stored refcounts with the references and the COPIED flags, one refcount block at a time.
   let highestCluster = 0;
@@ -346,6 +395,7 @@ export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntr
     if (block === 'unaligned') {
       // Like qemu, such a cluster does not move the image end (and its COPIED flags are not checked).
       result.checkErrors += last - first;
+      found.rebuild = true;
       let cluster = first;
       for (; cluster < last && log.room(); cluster++) log.add(`Can't get refcount for cluster ${cluster}: Input/output error`);
       log.drop(last - cluster);
@@ -381,8 +431,12 @@ export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntr
       const reference = (referenced[word]! & mask) === 0 ? 0 : sharedReferences ? references.get(cluster) : 1;
       if (value > 0 || reference > 0) highestCluster = cluster;
       if (value !== reference) {
+        mismatches.push(cluster);
         if (value < reference) {
           result.corruptions++;
+          found.low++;
+          // qemu: a cluster in use counted as free means the refcount structures must be rebuilt.
+          if (value === 0) found.rebuild = true;
           log.add(`ERROR cluster ${cluster} refcount=${value} reference=${reference}`);
         } else {
           result.leaks++;
@@ -408,10 +462,11 @@ export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntr
     const refcount = await storedRefcount(Math.floor(l2Offset / clusterSize));
     if (refcount === undefined || (refcount === 1) === ((high & 0x80000000) !== 0)) continue;
     result.corruptions++;
+    found.copied++;
     log.add(`ERROR OFLAG_COPIED L2 cluster: l1_index=${index} l1_entry=${entryHex(state.l1, index * 8)} refcount=${refcount}`);
   }
 
-  return {
+  const report: CheckReport = {
     corruptions: result.corruptions,
     leaks: result.leaks,
     checkErrors: result.checkErrors,
@@ -422,6 +477,20 @@ export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntr
     imageEndOffset: (highestCluster + 1) * clusterSize,
     messages: log.join(copiedLog),
   };
+  const findings: CheckFindings = {
+    references,
+    clusterCount,
+    unrepairable: found.unrepairable,
+    firstUnrepairable: found.firstUnrepairable,
+    structural: found.structural,
+    rebuild: found.rebuild,
+    leaks: result.leaks,
+    low: found.low,
+    mismatches,
+    copiedErrors: found.copied,
+    refcountStructures,
+  };
+  return { report, findings };
 }
 
 /** Per-cluster counters are kept in memory: a few bits each, so cap the file at 2^30 clusters. */
@@ -462,7 +531,7 @@ const PAGE_MASK = (1 << PAGE_SHIFT) - 1;
  * How often each cluster of [0, length) was counted: one bit for "at least once"; one byte (count - 1) per
  * cluster only in 4096-cluster pages where some cluster was counted twice; exact counts past 255 in a map.
  */
-class ClusterCounts {
+export class ClusterCounts {
   /** Bit per cluster: counted at least once (read by the hot loops directly). */
   readonly once: Uint32Array;
   private readonly pages = new Map<number, Uint8Array>();

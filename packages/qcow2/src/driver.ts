@@ -1,4 +1,5 @@
 import { DRIVER_API_VERSION, type BlockIO, type CreateSpec, type Driver, type Image, type OpenOptions } from '@ic/core/sdk';
+import { QCOW2_AMEND_OPTIONS } from './amend.js';
 import { createImage, QCOW2_OPTIONS } from './create.js';
 import { FORMAT } from './errors.js';
 import { HeaderField, QCOW2_MAGIC } from './header.js';
@@ -29,8 +30,10 @@ export const qcow2Driver: Driver = {
     check: true,
     inPlaceSource: true,
     inPlaceTarget: true,
+    repair: true,
   },
   options: QCOW2_OPTIONS,
+  amendOptions: QCOW2_AMEND_OPTIONS,
   probe: probeQcow2,
   open(io: BlockIO, options?: OpenOptions): Promise<Image> {
     return Qcow2Image.open(io, options);

@@ -6,26 +6,32 @@ import {
   type CheckReport,
   type ConversionSource,
   type Extent,
+  type AmendReport,
   type Image,
+  type ImageFeature,
   type ImageInfo,
   type OpenOptions,
+  type OptionValues,
 } from '@ic/core/sdk';
 import { bitmapFlagNames, readBitmapDirectory, type BitmapEntry } from './bitmaps.js';
 import { checkImage } from './check.js';
 import { corruptAt, FORMAT, hex, unsupportedFeature } from './errors.js';
 import { AutoclearFeature, CompatibleFeature, hasFeature, isExtendedL2 } from './header.js';
 import { collectReadPieces, mergedExtents, walkMapping, type MappedPiece } from './mapping.js';
+import { amendImage, demoteImage, qcow2Features } from './amend.js';
+import { repairImage } from './repair.js';
 import { describeConversionSource } from './source.js';
 import { loadState, type Qcow2State } from './state.js';
 
-/** An opened qcow2 image. Never writes. */
+/** An opened qcow2 image. Writes only when asked to repair (check({ repair })). */
 export class Qcow2Image implements Image {
   readonly format = FORMAT;
   /** Last decompressed cluster, keyed by its compressed host offset. */
   private inflated: { hostOffset: number; bytes: Uint8Array } | undefined;
 
   private constructor(
-    readonly state: Qcow2State,
+    /** Replaced when a repair rewrote the header or the tables. */
+    public state: Qcow2State,
     readonly bitmaps: readonly BitmapEntry[],
   ) {}
 
@@ -131,8 +137,28 @@ export class Qcow2Image implements Image {
   }
 
   async check(options: CheckOptions = {}): Promise<CheckReport> {
-    if (options.repair) throw unsupportedFeature('check repair is not implemented; use qemu-img check -r');
+    if (options.repair) {
+      const { report, state } = await repairImage(this.state, this.bitmaps, options.repair);
+      this.state = state;
+      return report;
+    }
     return checkImage(this.state, this.bitmaps);
+  }
+
+  features(): Promise<ImageFeature[]> {
+    return qcow2Features(this.state);
+  }
+
+  async amend(options: OptionValues): Promise<AmendReport> {
+    const { state, report } = await amendImage(this.state, this.bitmaps, options);
+    this.state = state;
+    return report;
+  }
+
+  async demote(features: readonly string[]): Promise<AmendReport> {
+    const { state, report } = await demoteImage(this.state, this.bitmaps, features);
+    this.state = state;
+    return report;
   }
 
   conversionSource(): Promise<ConversionSource> {

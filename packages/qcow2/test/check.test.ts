@@ -131,8 +131,8 @@ describe('check() on other qemu-made states', () => {
     expect(report.leaks).toBe(1);
   });
 
-  it('refuses repair with a typed error', async () => {
+  it('refuses to repair an image opened read-only (repair.test.ts repairs)', async () => {
     const image = await openQcow2(base);
-    await expect(image.check({ repair: 'all' })).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    await expect(image.check({ repair: 'all' })).rejects.toMatchObject({ code: 'INVALID' });
   });
 });

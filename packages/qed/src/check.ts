@@ -87,6 +87,20 @@ export interface ScanResult {
   l2Tables: L2TableRef[];
   /** Some L2 entry inside the image's clusters is a zero cluster. */
   hasZeroClusters: boolean;
+  /** With ScanOptions.collect: what a repair needs. */
+  repair?: RepairFindings;
+}
+
+/** Sorted for a repair (repair.ts): the entries qemu's fix clears, the other corruptions, where the references end. */
+export interface RepairFindings {
+  /** Host offsets of L1 and L2 entries naming a cluster or table outside the file or misaligned (qemu clears them). */
+  invalidEntries: number[];
+  /** Corruptions of any other kind (clusters referenced twice, tables overlapping): nothing repairs them. */
+  shared: number;
+  /** First byte past the highest cluster referenced (header region and L1 table included). */
+  referencedEnd: number;
+  /** Every cluster referenced, plain numbering (offset / cluster_size). */
+  used: ClusterSet;
 }
 
 export interface ScanContext {
@@ -106,6 +120,8 @@ export interface ScanOptions {
    * a "leak", per cluster_size - 1 clusters of file).
    */
   qemuClusterNumbers?: boolean;
+  /** Fill ScanResult.repair (plain cluster numbers then). */
+  collect?: boolean;
 }
 
 /**
@@ -130,6 +146,9 @@ export async function scanTables(context: ScanContext, options: ScanOptions = {}
     hasZeroClusters: false,
   };
   let suppressed = 0;
+  const collect = options.collect === true;
+  const invalidEntries: number[] = [];
+  let shared = 0;
   const report = (message: string, offset: number, corruptions = 1): boolean => {
     result.corruptions += corruptions;
     result.firstProblem ??= { message, offset };
@@ -195,11 +214,13 @@ export async function scanTables(context: ScanContext, options: ScanOptions = {}
         }
         const l2Index = firstIndex + j;
         const where = `(L2 entry ${l2Index}, host ${hex(entryHostOffset(l2Offset, l2Index))}, guest ${hex((guestClusterBase + l2Index) * 2 ** clusterBits)})`;
+        shared++;
         stop = report(`${FORMAT}: data cluster ${hex(dataOffset)} ${where} is already in use: clusters must be referenced once`, entryHostOffset(l2Offset, l2Index));
       } else {
         const l2Index = firstIndex + j;
         const where = `(host ${hex(entryHostOffset(l2Offset, l2Index))}, guest ${hex((guestClusterBase + l2Index) * 2 ** clusterBits)})`;
         const problem = clusterOffsetProblem(geometry, dataOffset);
+        if (collect) invalidEntries.push(entryHostOffset(l2Offset, l2Index));
         stop = report(`${FORMAT}: L2 entry ${l2Index} ${where} names a data cluster at ${entryHex(view, j)} that ${problem}`, entryHostOffset(l2Offset, l2Index));
       }
       if (stop) break;
@@ -236,12 +257,14 @@ export async function scanTables(context: ScanContext, options: ScanOptions = {}
       const where = entryHostOffset(header.l1TableOffset, l1Index);
       const problem = tableOffsetProblem(geometry, l2Offset);
       if (problem) {
+        if (collect) invalidEntries.push(where);
         if (report(`${FORMAT}: L1 entry ${l1Index} (host ${hex(where)}) names an L2 table at ${entryHex(l1Chunk.view, i)} that ${problem}`, where)) break scan;
         continue;
       }
       const overlapping = mark(l2Offset, tableSize);
       if (overlapping > 0) {
         const message = `${FORMAT}: L2 table at ${hex(l2Offset)} (L1 entry ${l1Index}, host ${hex(where)}) overlaps ${overlapping} cluster(s) already in use`;
+        shared += overlapping;
         if (report(message, where, overlapping)) break scan;
         continue;
       }
@@ -276,14 +299,21 @@ export async function scanTables(context: ScanContext, options: ScanOptions = {}
     }
   }
   if (suppressed > 0) result.messages.push(`${FORMAT}: ${suppressed} further problem(s) not listed`);
+  if (collect) {
+    let referencedEnd = headerRegionSize;
+    for (let cluster = Math.floor(validationFileSize / clusterSize) - 1; cluster * clusterSize >= headerRegionSize; cluster--) {
+      if (used.has(cluster)) {
+        referencedEnd = (cluster + 1) * clusterSize;
+        break;
+      }
+    }
+    result.repair = { invalidEntries, shared, referencedEnd, used };
+  }
   return result;
 }
 
 /** Image.check(): qemu-img check's verdict for QED (corruptions, leaks, check errors and its counters). */
-export async function checkImage(context: ScanContext & { needCheck: boolean }, repair?: 'leaks' | 'all'): Promise<CheckReport> {
-  if (repair !== undefined) {
-    throw new IcError('UNSUPPORTED', `${FORMAT}: repair is not implemented; run \`qemu-img check -r ${repair} -f qed\``, { format: FORMAT });
-  }
+export async function checkImage(context: ScanContext & { needCheck: boolean }): Promise<CheckReport> {
   const scan = await scanTables(context, { qemuClusterNumbers: true });
   const messages = [...scan.messages];
   const { clusterSize, validationFileSize } = context.geometry;
@@ -296,7 +326,7 @@ export async function checkImage(context: ScanContext & { needCheck: boolean }, 
   }
   if (context.needCheck) {
     // qemu-img check does not count the flag itself (it reports such an image clean); say it anyway.
-    messages.unshift(`${FORMAT}: the need-check flag is set (the image was not closed cleanly); \`qemu-img check -r all\` clears it`);
+    messages.unshift(`${FORMAT}: the need-check flag is set (the image was not closed cleanly); \`check -r all\` clears it`);
   }
   return {
     corruptions: scan.corruptions,

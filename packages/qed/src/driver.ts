@@ -51,6 +51,7 @@ export const qedDriver: Driver = {
     check: true,
     inPlaceSource: true,
     inPlaceTarget: true,
+    repair: true,
   },
   options: QED_OPTIONS,
   probe(head: Uint8Array): number {

@@ -8,18 +8,25 @@ import {
   type ConversionSource,
   type Extent,
   type HostRange,
+  type AmendReport,
   type Image,
+  type ImageFeature,
   type ImageInfo,
   type OpenOptions,
   type UnitRun,
 } from '@ic/core/sdk';
 import { checkImage } from './check.js';
+import { repairImage } from './repair.js';
 import {
   clusterOffsetProblem,
+  FEATURE_BACKING_FILE,
+  FEATURE_BACKING_FORMAT_NO_PROBE,
   FEATURE_NEED_CHECK,
   FORMAT,
   HEADER_LENGTH,
+  parseHeader,
   tableOffsetProblem,
+  validateHeader,
   type QedGeometry,
   type QedHeader,
 } from './header.js';
@@ -33,17 +40,18 @@ const L1_TABLE_OFFSET_FIELD = 40;
 /** The blocker conversionSource() reports while the need-check flag is set. */
 export const NEED_CHECK_BLOCKER = {
   feature: 'need-check flag',
-  reason: 'the QED image needs a consistency check (need-check flag set): run `qemu-img check -r all` first',
+  reason: 'the QED image needs a consistency check (need-check flag set): run `ic check -r all` (or `qemu-img check -r all`) first',
 } as const;
 
-/** An opened QED image. Reads only; every offset is validated on the way (qemu's rules, formats.md §2.4). */
+/** An opened QED image. Reads only, but for check({ repair }); every offset is validated on the way (qemu's rules, formats.md §2.4). */
 export class QedImage implements Image {
   readonly format = FORMAT;
 
   constructor(
     readonly io: BlockIO,
-    readonly header: QedHeader,
-    readonly geometry: QedGeometry,
+    /** Replaced by reload() after a repair rewrote the header or resized the file. */
+    public header: QedHeader,
+    public geometry: QedGeometry,
     readonly backing: BackingReference | undefined,
     private readonly options: OpenOptions = {},
   ) {}
@@ -80,7 +88,49 @@ export class QedImage implements Image {
   }
 
   async check(options: CheckOptions = {}): Promise<CheckReport> {
-    return checkImage({ io: this.io, header: this.header, geometry: this.geometry, needCheck: this.needCheck }, options.repair);
+    if (options.repair) return repairImage(this);
+    return checkImage({ io: this.io, header: this.header, geometry: this.geometry, needCheck: this.needCheck });
+  }
+
+  /** The features in use, as data (`ic info --features`): QED's only removable one is the need-check flag. */
+  async features(): Promise<ImageFeature[]> {
+    const features: ImageFeature[] = [];
+    if (this.needCheck) {
+      features.push({
+        name: 'need_check',
+        kind: 'incompatible',
+        description: 'need-check flag: the image was not closed cleanly, its tables must be checked before they are trusted',
+        removal: { possible: true, cost: 'metadata', how: 'the tables scanned and repaired, the flag cleared (check -r all)' },
+      });
+    }
+    if ((this.header.features & FEATURE_BACKING_FILE) !== 0n) {
+      features.push({ name: 'backing_file', kind: 'incompatible', description: 'the image has a backing file', removal: { possible: false, why: 'its data would have to be copied in (qemu-img rebase or convert)' } });
+    }
+    if ((this.header.features & FEATURE_BACKING_FORMAT_NO_PROBE) !== 0n) {
+      features.push({ name: 'backing_format_no_probe', kind: 'incompatible', description: 'the backing file is raw and must not be probed', removal: { possible: false, why: 'clearing it would let a reader probe the backing file' } });
+    }
+    return features;
+  }
+
+  /** Removes the need-check flag (the only removable feature) by repairing the image. */
+  async demote(features: readonly string[]): Promise<AmendReport> {
+    const known = await this.features();
+    for (const name of features) {
+      const feature = known.find((candidate) => candidate.name === name);
+      if (!feature) throw new IcError('INVALID', `${FORMAT}: the image does not use feature '${name}'`, { format: FORMAT });
+      if (!feature.removal.possible) throw new IcError('UNSUPPORTED', `${FORMAT}: feature '${name}' cannot be removed: ${feature.removal.why}`, { format: FORMAT });
+    }
+    if (!features.includes('need_check')) return { changes: [] };
+    const report = await repairImage(this);
+    if (this.needCheck) throw new IcError('CORRUPT', `${FORMAT}: the need-check flag stays: ${report.messages[0] ?? 'the image is not consistent'}`, { format: FORMAT });
+    return { changes: ['need-check flag cleared (tables checked)'] };
+  }
+
+  /** Reads the header again and sizes the geometry for the file as it is now. */
+  async reload(): Promise<void> {
+    const fileSize = await this.io.size();
+    this.header = parseHeader(await this.io.read(0, Math.min(HEADER_LENGTH, fileSize)));
+    this.geometry = validateHeader(this.header, fileSize);
   }
 
   /**

@@ -181,7 +181,7 @@ describe('check() classifies like qemu-img check', () => {
       expect(image.info().dirty).toBe(false);
       const source = await image.conversionSource();
       expect(source.blockers).toEqual([NEED_CHECK_BLOCKER]);
-      expect(source.blockers[0]!.reason).toBe('the QED image needs a consistency check (need-check flag set): run `qemu-img check -r all` first');
+      expect(source.blockers[0]!.reason).toBe('the QED image needs a consistency check (need-check flag set): run `ic check -r all` (or `qemu-img check -r all`) first');
       // The mapping itself is readable (qemu allows read-only opens without a check).
       const data = await image.read(0, 65536);
       expect(data.every((byte) => byte === 0x11)).toBe(true);
@@ -245,9 +245,9 @@ describe('check() classifies like qemu-img check', () => {
     });
   });
 
-  it('repair is refused with UNSUPPORTED', async () => {
+  it('repair needs the image opened for writing (repair.test.ts repairs)', async () => {
     await withImage(base, async (image) => {
-      await expect(image.check({ repair: 'leaks' })).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+      await expect(image.check({ repair: 'leaks' })).rejects.toMatchObject({ code: 'INVALID' });
     });
   });
 });

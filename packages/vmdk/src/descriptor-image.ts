@@ -188,7 +188,6 @@ export class DescriptorVmdkImage implements Image {
    * the same checks as a monolithicSparse file.
    */
   async check(options: CheckOptions = {}): Promise<CheckReport> {
-    if (options.repair) throw vmdkError('UNSUPPORTED', 'check cannot repair VMDK images (qemu-img cannot either)');
     const files = this.files;
     if (!files) throw this.refuse('check');
     const report: CheckReport = { corruptions: 0, leaks: 0, checkErrors: 0, messages: [] };
@@ -215,6 +214,13 @@ export class DescriptorVmdkImage implements Image {
       for (const message of sub.messages) note(`${where}: ${message}`);
     }
     if (dropped > 0) report.messages.push(`... and ${dropped} more`);
+    if (options.repair) {
+      // The extent files are opened read-only and VMDK has nothing a repair could rebuild from (repair.ts).
+      if (report.corruptions > 0 || report.checkErrors > 0) {
+        throw vmdkError('CORRUPT', `${report.messages[0] ?? 'an extent is damaged'}: VMDK has nothing a repair could rebuild that from (qemu-img cannot repair VMDK either); nothing was written`);
+      }
+      report.messages.push('nothing to repair: VMDK keeps no reference counts, so it has no leaks, and the check found no damage (extent files are never written)');
+    }
     return report;
   }
 

@@ -38,6 +38,7 @@ export const vmdkDriver: Driver = {
     check: true,
     inPlaceSource: true,
     inPlaceTarget: true,
+    repair: true,
   },
   options: VMDK_OPTIONS,
 

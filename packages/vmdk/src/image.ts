@@ -28,6 +28,7 @@ import {
 import { parseSparseHeader, SECTOR_SIZE, validateSparseHeader, type SparseGeometry, type SparseHeader } from './header.js';
 import { readCompressedGrain, readFooterHeader } from './stream.js';
 import { checkSparse } from './check.js';
+import { repairSparse } from './repair.js';
 import { openDescriptorImage } from './descriptor-image.js';
 import { sparseConversionSource } from './source.js';
 
@@ -269,8 +270,8 @@ export class SparseVmdkImage implements Image {
   }
 
   async check(options: CheckOptions = {}): Promise<CheckReport> {
-    if (options.repair) throw vmdkError('UNSUPPORTED', 'check cannot repair VMDK images (qemu-img cannot either)');
-    return checkSparse(this);
+    const report = await checkSparse(this);
+    return options.repair ? repairSparse(this.state, report) : report;
   }
 
   conversionSource(): Promise<ConversionSource> {

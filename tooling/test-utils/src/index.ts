@@ -3,3 +3,4 @@ export * from './files.js';
 export * from './processes.js';
 export * from './ic.js';
 export * from './into.js';
+export * from './crash-states.js';

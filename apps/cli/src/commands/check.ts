@@ -1,4 +1,4 @@
-import { IcError, hasCapability, type CheckReport, type Driver } from '@ic/core';
+import { IcError, hasCapability, inspectInterrupted, type CheckReport } from '@ic/core';
 import { EXIT, errorLine, printable, type Context } from '../context.js';
 import { namedDriver, openImage } from '../images.js';
 import { checkHuman, checkJson, qemuJson } from '@ic/qemu-output';
@@ -7,14 +7,6 @@ export interface CheckCommandOptions {
   format?: string;
   output: 'human' | 'json';
   repair?: 'leaks' | 'all';
-}
-
-/**
- * Repair is a capability a driver declares as data (`capabilities.repair: true`, outside the core's list
- * for now); no first-party driver declares it yet.
- */
-function canRepair(driver: Driver): boolean {
-  return (driver.capabilities as Readonly<Record<string, unknown>>)['repair'] === true;
 }
 
 /** `ic check`: qemu-img check's report and exit statuses (0 clean, 2 corruptions, 3 leaks only, 1 failed, 63 no check). */
@@ -27,9 +19,16 @@ export async function checkCommand(context: Context, filename: string, options: 
       return EXIT.CHECK_UNSUPPORTED;
     }
     if (options.repair) {
-      if (!canRepair(driver)) throw new IcError('UNSUPPORTED', `${driver.name}: repair is not supported yet (check without -r reports the problems)`);
+      // Repair is a capability a driver declares as data; the driver decides what it can repair safely.
+      if (!hasCapability(driver, 'repair')) {
+        throw new IcError('UNSUPPORTED', `${driver.name}: this driver cannot repair images (check without -r reports the problems)`);
+      }
       await opened.close();
-      opened = await openImage(context, filename, { driver, access: 'write' });
+      opened = await openImage(context, filename, { driver, access: 'write', killSwitch: true });
+      // An interrupted conversion's record is recover's to finish (it also drops the leaks the conversion left).
+      if ((await inspectInterrupted(opened.io)) !== 'none') {
+        throw new IcError('NEEDS_RECOVERY', `${filename}: an in-place conversion was interrupted; run \`ic recover ${filename}\` first`, { path: filename });
+      }
     }
     const check = opened.image.check!.bind(opened.image);
     let report: CheckReport = await check(options.repair ? { repair: options.repair } : {});

@@ -1,11 +1,14 @@
 import { stat } from 'node:fs/promises';
-import { EXIT, type Context } from '../context.js';
+import { EXIT, printable, type Context } from '../context.js';
+import { describeFeature } from './amend.js';
 import { namedDriver, openImage } from '../images.js';
 import { infoHuman, infoJson, qemuJson } from '@ic/qemu-output';
 
 export interface InfoOptions {
   format?: string;
   output: 'human' | 'json';
+  /** Also list the features the image uses (not in qemu-img's output, so only when asked). */
+  features?: boolean;
 }
 
 /** Bytes the file occupies on disk, as qemu-img's "actual-size" (st_blocks * 512). */
@@ -23,7 +26,17 @@ export async function infoCommand(context: Context, filename: string, options: I
   const opened = await openImage(context, filename, { driver, access: 'info' });
   try {
     const json = infoJson(opened.image.info(), filename, await allocatedBytes(filename));
-    context.out(options.output === 'json' ? qemuJson(json) : infoHuman(json));
+    if (!options.features) {
+      context.out(options.output === 'json' ? qemuJson(json) : infoHuman(json));
+      return EXIT.OK;
+    }
+    const features = opened.image.features ? await opened.image.features() : [];
+    if (options.output === 'json') {
+      context.out(qemuJson({ ...json, features }));
+    } else {
+      const lines = features.map((feature) => `    ${printable(describeFeature(feature))}\n`).join('');
+      context.out(`${infoHuman(json)}Features:${features.length === 0 ? ' none\n' : `\n${lines}`}`);
+    }
     return EXIT.OK;
   } finally {
     await opened.close();

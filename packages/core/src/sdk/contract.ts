@@ -32,6 +32,8 @@ export interface Capabilities {
   inPlaceSource: boolean;
   /** driver.inPlace builds this format's metadata around data that already sits in a file. */
   inPlaceTarget: boolean;
+  /** Image.check({ repair }) repairs what `qemu-img check -r leaks|all` repairs (needs the image opened for writing). */
+  repair?: boolean;
 }
 
 export const CAPABILITY_HELP: Readonly<Record<keyof Capabilities, string>> = {
@@ -42,6 +44,7 @@ export const CAPABILITY_HELP: Readonly<Record<keyof Capabilities, string>> = {
   check: 'checks image consistency (errors and leaks)',
   inPlaceSource: 'can be converted in place to another format',
   inPlaceTarget: 'can be produced in place from another format',
+  repair: 'check -r leaks|all repairs the image in place',
 };
 
 /** A creation or conversion option, described as data so that the CLI can list, parse and validate it. */
@@ -103,7 +106,11 @@ export interface ImageInfo {
 }
 
 export interface CheckOptions {
-  /** Not supported by every driver; a driver that cannot repair says so. */
+  /**
+   * qemu-img check -r: 'leaks' frees leaked space, 'all' also repairs corruptions. Only drivers claiming capability
+   * 'repair'; the image must be opened on a writable BlockIO. The report then gives what is left after the repair,
+   * with corruptionsFixed and leaksFixed; damage the driver cannot repair safely is refused before anything is written.
+   */
   repair?: 'leaks' | 'all';
 }
 
@@ -124,6 +131,32 @@ export interface CheckReport {
   leaksFixed?: number;
   /** One line per problem, for humans. */
   messages: string[];
+}
+
+/**
+ * A feature an image uses, as data (`ic info --features`, `ic demote`). Kinds follow qcow2's three words, which
+ * every format's flags fit: 'incompatible' (a reader that does not know it must not open the image),
+ * 'compatible' (may be ignored), 'autoclear' (may be ignored, but a writer that does not know it must clear it:
+ * it says some structure is in sync).
+ */
+export interface ImageFeature {
+  /** Short name, stable (demote --feature takes it), e.g. "lazy_refcounts", "zero_clusters". */
+  name: string;
+  kind: 'compatible' | 'incompatible' | 'autoclear';
+  /** One line. */
+  description: string;
+  /**
+   * Whether Image.demote() can remove it so that an older reader opens the image, and what that costs:
+   * 'header' (a header write), 'metadata' (table writes, a refcount rebuild), 'zeros' (clusters of zeros written),
+   * 'data' (data moved or rewritten). Otherwise why not.
+   */
+  removal: { possible: true; cost: 'header' | 'metadata' | 'zeros' | 'data'; how: string } | { possible: false; why: string };
+}
+
+/** What Image.amend() or Image.demote() changed. */
+export interface AmendReport {
+  /** One line per change made, in order ("compat 1.1 -> 0.10", "zero clusters expanded: 3"...). */
+  changes: string[];
 }
 
 /** An image feature in use that prevents an in-place conversion, with the way out. */
@@ -238,6 +271,15 @@ export interface Image {
   read(guestOffset: number, length: number): Promise<Uint8Array>;
   check?(options?: CheckOptions): Promise<CheckReport>;
   conversionSource?(): Promise<ConversionSource>;
+  /** The features this image uses (optional member: drivers without it list none). */
+  features?(): Promise<ImageFeature[]>;
+  /**
+   * Changes header-level options in place (`ic amend -o`), crash-safely, on a writable BlockIO; options not named
+   * keep their values. Names and values are the driver's `amendOptions`, validated by the caller.
+   */
+  amend?(options: OptionValues): Promise<AmendReport>;
+  /** Removes the named features (from features(), all removable), crash-safely, on a writable BlockIO. */
+  demote?(features: readonly string[]): Promise<AmendReport>;
   /**
    * Every unit of the file that may move: with the header region and the fixed ranges of conversionSource, this is
    * everything the image references. Present only for formats whose pointer switches are plain writes (no
@@ -383,6 +425,8 @@ export interface Driver {
   readonly capabilities: Readonly<Partial<Capabilities>>;
   /** Options accepted by create() and by an in-place conversion to this format. */
   readonly options?: readonly OptionDescriptor[];
+  /** Options Image.amend() accepts (qemu-img amend's names where qemu has them). */
+  readonly amendOptions?: readonly OptionDescriptor[];
   /**
    * How sure the driver is that `head` (the first bytes of the file, up to 64 KiB) is its format:
    * 0 = not mine, 100 = certain. Raw answers 1 and only wins when nothing else claims the file.

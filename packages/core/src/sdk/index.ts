@@ -31,6 +31,8 @@ export {
   type CheckOptions,
   type CheckReport,
   type ConversionBlocker,
+  type ImageFeature,
+  type AmendReport,
   type ConversionOptions,
   type ConversionSource,
   type HostRangeStream,

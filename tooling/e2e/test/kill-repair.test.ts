@@ -1,0 +1,116 @@
+/**
+ * The real executable killed with SIGKILL after every write of `ic check -r` (IC_TEST_KILL_AFTER_WRITES=N), then
+ * the oracle: qemu-img check accepts the image as it is, or a rerun of the same repair completes it; the guest
+ * content always equals the image qemu-img check -r repaired. And what is left of an in-place conversion killed
+ * at every write: `check -r` leaves the intent record to `ic recover`, which finishes the conversion; leaks that
+ * survive a recovery (a kill in the middle of packing) are freed by `check -r leaks`.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { icCli, qemuCheck, qemuCompare, qemuCreate, qemuIo, requireBuiltIc, requireQemu, run, sha256File, tempDir } from '@ic/test-utils';
+
+const scratch = tempDir('ic-kill-repair-');
+beforeAll(() => {
+  requireQemu();
+  requireBuiltIc();
+});
+afterAll(() => scratch.cleanup());
+
+const ic = (args: string[], killAfter?: number) => icCli(args, { env: { IC_TEST_KILL_AFTER_WRITES: killAfter === undefined ? undefined : String(killAfter) } });
+
+/** ic check -r killed after 1, 2, ... writes until a run finishes; every state judged against `reference`. */
+function killEveryWrite(damaged: string, format: string, mode: 'leaks' | 'all', reference: string) {
+  const image = `${damaged}.work`;
+  const outcomes = { killed: 0, acceptedAsIs: 0, completedByRerun: 0 };
+  for (let killAfter = 1; killAfter < 200; killAfter++) {
+    copyFileSync(damaged, image);
+    const result = ic(['check', '-r', mode, '-f', format, image], killAfter);
+    if (result.signal !== 'SIGKILL') {
+      expect(result.status, result.stderr).toBe(0);
+      expect(qemuCheck(image, format).code).toBe(0);
+      expect(qemuCompare(image, format, reference, format).code).toBe(0);
+      return outcomes;
+    }
+    outcomes.killed++;
+    const where = `killed after ${killAfter} writes`;
+    const state = qemuCheck(image, format);
+    expect(state.code, `${where}: ${state.text}`).not.toBe(1);
+    if (state.code === 0 && qemuCompare(image, format, reference, format).code === 0) {
+      outcomes.acceptedAsIs++;
+    } else {
+      const rerun = ic(['check', '-r', mode, '-f', format, image]);
+      expect(rerun.status, `${where}, rerun: ${rerun.stderr}`).toBe(0);
+      outcomes.completedByRerun++;
+    }
+    expect(qemuCheck(image, format).code, where).toBe(0);
+    expect(qemuCompare(image, format, reference, format).code, where).toBe(0);
+  }
+  throw new Error('the repair never finished');
+}
+
+describe('SIGKILL at every write of `ic check -r`', () => {
+  it('qcow2 with lazy refcounts left dirty by a killed writer: -r all', { timeout: 300_000 }, () => {
+    const dirty = scratch.path('dirty.qcow2');
+    qemuCreate(dirty, 'qcow2', '64M', { o: 'lazy_refcounts=on' });
+    qemuIo(dirty, 'qcow2', ['write -P 7 0 1M']);
+    run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 1 0 128k', '-c', 'write -P 2 8M 192k', '-c', 'abort', dirty]);
+    const reference = scratch.path('dirty-qemu.qcow2');
+    copyFileSync(dirty, reference);
+    expect(run('qemu-img', ['check', '-r', 'all', '-f', 'qcow2', reference]).code).toBe(0);
+    const outcomes = killEveryWrite(dirty, 'qcow2', 'all', reference);
+    expect(outcomes.killed).toBeGreaterThan(2);
+    console.log(`qcow2 -r all: ${JSON.stringify(outcomes)}`);
+  });
+
+  it('QED with need-check set and holes inside the file: -r leaks', { timeout: 300_000 }, () => {
+    const file = scratch.path('holes.qed');
+    qemuCreate(file, 'qed', '64M');
+    qemuIo(file, 'qed', ['write -P 1 0 512k', 'write -P 2 1M 256k']);
+    const bytes = readFileSync(file);
+    const l2 = Number(bytes.readBigUInt64LE(0x10000));
+    for (let index = 1; index <= 5; index++) bytes.writeBigUInt64LE(0n, l2 + index * 8);
+    writeFileSync(file, bytes);
+    run('qemu-io', ['-f', 'qed', '-c', 'write -P 3 3M 64k', '-c', 'abort', file]);
+    expect(qemuCheck(file, 'qed').code).toBe(3);
+    const outcomes = killEveryWrite(file, 'qed', 'leaks', file);
+    expect(outcomes.killed).toBeGreaterThan(2);
+    console.log(`qed -r leaks: ${JSON.stringify(outcomes)}`);
+  });
+});
+
+describe('an in-place conversion killed at every write: ic recover, then check -r leaks', () => {
+  it('qcow2 -> qed', { timeout: 300_000 }, () => {
+    const pristine = scratch.path('pristine.qcow2');
+    qemuCreate(pristine, 'qcow2', '64M');
+    qemuIo(pristine, 'qcow2', ['write -P 0x11 0 1M', 'write -P 0x12 30M 64k', 'write -z 40M 64k']);
+    const image = scratch.path('image');
+    const outcomes = { killed: 0, refusedWhileRecordPresent: 0, leaksAfterRecover: 0 };
+    for (let killAfter = 1; killAfter < 400; killAfter++) {
+      copyFileSync(pristine, image);
+      const result = ic(['convert-inplace', '-f', 'qcow2', image, 'qed'], killAfter);
+      if (result.status === 0) break;
+      expect(result.signal, result.stderr).toBe('SIGKILL');
+      outcomes.killed++;
+      const before = sha256File(image);
+      const repair = ic(['check', '-r', 'leaks', image]);
+      if (repair.status !== 0) {
+        // The record is there: check -r leaves it to recover, and writes nothing.
+        expect(repair.stderr).toMatch(/NEEDS_RECOVERY/);
+        expect(sha256File(image)).toBe(before);
+        outcomes.refusedWhileRecordPresent++;
+      }
+      expect(ic(['recover', image]).status).toBe(0);
+      const format = (JSON.parse(ic(['info', '--output=json', image]).stdout) as { format: string }).format;
+      if (qemuCheck(image, format).code === 3) {
+        outcomes.leaksAfterRecover++;
+        const freed = ic(['check', '-r', 'leaks', image]);
+        expect(freed.status, freed.stderr).toBe(0);
+      }
+      expect(qemuCheck(image, format).code, `kill after ${killAfter}`).toBe(0);
+      expect(qemuCompare(image, format, pristine, 'qcow2').code, `kill after ${killAfter}`).toBe(0);
+    }
+    expect(outcomes.killed).toBeGreaterThan(2);
+    expect(outcomes.refusedWhileRecordPresent).toBeGreaterThan(0);
+    console.log(`qcow2 -> qed killed: ${JSON.stringify(outcomes)}`);
+  });
+});
