@@ -3,7 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { readLayout } from './layout.mjs';
 import { ensureImage, estimateBuildBytes, imageSpecs, parseSize, sizeName } from './images.mjs';
@@ -62,7 +62,7 @@ export async function main({ root, args }) {
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model,
     memGiB: +(totalmem() / GiB).toFixed(1),
-    fileSystem: spawnSync('stat', ['-f', '-c', '%T', dir], { encoding: 'utf8' }).stdout.trim(),
+    fileSystem: spawnSync('df', ['--output=fstype', dir], { encoding: 'utf8' }).stdout.split('\n')[1]?.trim(),
     dir,
     timeoutSec,
     runs,
@@ -110,16 +110,19 @@ export async function main({ root, args }) {
       const [from, , to] = scenario.split('-');
       const base = { image: spec.name, scenario, from, to: to ?? null, kind: to ? 'convert' : 'read', clusters: image.clusters, clusterSize: image.clusterSize, virtualSize: image.virtualSize, sourceMetadataBytes: image.metadataBytes, scaling: !!spec.scaling };
       let row;
+      // the machine may be shared (other sessions' test runs): keep the load next to every row
+      base.loadBefore = loadavg().map((x) => +x.toFixed(2));
       try {
         if (to && (!canFrom.has(from) || !canTo.has(to))) row = { ...base, error: `ic has no in-place ${from} -> ${to}` };
         else row = to ? await convertRow(base, image, layout) : await readRow(base, image, layout);
       } catch (error) {
         row = { ...base, error: `bench error: ${error.message}` };
       }
+      row.loadAfter = loadavg().map((x) => +x.toFixed(2));
       rows.push(row);
       log(`  ${scenario}: ic ${row.error ? `ERROR ${row.error}` : row.ic.ok ? fmtMs(row.ic.ms) : `FAIL (${row.ic.timedOut ? 'timeout' : row.ic.status}) ${fmtMs(row.ic.ms)}: ${row.ic.stderrFirst}`}` +
         (row.limit ? `, limit ${fmtMs(row.limit.ms)}` : '') + (row.qemu?.ms != null ? `, qemu-img ${fmtMs(row.qemu.ms)}` : row.qemu?.skipped ? `, qemu-img skipped` : '') +
-        (row.ic?.maxRssKiB ? `, RSS ${(row.ic.maxRssKiB / 1024).toFixed(0)} MiB` : '') + (row.check ? `, check ${checkCell(row.check)}` : '') + (row.compare ? `, compare ${row.compare.skipped ? 'skipped' : row.compare.status === 0 ? 'identical' : `status ${row.compare.status}`}` : ''));
+        (row.ic?.maxRssKiB ? `, RSS ${(row.ic.maxRssKiB / 1024).toFixed(0)} MiB` : '') + (row.check ? `, check ${checkCell(row.check)}` : '') + (row.compare ? `, compare ${row.compare.skipped ? 'skipped' : row.compare.status === 0 ? 'identical' : `status ${row.compare.status}`}` : '') + `, load ${row.loadBefore[0]}->${row.loadAfter[0]}`);
       save();
     }
   }

@@ -43,7 +43,7 @@ function pad(rows) {
 
 /** Prints the main table and returns the footnote lines. */
 export function mainTable(rows, log = console.log) {
-  const header = ['scenario', 'image', 'clusters', 'ic time', 'limit', 'ic/limit', 'qemu-img', 'qemu/ic', 'ic RSS', 'qemu RSS', 'written ic', 'written qemu', 'flushes', 'check', 'compare', 'cmp time'];
+  const header = ['scenario', 'image', 'clusters', 'ic time', 'limit', 'ic/limit', 'qemu-img', 'qemu/ic', 'ic RSS', 'qemu RSS', 'written ic', 'written qemu', 'flushes', 'check', 'compare', 'cmp time', 'load'];
   const table = [header];
   const notes = [];
   const note = (text) => {
@@ -91,6 +91,7 @@ export function mainTable(rows, log = console.log) {
       check,
       compare,
       row.compare && !row.compare.skipped ? fmtMs(row.compare.ms) : '—',
+      row.loadBefore ? row.loadBefore[0].toFixed(1) : '—',
     ]);
   }
   for (const line of pad(table)) log(line);
