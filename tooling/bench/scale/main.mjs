@@ -15,6 +15,7 @@ const GiB = 1024 ** 3;
 const MARGIN = 2 * GiB; // free space always left on the file system
 
 export async function main({ root, args }) {
+  if (args.includes('--report')) return reprint(args.slice(args.indexOf('--report') + 1).filter((a) => !a.startsWith('--')));
   const has = (name) => args.includes(`--${name}`);
   const option = (name, fallback) => {
     const at = args.indexOf(`--${name}`);
@@ -68,7 +69,7 @@ export async function main({ root, args }) {
     runs,
     rss: rssMethod,
   };
-  log(`ic scale benchmark — ${env.date}, ic ${env.ic} at ${env.commit.slice(0, 10)}${env.enginesDirty ? ' (packages/apps modified)' : ''}, ${env.qemuImg}, Node ${env.node}`);
+  log(`ic scale benchmark — ${env.date}, ${env.ic} at ${env.commit.slice(0, 10)}${env.enginesDirty ? ' (packages/apps modified)' : ''}, ${env.qemuImg}, Node ${env.node}`);
   log(`${env.cpus} x ${env.cpuModel}, ${env.memGiB} GiB RAM, images in ${dir} (${env.fileSystem}, ${fmtBytes(freeBytes(dir))} free), timeout ${timeoutSec} s per command, ${runs} run(s)`);
 
   // process start-up, the floor under every ic command
@@ -238,13 +239,24 @@ export async function main({ root, args }) {
   }
 
   save();
-  log(`\n=== ic vs qemu-img vs the physical limit (${cacheMode()}; limit = read the source's metadata + write ic's metadata bytes with ic's flush count, plain Node fs; start-up node -e 0 = ${fmtMs(env.nodeStartupMs)})`);
+  tables(rows, { ...env, cache: cacheMode() }, log);
+  log(`\nresults: ${join(dir, 'last-run.json')}${jsonPath ? ` and ${jsonPath}` : ''}`);
+}
+
+function tables(rows, env, log = console.log) {
+  log(`\n=== ic vs qemu-img vs the physical limit (${env.cache}; limit = read the source's metadata + write ic's metadata bytes with ic's flush count, plain Node fs; start-up node -e 0 = ${fmtMs(env.nodeStartupMs)})`);
   const notes = mainTable(rows, log);
   if (rows.some((row) => checkCell(row.check) === 'clean†')) notes.push('† qemu-img check exit 3 with exactly floor(file clusters / 65535) leaks: qemu 7.2 qed_bytes_to_clusters() divides by cluster_size - 1; the bench counted every cluster of the file referenced exactly once');
   for (const line of notes) log(line);
   log('\n=== scaling: qcow2 preallocated (every cluster allocated), clusters vs ic time and peak RSS');
   scalingTable(rows, log);
-  log(`\nresults: ${join(dir, 'last-run.json')}${jsonPath ? ` and ${jsonPath}` : ''}`);
+}
+
+/** --report FILE...: the tables again from saved JSON (several runs merged in order). */
+function reprint(files) {
+  const loaded = files.map((file) => JSON.parse(readFileSync(file, 'utf8')));
+  for (const { env } of loaded) console.log(`${env.date}: ${env.ic} at ${env.commit?.slice(0, 10)}${env.enginesDirty ? ' (modified)' : ''}, ${env.qemuImg}, node -e 0 ${fmtMs(env.nodeStartupMs)}`);
+  tables(loaded.flatMap((run) => run.rows), loaded[0].env);
 }
 
 /** Median time, worst RSS; the run list is kept next to it in the row. */
