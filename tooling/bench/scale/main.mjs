@@ -35,6 +35,7 @@ export async function main({ root, args }) {
   // qemu-img compare reads every allocated cluster of both images, holes included (~4 GB/s here): 1 TiB of
   // preallocated clusters is ~15 min per compare. Bigger images are not compared unless asked.
   const compareMax = parseSize(option('compare-max', '1T'));
+  const compareTimeoutSec = Number(option('compare-timeout', '2400'));
   const withQemu = !has('no-qemu');
   const jsonPath = option('json', '');
   const icBin = join(root, 'apps/cli/bin/ic.js');
@@ -66,6 +67,7 @@ export async function main({ root, args }) {
     fileSystem: spawnSync('df', ['--output=fstype', dir], { encoding: 'utf8' }).stdout.split('\n')[1]?.trim(),
     dir,
     timeoutSec,
+    compare: compare ? { maxVirtualSize: compareMax, timeoutSec: compareTimeoutSec } : false,
     runs,
     rss: rssMethod,
   };
@@ -123,7 +125,7 @@ export async function main({ root, args }) {
       rows.push(row);
       log(`  ${scenario}: ic ${row.error ? `ERROR ${row.error}` : row.ic.ok ? fmtMs(row.ic.ms) : `FAIL (${row.ic.timedOut ? 'timeout' : row.ic.status}) ${fmtMs(row.ic.ms)}: ${row.ic.stderrFirst}`}` +
         (row.limit ? `, limit ${fmtMs(row.limit.ms)}` : '') + (row.qemu?.ms != null ? `, qemu-img ${fmtMs(row.qemu.ms)}` : row.qemu?.skipped ? `, qemu-img skipped` : '') +
-        (row.ic?.maxRssKiB ? `, RSS ${(row.ic.maxRssKiB / 1024).toFixed(0)} MiB` : '') + (row.check ? `, check ${checkCell(row.check)}` : '') + (row.compare ? `, compare ${row.compare.skipped ? 'skipped' : row.compare.status === 0 ? 'identical' : `status ${row.compare.status}`}` : '') + `, load ${row.loadBefore[0]}->${row.loadAfter[0]}`);
+        (row.ic?.maxRssKiB ? `, RSS ${(row.ic.maxRssKiB / 1024).toFixed(0)} MiB` : '') + (row.check ? `, check ${checkCell(row.check)}` : '') + (row.compare ? `, compare ${row.compare.skipped ? 'skipped' : row.compare.timedOut ? `timed out after ${fmtMs(row.compare.ms)}` : row.compare.status === 0 ? `identical (${fmtMs(row.compare.ms)})` : `status ${row.compare.status}`}` : '') + `, load ${row.loadBefore[0]}->${row.loadAfter[0]}`);
       save();
     }
   }
@@ -161,7 +163,7 @@ export async function main({ root, args }) {
         if (to === 'qed') check.references = readLayout(copy).references;
         cmp = !compare ? { skipped: true, reason: '--no-compare' }
           : image.virtualSize > compareMax ? { skipped: true, reason: `virtual size above --compare-max ${sizeName(compareMax)}` }
-          : timed('qemu-img', ['compare', '-f', to, '-F', from, copy, master], { timeoutSec, pin: true });
+          : timed('qemu-img', ['compare', '-f', to, '-F', from, copy, master], { timeoutSec: compareTimeoutSec, pin: true });
       } else {
         // A refused or failed conversion should leave the file as it was. Checked at O(metadata): same size,
         // the source's metadata ranges byte-identical, same qemu-img map, and qemu-img check of the source format.
