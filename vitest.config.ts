@@ -8,7 +8,7 @@ const root = fileURLToPath(new URL('.', import.meta.url));
 /** Every workspace package with tests becomes a vitest project named after the package. */
 function workspacePackages(): { name: string; dir: string }[] {
   const out: { name: string; dir: string }[] = [];
-  for (const group of ['packages', 'apps', 'tooling']) {
+  for (const group of ['packages', 'libs', 'apps', 'tooling', 'templates']) {
     const base = join(root, group);
     if (!existsSync(base)) continue;
     for (const entry of readdirSync(base)) {
@@ -21,10 +21,28 @@ function workspacePackages(): { name: string; dir: string }[] {
 
 const packages = workspacePackages();
 
-// Tests import workspace packages from their sources, so no build is needed to run them.
-const alias = Object.fromEntries(
-  packages.filter((p) => existsSync(join(p.dir, 'src/index.ts'))).map((p) => [p.name, join(p.dir, 'src/index.ts')]),
-);
+// Tests import workspace packages from their sources, so no build is needed to run them: every entry of a
+// package's "exports" that names its source under the "@ic/source" condition (or the package's src/index.ts)
+// is aliased to that source file.
+function sourceAliases(): { find: RegExp; replacement: string }[] {
+  const out: { find: RegExp; replacement: string }[] = [];
+  const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+  for (const p of packages) {
+    const manifest = JSON.parse(readFileSync(join(p.dir, 'package.json'), 'utf8'));
+    const exports = manifest.exports && typeof manifest.exports === 'object' ? manifest.exports : {};
+    let hasRoot = false;
+    for (const [subpath, target] of Object.entries(exports)) {
+      const source = typeof target === 'object' && target !== null ? (target as Record<string, unknown>)['@ic/source'] : undefined;
+      if (typeof source !== 'string') continue;
+      const specifier = subpath === '.' ? p.name : `${p.name}/${subpath.replace(/^\.\//, '')}`;
+      if (subpath === '.') hasRoot = true;
+      out.push({ find: new RegExp(`^${escape(specifier)}$`), replacement: join(p.dir, source) });
+    }
+    if (!hasRoot && existsSync(join(p.dir, 'src/index.ts'))) out.push({ find: new RegExp(`^${escape(p.name)}$`), replacement: join(p.dir, 'src/index.ts') });
+  }
+  return out;
+}
+const alias = sourceAliases();
 
 export default defineConfig({
   resolve: { alias },

@@ -84,7 +84,7 @@ for (const scenario of scenarios) {
     copyFileSync(master, copy);
     run('sync', []);
     const before = allocated(copy);
-    const result = run('node', [icBin, 'convert-inplace', '--output=json', copy, scenario.to]);
+    const result = run('node', [icBin, 'convert-inplace', '-f', scenario.from, '--output=json', copy, scenario.to]);
     const report = JSON.parse(result.stdout);
     ic.push({ ms: result.ms, written: report.io.bytesWritten, extra: allocated(copy) - before, engineMs: report.durationMs });
     const check = spawnSync('qemu-img', ['check', '-f', scenario.to, copy], { encoding: 'utf8' });

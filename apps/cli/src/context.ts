@@ -1,5 +1,6 @@
 import { getSystemErrorMap } from 'node:util';
 import { isIcError, type Registry } from '@ic/core';
+import type { Activity, Interrupts } from './signals.js';
 
 /** Where the CLI writes. Tests pass string collectors; the real entry passes process.stdout/stderr. */
 export interface Writer {
@@ -41,13 +42,26 @@ export interface Context {
   registry: Registry;
   /** Drivers the registry refused, one line each (shown by `ic formats`). */
   registryProblems: readonly string[];
+  /** Where each registered driver came from ('bundled' or a module's path) and what it replaced. */
+  driverSources: ReadonlyMap<string, { source: string; replaced?: string }>;
   out(text: string): void;
   err(text: string): void;
   isTTY: boolean;
   /** --untrusted: refuse images that reference other files, never open a backing file. */
   untrusted: boolean;
+  /**
+   * QEMU's lock bytes are taken (the default). --no-lock turns them off: reads then take and check none, and
+   * writes go ahead without them (with a warning), telling the engine so (allowUnlocked).
+   */
+  lock: boolean;
+  /** -U/--force-share (read commands): read an image another process uses, as qemu-img -U does. */
+  forceShare: boolean;
   /** --debug: stack traces for errors. */
   debug: boolean;
+  /** How writing commands are stopped (SIGINT/SIGTERM, or the caller's AbortSignal) at a safe point. */
+  interrupts: Interrupts;
+  /** What the command is doing now; SIGUSR1 prints it. */
+  activity: Activity;
 }
 
 /**
@@ -80,7 +94,7 @@ export function reportError(context: Pick<Context, 'err' | 'debug'>, error: unkn
     return EXIT.USAGE;
   }
   if (isIcError(error)) {
-    context.err(errorLine(withErrnoText(error.message), error.code));
+    context.err(errorLine(withErrnoText(interruptedMessage(error) ?? error.message), error.code));
     if (context.debug) context.err(`${stackOf(error)}\n`);
     return EXIT.FAILURE;
   }
@@ -88,6 +102,16 @@ export function reportError(context: Pick<Context, 'err' | 'debug'>, error: unkn
   context.err(errorLine(`internal error: ${message}${context.debug ? '' : ' (run with --debug for the stack trace)'}`, 'INTERNAL'));
   if (context.debug) context.err(`${stackOf(error)}\n`);
   return EXIT.FAILURE;
+}
+
+/**
+ * An INTERRUPTED error stopped past the commit point (it carries imageFormat): the message says which format
+ * the image is in now, that its data is intact, and what to run. Undefined for any other error.
+ */
+export function interruptedMessage(error: unknown): string | undefined {
+  if (!isIcError(error) || error.code !== 'INTERRUPTED' || error.imageFormat === undefined) return undefined;
+  const file = error.path ?? 'IMAGE';
+  return `${error.message}; the image is now ${error.imageFormat} and its data is intact; run 'ic recover ${file}' to finish (safe to run at any time)`;
 }
 
 let errnoText: Map<string, string> | undefined;

@@ -1,23 +1,11 @@
 import { realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { inflateRawSync, inflateSync } from 'node:zlib';
-import {
-  FileIO,
-  IcError,
-  PROBE_LENGTH,
-  assertCoverage,
-  collectExtents,
-  hasCapability,
-  isIcError,
-  isTransitionalSector,
-  type BackingReference,
-  type BlockIO,
-  type Driver,
-  type Extent,
-  type Image,
-} from '@ic/core';
-import { usage, type Context } from './context.js';
-import { fullBackingFilename, hasProtocol } from './qemu-text.js';
+import { IcError, PROBE_LENGTH, assertCoverage, collectExtents, hasCapability, isIcError, isTransitionalSector, type BackingReference, type BlockIO, type Driver, type Extent, type Image } from '@ic/core';
+import { FileIO, QEMU_LOCKS, type FileOpenOptions } from '@ic/core/node';
+import { printable, usage, type Context } from './context.js';
+import { FOREIGN_TAIL_LENGTH, recogniseForeign } from './foreign-formats.js';
+import { fullBackingFilename, hasProtocol } from '@ic/qemu-output';
 
 /** The driver named by -f (never probing then); a usage error when no installed driver has that name. */
 export function namedDriver(context: Context, name: string | undefined): Driver | undefined {
@@ -25,11 +13,22 @@ export function namedDriver(context: Context, name: string | undefined): Driver 
 }
 
 /**
+ * The probe score of a driver that claims any file (the driver contract: "Raw answers 1 and only wins when
+ * nothing else claims the file"). A best score this low means no installed driver recognised the file.
+ */
+export const ANY_FILE_SCORE = 1;
+
+/**
  * Picks the driver for a file by probe score. Raw answers the lowest score and only wins when nothing else
  * claims the file. Two drivers equally sure of a file are refused as ambiguous; in untrusted mode any second
  * claim above the "any file" score is refused (reliability.md G-1: reject multiple matches).
+ *
+ * When only the any-file driver claims the file, it is never chosen silently (DESIGN.md §6): a command that
+ * writes (`purpose` 'write') is refused, since an unknown format taken for raw would have its container
+ * rewritten as a guest disk; a read goes on with one warning. Both name a well-known format whose signature
+ * the file carries (foreign-formats.ts). `-f` skips probing altogether.
  */
-export async function probeDriver(context: Context, io: BlockIO): Promise<Driver> {
+export async function probeDriver(context: Context, io: BlockIO, purpose: 'read' | 'write'): Promise<Driver> {
   const size = await io.size();
   const head = await io.read(0, Math.min(PROBE_LENGTH, size));
   const results = context.registry.probeBytes(head, size);
@@ -40,7 +39,73 @@ export async function probeDriver(context: Context, io: BlockIO): Promise<Driver
     const names = results.filter((r) => r.score > lowest).map((r) => `${r.driver.name} (score ${r.score})`).join(', ');
     throw new IcError('WRONG_FORMAT', `${io.name}: several formats claim this file: ${names}; name one with -f`, { path: io.name });
   }
+  if (best.score > ANY_FILE_SCORE) return best.driver;
+  const fallback = best.driver.name;
+  const tailLength = Math.min(FOREIGN_TAIL_LENGTH, size);
+  const foreign = recogniseForeign(head, await io.read(size - tailLength, tailLength), size);
+  let what = '';
+  if (foreign) {
+    what = context.registry.find(foreign.name)
+      ? ` (it carries the signature of ${foreign.what}, which the installed ${foreign.name} driver does not accept)`
+      : ` (it looks like ${foreign.what}, a format no installed driver handles)`;
+  }
+  if (purpose === 'write') {
+    throw new IcError(
+      'WRONG_FORMAT',
+      `${io.name}: no installed driver recognised the file${what}; it is not treated as ${fallback} unless -f ${fallback} is given: install a driver for its format, or pass -f ${fallback} if it really is a ${fallback} disk`,
+      { path: io.name },
+    );
+  }
+  context.err(`ic: warning: ${printable(`image format was not specified for '${io.name}' and probing guessed ${fallback}: no installed driver recognised it${what}; pass -f ${fallback} to read it as ${fallback} without this warning`)}\n`);
   return best.driver;
+}
+
+/**
+ * What a command does with a file, which decides QEMU's lock bytes (the ones qemu-img takes for the same job):
+ * 'info' as qemu-img info (uses nothing, shares neither write nor resize), 'read' as qemu-img map/check and
+ * backing files (consistent read besides), 'write' exclusive. -U (force-share) reads without refusing a
+ * writer; --no-lock takes and checks none at all. 'peek' takes none either: qemu-img create looks at a backing
+ * file that way (its format and size), whoever uses it.
+ */
+export type Access = 'peek' | 'info' | 'read' | 'write';
+
+function lockFor(context: Context, access: Access): FileOpenOptions['lock'] {
+  if (!context.lock || access === 'peek') return false;
+  if (access === 'write') return true;
+  if (access === 'info') return context.forceShare ? false : QEMU_LOCKS.info;
+  return context.forceShare ? QEMU_LOCKS.forceShareRead : QEMU_LOCKS.read;
+}
+
+/** A lock refusal with what the user can do about it. */
+function withLockHint(error: unknown, access: Access): unknown {
+  if (!isIcError(error) || error.step !== 'lock') return error;
+  let hint: string | undefined;
+  if (error.code === 'UNSUPPORTED') hint = '; pass --no-lock to write anyway, only if you are sure nothing else uses it';
+  else if (error.code === 'LOCKED' && access !== 'write') hint = ', or read it anyway with -U (--force-share)';
+  if (!hint) return error;
+  return new IcError(error.code, `${error.message}${hint}`, { ...(error.path ? { path: error.path } : {}), step: 'lock', cause: error });
+}
+
+/** Opens a file for a command's access, with the lock bytes that access takes (see Access). */
+export async function openFile(context: Context, filename: string, access: Access): Promise<FileIO> {
+  if (access === 'write' && !context.lock) {
+    context.err(`ic: warning: --no-lock: writing '${printable(filename)}' without QEMU's image locks; a virtual machine or qemu-img using it meanwhile would not be noticed\n`);
+  }
+  try {
+    return await FileIO.open(filename, { writable: access === 'write', lock: lockFor(context, access) });
+  } catch (error) {
+    throw withLockHint(error, access);
+  }
+}
+
+/** Creates (or empties) a file for `ic create`: locked like a write, refused untouched when another process holds it. */
+export async function createFile(context: Context, filename: string): Promise<FileIO> {
+  if (!context.lock) context.err(`ic: warning: --no-lock: creating '${printable(filename)}' without QEMU's image locks\n`);
+  try {
+    return await FileIO.create(filename, { lock: context.lock });
+  } catch (error) {
+    throw withLockHint(error, 'write');
+  }
 }
 
 export interface OpenedImage {
@@ -55,16 +120,17 @@ export interface OpenedImage {
 export async function openImage(
   context: Context,
   filename: string,
-  options: { driver?: Driver | undefined; writable?: boolean; lock?: boolean; untrusted?: boolean } = {},
+  options: { driver?: Driver | undefined; access?: Access; untrusted?: boolean } = {},
 ): Promise<OpenedImage> {
-  const io = await FileIO.open(filename, { writable: options.writable ?? false, lock: options.lock ?? false });
+  const access = options.access ?? 'read';
+  const io = await openFile(context, filename, access);
   const extraFiles: FileIO[] = [];
   try {
     const size = await io.size();
     if (size >= 512 && isTransitionalSector(await io.read(0, 512))) {
       throw new IcError('NEEDS_RECOVERY', `${filename}: an in-place conversion was interrupted; run \`ic recover ${filename}\` first`, { path: filename });
     }
-    const driver = options.driver ?? (await probeDriver(context, io));
+    const driver = options.driver ?? (await probeDriver(context, io, access === 'write' ? 'write' : 'read'));
     if (!hasCapability(driver, 'read')) throw new IcError('UNSUPPORTED', `${driver.name}: the installed driver cannot open images`);
     const untrusted = options.untrusted ?? context.untrusted;
     const image = await driver.open(io, {
@@ -79,7 +145,8 @@ export async function openImage(
               if (name === '' || hasProtocol(name)) {
                 throw new IcError('EXTERNAL_REF', `${filename}: '${name}' is not a plain local path; ic opens only local files`, { path: filename });
               }
-              const file = await FileIO.open(isAbsolute(name) ? name : join(dirname(filename), name));
+              // An extent is part of the image: opened read-only with the image's own read locks.
+              const file = await openFile(context, isAbsolute(name) ? name : join(dirname(filename), name), access === 'write' ? 'read' : access);
               extraFiles.push(file);
               return file;
             },

@@ -1,5 +1,5 @@
-export { main, VERSION } from './main.js';
+export { main, VERSION, type MainOptions } from './main.js';
 export { EXIT, UsageError, errorLine, type CliStreams, type Writer } from './context.js';
 export { bundledDrivers, createRegistry, driversFromModules, looksLikeDriver, type BundledRegistry } from './drivers.js';
 export { DEMO_RUNS, DEMO_VIRTUAL_SIZE, patternByte } from './commands/demo.js';
-export { fullBackingFilename, hasProtocol, sizeToString } from './qemu-text.js';
+export { fullBackingFilename, hasProtocol, sizeToString } from '@ic/qemu-output';

@@ -4,17 +4,18 @@ import type { BlockIO, ByteRange } from '@ic/core';
  * Test hooks for the real executable. With IC_TEST_KILL_AFTER_WRITES=N in the environment the process kills
  * itself with SIGKILL right after its N-th write or truncate of the image completes, the way `kill -9` (or a
  * crash) stops it between two system calls. IC_TEST_STOP_AFTER_WRITES=N stops it (SIGSTOP) there instead, so
- * a test can look at the image while ic holds it, then let it go on with SIGCONT. Without them nothing changes.
+ * a test can look at the image while ic holds it (or send it a signal), then let it go on with SIGCONT; a list
+ * (N,M,...) stops it after each of those writes. Without them nothing changes.
  */
 export function withKillSwitch<T extends BlockIO>(io: T): T {
-  const killAt = Number(process.env.IC_TEST_KILL_AFTER_WRITES);
-  const stopAt = Number(process.env.IC_TEST_STOP_AFTER_WRITES);
   const valid = (n: number) => Number.isSafeInteger(n) && n > 0;
-  if (!valid(killAt) && !valid(stopAt)) return io;
+  const killAt = Number(process.env.IC_TEST_KILL_AFTER_WRITES);
+  const stopAt = (process.env.IC_TEST_STOP_AFTER_WRITES ?? '').split(',').map(Number).filter(valid);
+  if (!valid(killAt) && stopAt.length === 0) return io;
   let count = 0;
   const tick = () => {
     count++;
-    if (count === stopAt) process.kill(process.pid, 'SIGSTOP');
+    if (stopAt.includes(count)) process.kill(process.pid, 'SIGSTOP');
     if (count >= killAt) process.kill(process.pid, 'SIGKILL');
   };
   return new Proxy(io, {

@@ -1,4 +1,4 @@
-import { main } from '../src/index.js';
+import { main, type MainOptions } from '../src/index.js';
 
 export interface IcResult {
   code: number;
@@ -7,14 +7,19 @@ export interface IcResult {
 }
 
 /** Runs `ic ARGS` in-process with captured output (stderr is not a terminal unless asked). */
-export async function runIc(args: readonly string[], options: { isTTY?: boolean } = {}): Promise<IcResult> {
+export async function runIc(args: readonly string[], options: { isTTY?: boolean } & MainOptions = {}): Promise<IcResult> {
   let stdout = '';
   let stderr = '';
-  const code = await main(args, {
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    isTTY: options.isTTY ?? false,
-  });
+  const { isTTY, ...mainOptions } = options;
+  const code = await main(
+    args,
+    {
+      stdout: { write: (text: string) => (stdout += text) },
+      stderr: { write: (text: string) => (stderr += text) },
+      isTTY: isTTY ?? false,
+    },
+    mainOptions,
+  );
   return { code, stdout, stderr };
 }
 
@@ -26,4 +31,4 @@ export async function icJson<T = unknown>(args: readonly string[]): Promise<T> {
 }
 
 /** The error line format: exactly one line, `ic: <message> [<CODE>]`. */
-export const ERROR_LINE = /^ic: [^\n]+ \[[A-Z_]+\]\n$/;
+export { IC_ERROR_LINE as ERROR_LINE } from '@ic/test-utils';

@@ -25,28 +25,38 @@ export function pattern(length: number, seed: number): Uint8Array {
 
 const MiB = 1024 * 1024;
 
+/**
+ * Shapes are sized in clusters; past 64 KiB clusters the counts shrink so that no shape holds more than about
+ * 64 MiB of guest space per cluster-count (a 2 MiB-cluster format gets 32 clusters where a 64 KiB one gets 64),
+ * never below what the shape's layout needs.
+ */
+function clusters(wanted: number, clusterSize: number, atLeast: number): number {
+  return Math.max(atLeast, Math.min(wanted, Math.floor((64 * MiB) / clusterSize)));
+}
+
 export const shapes: readonly Shape[] = [
   { name: 'empty', content: () => ({ virtualSize: 8 * MiB, data: [] }) },
   {
     name: 'full',
     content: (clusterSize) => {
-      const virtualSize = Math.max(16 * clusterSize, 2 * MiB);
+      const virtualSize = Math.max(clusters(16, clusterSize, 2) * clusterSize, 2 * MiB);
       return { virtualSize, data: [{ guestOffset: 0, bytes: pattern(virtualSize, 1) }] };
     },
   },
   {
     name: 'checkerboard',
     content: (clusterSize) => {
-      const virtualSize = 64 * clusterSize;
+      const count = clusters(64, clusterSize, 8);
+      const virtualSize = count * clusterSize;
       const data = [];
-      for (let cluster = 0; cluster < 64; cluster += 2) data.push({ guestOffset: cluster * clusterSize, bytes: pattern(clusterSize, cluster + 7) });
+      for (let cluster = 0; cluster < count; cluster += 2) data.push({ guestOffset: cluster * clusterSize, bytes: pattern(clusterSize, cluster + 7) });
       return { virtualSize, data };
     },
   },
   {
     name: 'unaligned writes and the last byte',
     content: (clusterSize) => {
-      const virtualSize = 40 * clusterSize + 512; // not a cluster multiple
+      const virtualSize = clusters(40, clusterSize, 8) * clusterSize + 512; // not a cluster multiple
       return {
         virtualSize,
         data: [
@@ -61,7 +71,7 @@ export const shapes: readonly Shape[] = [
     name: 'zero extents',
     usesZero: true,
     content: (clusterSize) => ({
-      virtualSize: 32 * clusterSize,
+      virtualSize: clusters(32, clusterSize, 16) * clusterSize,
       data: [{ guestOffset: 3 * clusterSize, bytes: pattern(2 * clusterSize, 5) }],
       zero: [
         { guestOffset: 0, length: 2 * clusterSize },
@@ -77,7 +87,7 @@ export const shapes: readonly Shape[] = [
         virtualSize,
         data: [
           { guestOffset: 0, bytes: pattern(clusterSize, 6) },
-          { guestOffset: 2500 * MiB, bytes: pattern(clusterSize, 7) },
+          { guestOffset: Math.floor((2500 * MiB) / clusterSize) * clusterSize, bytes: pattern(clusterSize, 7) },
           { guestOffset: virtualSize - clusterSize, bytes: pattern(clusterSize, 8) },
         ],
       };

@@ -3,7 +3,7 @@
  * commit kinds and a raw-like source, a crash inside recovery, and a self-test that an unsafe writer is caught.
  */
 import { describe, expect, it } from 'vitest';
-import { IcError, MemoryIO, Registry, writeImage, type BlockIO, type Driver, type ImageContent } from '@ic/core';
+import { collectExtents, IcError, MemoryIO, Registry, writeImage, type BlockIO, type Driver, type ImageContent } from '@ic/core';
 import {
   Classifier,
   contentFromImageContent,
@@ -138,8 +138,7 @@ describe('classifier', () => {
   it('calls a flipped data byte SILENT_BAD', async () => {
     const io = await build(toyA, content);
     const image = await toyA.open(io);
-    const extents: { kind: string; hostOffset?: number }[] = [];
-    for await (const e of image.map()) extents.push(e);
+    const extents = await collectExtents(image.map());
     const host = extents.find((e) => e.kind === 'data')!.hostOffset!;
     await io.write(host + 10, new Uint8Array([0]));
     const verdict = await classifier.classify(io);
@@ -237,8 +236,9 @@ describe('the harness catches unsafe writers', () => {
     const unsafe = async (io: BlockIO) => {
       const image = await toyA.open(io);
       const description = await image.conversionSource!();
-      const tableAt = (description.metadataRanges[1]!.offset as number) + description.metadataRanges[1]!.length;
-      const old = await io.read(description.metadataRanges[1]!.offset, description.metadataRanges[1]!.length);
+      const table = [...(description.metadataRanges() as Iterable<{ offset: number; length: number }>)][1]!;
+      const tableAt = table.offset + table.length;
+      const old = await io.read(table.offset, table.length);
       await io.write(0, encodeToyHeader('TOYB', clusterSize, content.virtualSize, tableAt, 1, 36));
       await io.write(tableAt, old);
       await io.flush();

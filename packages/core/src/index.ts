@@ -1,19 +1,36 @@
-export * from './errors.js';
-export * from './io.js';
-export * from './file-io.js';
-export * from './bytes.js';
-export * from './extent.js';
-export * from './driver.js';
-export * from './registry.js';
-export * from './options.js';
-export * from './read.js';
-export * from './convert-types.js';
-export * from './convert.js';
-export * from './allocator.js';
-export * from './planner.js';
-export * from './build-image.js';
-export * from './posix.js';
-export * from './intent.js';
-export * from './crc32c.js';
-export * from './compact.js';
-export * from './host-ranges.js';
+/**
+ * @ic/core — the engine: the driver registry, option parsing, in-place conversion, recovery, packing,
+ * writeImage and in-memory stores. It re-exports the driver SDK (@ic/core/sdk) so that library users need
+ * one import; file I/O and locks are in @ic/core/node. Browser-safe.
+ */
+export * from './sdk/index.js';
+export { AppendAllocator, SpaceCursor } from './engine/allocator.js';
+export { writeImage, type ImageContent } from './engine/build-image.js';
+export { type ConversionPhase, type ProgressEvent, type ConvertInPlaceRequest, type ConversionReport } from './engine/convert-types.js';
+export { SECTOR_SIZE, convertInPlace } from './engine/convert.js';
+export { candidateClusterSizes, chooseGeometry, type GeometryChoice } from './engine/geometry.js';
+export {
+  TRAILER_SIZE,
+  TRANSITIONAL_MAGIC,
+  MAX_HEAD_LENGTH,
+  recordBlock,
+  encodeRecordStart,
+  readIntent,
+  readLog,
+  identityDigest,
+  transitionalSector,
+  isTransitionalSector,
+  inspectInterrupted,
+  rollBack,
+  type IntentRecord,
+  type FoundIntent,
+  type InterruptedState,
+  type RecordBlock,
+  type PackMode,
+} from './engine/intent.js';
+export { MemoryIO, CountingIO, type IoStats } from './engine/memory-io.js';
+export { parseSize, parseOptions } from './engine/options.js';
+export { packImage, type PackOptions, type PackReport } from './engine/pack.js';
+export { MappingPlanner, planMapping, type Relocation, type RelocationReason, type PlanStats, type Plan, type PlanInput } from './engine/planner.js';
+export { recover, type RecoveryResult, type RecoverOptions } from './engine/recover.js';
+export { PROBE_LENGTH, Registry, type ProbeResult } from './engine/registry.js';

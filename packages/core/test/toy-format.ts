@@ -13,21 +13,31 @@ import {
   readExtents,
   type BlockIO,
   type Driver,
+  type CheckReport,
   type Extent,
   type Image,
-  type MovableUnit,
+  type Placement,
+  type UnitRun,
 } from '../src/index.js';
 
 const HEADER_LENGTH = 28;
 
-function u64(value: number): Uint8Array {
-  const view = ByteView.alloc(8);
-  view.setU64le(0, value);
-  return view.bytes;
+/**
+ * Targets with a placement other than 'anywhere' (the format itself reads any layout; its check enforces the
+ * placement's rule, so the engine's verify step and the tests see a broken placement as corruption):
+ *  - packed: the data clusters fill slots start .. start + (n-1)*C, start being the lowest;
+ *  - prefixed: each data cluster is preceded by `prefix` bytes "PFX!" + u32 guest cluster index, written by build().
+ */
+export interface ToyVariant {
+  placement?: Placement;
+  hostAlignment?: number;
 }
 
-export function makeToyDriver(name: string, magic: string, headerClusters: number, clusterSizes = { min: 512, max: 1 << 21 }): Driver {
+const PREFIX_MAGIC = 'PFX!';
+
+export function makeToyDriver(name: string, magic: string, headerClusters: number, clusterSizes = { min: 512, max: 1 << 21 }, variant: ToyVariant = {}): Driver {
   const magicBytes = new TextEncoder().encode(magic);
+  const placement = variant.placement ?? { kind: 'anywhere' as const };
 
   async function open(io: BlockIO): Promise<Image> {
     const head = new ByteView(await io.read(0, HEADER_LENGTH));
@@ -55,38 +65,37 @@ export function makeToyDriver(name: string, magic: string, headerClusters: numbe
       },
       read: (guestOffset, length) => readExtents(io, extents, guestOffset, length),
       conversionSource: async () => ({
-        options: { virtualSize, clusterSize, zeroExtents: extents.some((e) => e.kind === 'zero') },
+        options: { virtualSize, clusterSize },
         blockers: [],
         headerRegionSize: head.u32le(24) * clusterSize,
-        metadataRanges: [
-          { offset: 0, length: HEADER_LENGTH, role: 'header' },
-          { offset: tableOffset, length: alignUp(clusters * 8, clusterSize), role: 'table' },
+        metadataRanges: () => [
+          { offset: 0, length: HEADER_LENGTH, kind: 'header' as const },
+          { offset: tableOffset, length: alignUp(clusters * 8, clusterSize), kind: 'metadata' as const, role: 'table' },
         ],
       }),
-      movableUnits: async () => {
-        const units: MovableUnit[] = [
-          {
-            hostOffset: tableOffset,
-            length: alignUp(clusters * 8, clusterSize),
-            role: 'table',
-            pointerOffset: 16,
-            encodePointer: (hostOffset) => u64(hostOffset),
-          },
-        ];
+      units: () => {
+        const pointer = { encoding: 'u64le' as const };
+        const runs: UnitRun[] = [{ kind: 'table', hostOffset: tableOffset, unitLength: alignUp(clusters * 8, clusterSize), count: 1, pointerOffset: 16, pointerStride: 0, pointer }];
         for (const extent of extents) {
           if (extent.kind !== 'data') continue;
-          for (let at = 0; at < extent.length; at += clusterSize) {
-            const index = (extent.guestOffset + at) / clusterSize;
-            units.push({
-              hostOffset: extent.hostOffset + at,
-              length: clusterSize,
-              role: `data cluster ${index}`,
-              pointerOffset: tableOffset + index * 8,
-              encodePointer: (hostOffset) => u64(hostOffset),
-            });
-          }
+          const index = extent.guestOffset / clusterSize;
+          runs.push({ kind: 'data', hostOffset: extent.hostOffset, unitLength: clusterSize, count: Math.ceil(extent.length / clusterSize), pointerOffset: tableOffset + index * 8, pointerStride: 8, pointer });
         }
-        return units;
+        return runs;
+      },
+      check: async (): Promise<CheckReport> => {
+        // Leaks: clusters past the header region that nothing references (this format has no reference counts).
+        const used = new Set<number>();
+        const mark = (offset: number, length: number) => {
+          for (let c = Math.floor(offset / clusterSize); c < Math.ceil((offset + length) / clusterSize); c++) used.add(c);
+        };
+        mark(tableOffset, clusters * 8);
+        for (const extent of extents) if (extent.kind === 'data') mark(extent.hostOffset, alignUp(extent.length, clusterSize));
+        const fileClusters = Math.ceil((await io.size()) / clusterSize);
+        let leaks = 0;
+        if (placement.kind === 'anywhere') for (let c = head.u32le(24); c < fileClusters; c++) if (!used.has(c)) leaks++;
+        const messages = await placementProblems(io, extents, clusterSize, placement);
+        return { corruptions: messages.length, leaks, checkErrors: 0, messages };
       },
       close: async () => {},
     };
@@ -97,7 +106,7 @@ export function makeToyDriver(name: string, magic: string, headerClusters: numbe
     description: `toy format ${name} for engine tests`,
     version: '0.0.0',
     apiVersion: DRIVER_API_VERSION,
-    capabilities: { read: true, zeroExtents: true, inPlaceSource: true, inPlaceTarget: true },
+    capabilities: { read: true, zeroExtents: true, check: true, inPlaceSource: true, inPlaceTarget: true },
     probe: (head) => (magicBytes.every((b, i) => head[i] === b) ? 100 : 0),
     open,
     inPlace: {
@@ -108,29 +117,72 @@ export function makeToyDriver(name: string, magic: string, headerClusters: numbe
           headerRegionSize: headerClusters * request.clusterSize,
           maxHostOffset: Number.MAX_SAFE_INTEGER,
           zeroExtents: true,
+          unreferencedClustersLeak: placement.kind === 'anywhere',
+          ...(placement.kind === 'anywhere' ? {} : { placement }),
+          ...(variant.hostAlignment ? { hostAlignment: variant.hostAlignment } : {}),
         },
         problems: [],
-        build: async (mapping, space) => {
+        estimate: () => ({ metadataBytes: alignUp(Math.ceil(request.source.virtualSize / request.clusterSize) * 8, request.clusterSize) }),
+        build: async (mapping, space, out) => {
           const clusterSize = request.clusterSize;
           const clusters = Math.ceil(request.source.virtualSize / clusterSize);
           const table = ByteView.alloc(clusters * 8);
-          for (const extent of mapping) {
-            for (let at = extent.guestOffset; at < extent.guestOffset + extent.length; at += clusterSize) {
-              const index = at / clusterSize;
-              if (extent.kind === 'data') table.setU64le(index * 8, extent.hostOffset + (at - extent.guestOffset));
-              else if (extent.kind === 'zero') table.setU64le(index * 8, 1);
+          for await (const batch of mapping) {
+            for (const extent of batch) {
+              for (let at = extent.guestOffset; at < extent.guestOffset + extent.length; at += clusterSize) {
+                const index = at / clusterSize;
+                if (extent.kind === 'data') {
+                  const host = extent.hostOffset + (at - extent.guestOffset);
+                  table.setU64le(index * 8, host);
+                  if (placement.kind === 'prefixed') await out.write(host - placement.prefix, prefixBytes(placement.prefix, index));
+                } else if (extent.kind === 'zero') table.setU64le(index * 8, 1);
+              }
             }
           }
           const tableOffset = space.allocate(alignUp(table.length, clusterSize), clusterSize);
+          await out.write(tableOffset, table.bytes);
           const header = ByteView.alloc(HEADER_LENGTH);
           header.bytes.set(magicBytes, 0);
           header.setU32le(4, clusterSize);
           header.setU64le(8, request.source.virtualSize);
           header.setU64le(16, tableOffset);
           header.setU32le(24, headerClusters);
-          return { writes: [{ offset: tableOffset, data: table.bytes }], header: header.bytes, fileSize: space.end };
+          return { header: header.bytes, fileSize: space.end };
         },
       }),
     },
   };
+}
+
+function prefixBytes(length: number, guestCluster: number): Uint8Array {
+  const bytes = ByteView.alloc(length);
+  bytes.bytes.set(new TextEncoder().encode(PREFIX_MAGIC), 0);
+  bytes.setU32le(4, guestCluster);
+  return bytes.bytes;
+}
+
+/** What breaks the variant's placement rule, one message per problem. */
+async function placementProblems(io: BlockIO, extents: readonly Extent[], clusterSize: number, placement: Placement): Promise<string[]> {
+  const problems: string[] = [];
+  const hosts: number[] = [];
+  for (const extent of extents) {
+    if (extent.kind !== 'data') continue;
+    for (let at = 0; at < extent.length; at += clusterSize) {
+      const host = extent.hostOffset + at;
+      hosts.push(host);
+      if (placement.kind === 'prefixed') {
+        const prefix = await io.read(host - placement.prefix, placement.prefix);
+        const expected = prefixBytes(placement.prefix, (extent.guestOffset + at) / clusterSize);
+        if (!prefix.every((byte, i) => byte === expected[i])) problems.push(`data cluster at ${host} lacks its prefix`);
+      }
+    }
+  }
+  if (placement.kind === 'packed' && hosts.length > 0) {
+    const start = Math.min(...hosts);
+    if (start < placement.start) problems.push(`the packed run starts at ${start}, before ${placement.start}`);
+    const slots = new Set(hosts.map((host) => (host - start) / clusterSize));
+    for (const slot of slots) if (!Number.isInteger(slot) || slot >= hosts.length) problems.push(`a data cluster lies outside slots 0..${hosts.length - 1} (slot ${slot})`);
+    if (slots.size !== hosts.length) problems.push('two data clusters share a slot');
+  }
+  return problems;
 }

@@ -1,4 +1,4 @@
-import type { BlockIO } from '@ic/core';
+import type { BlockIO } from '@ic/core/sdk';
 import { corruptAt, hex } from './errors.js';
 import type { BitmapsExtension } from './extensions.js';
 

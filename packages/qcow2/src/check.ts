@@ -1,13 +1,19 @@
-import type { CheckReport } from '@ic/core';
+import type { CheckReport } from '@ic/core/sdk';
 import { BitmapTableEntry, type BitmapEntry } from './bitmaps.js';
 import { hex, limitExceeded } from './errors.js';
 import { MAX_L1_ENTRIES } from './header.js';
-import { decodeRefcountTable, getRefcountEntry, type RefcountTableSlot } from './refcount.js';
+import { decodeRefcountValues, getRefcountEntry, setRefcountEntry } from './refcount.js';
 import type { Qcow2State } from './state.js';
-import { decodeL1Entry, decodeL2Entry } from './tables.js';
+import { decodeL2Entry, entryHex } from './tables.js';
 
 /** Messages kept for humans; the counters are always exact. */
 const MAX_MESSAGES = 1000;
+
+const TWO_32 = 2 ** 32;
+
+/** L2 tables read ahead of the one being checked, and contiguous refcount blocks read in one go. */
+const READ_AHEAD = 8;
+const REFCOUNT_RUN_BYTES = 4 * 1024 * 1024;
 
 /**
  * Recomputes how often every host cluster is referenced and compares that with the stored refcounts,
@@ -17,28 +23,40 @@ const MAX_MESSAGES = 1000;
  *   COPIED flag != (refcount==1) -> corruption
  *   references reaching a cluster or more past the end of the file, misaligned tables or data,
  *   reserved bits set            -> corruption
- * Memory: one counter per host cluster of the file; work: bounded by the metadata in the file.
+ *
+ * One pass over the tables, one over the refcount blocks, each table and block read once. The pass over the
+ * tables counts references and notes, per host cluster, whether the active tables reference it with COPIED set
+ * or clear; the pass over the refcount blocks compares both with the stored counts (qemu rereads the active
+ * tables for COPIED instead). Memory: three bits per host cluster of the file, a byte per cluster only where
+ * clusters are shared; no object per entry.
+ *
+ * Message order: qemu prints the COPIED errors of each L2 table in table order; here the COPIED errors of data
+ * clusters come in host order, after those of the L2 tables. The counters are the same.
  */
 export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntry[]): Promise<CheckReport> {
   const { clusterSize, fileSize, geometry, header, io } = state;
-  const messages: string[] = [];
-  let dropped = 0;
-  const note = (line: string): void => {
-    if (messages.length < MAX_MESSAGES) messages.push(line);
-    else dropped++;
-  };
+  const log = new MessageLog(MAX_MESSAGES);
+  const copiedLog = new MessageLog(MAX_MESSAGES);
   const result = { corruptions: 0, leaks: 0, checkErrors: 0, allocated: 0, fragmented: 0, compressed: 0 };
   const corruption = (line: string): void => {
     result.corruptions++;
-    note(line);
+    log.add(line);
+  };
+  const copiedCorruption = (line: string): void => {
+    result.corruptions++;
+    copiedLog.add(line);
   };
 
   // ---- references ----
-  let clusterCount = Math.ceil(fileSize / clusterSize);
+  const fileClusters = Math.ceil(fileSize / clusterSize);
+  let clusterCount = fileClusters;
   if (clusterCount > MAX_CHECKED_CLUSTERS) {
     throw limitExceeded(`check: the file has ${clusterCount} clusters, more than the ${MAX_CHECKED_CLUSTERS} this check counts in memory`);
   }
-  const references = new ReferenceCounts(clusterCount + 1);
+  const references = new ClusterCounts(clusterCount + 1);
+  /** Active L2 entries per host cluster of the file, with COPIED set and with it clear. */
+  const activeCopied = new ClusterCounts(fileClusters);
+  const activePlain = new ClusterCounts(fileClusters);
   const maxCount = state.refcounts.maxValue;
 
   const addReference = (offset: number, size: number): void => {
@@ -52,19 +70,34 @@ export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntr
     const last = Math.floor((offset + size - 1) / clusterSize);
     for (let cluster = first; cluster <= last; cluster++) {
       // Less than a cluster past EOF: at most one cluster beyond the file's own.
-      clusterCount = Math.max(clusterCount, cluster + 1);
-      if (references.get(cluster) >= maxCount) {
-        corruption(`ERROR: overflow cluster offset=${hex(cluster * clusterSize)}`);
-        continue;
-      }
-      references.increment(cluster);
+      if (cluster >= clusterCount) clusterCount = cluster + 1;
+      if (references.addBelow(cluster, maxCount)) continue;
+      corruption(`ERROR: overflow cluster offset=${hex(cluster * clusterSize)}`);
     }
   };
 
   const readLenient = async (offset: number, length: number): Promise<Uint8Array> => {
+    if (offset + length <= fileSize) return io.read(offset, length);
     const out = new Uint8Array(length);
-    if (offset < fileSize) out.set(await io.read(offset, Math.min(length, fileSize - offset)));
+    if (offset < fileSize) out.set(await io.read(offset, fileSize - offset));
     return out;
+  };
+
+  // The refcount table first: whether a cluster's refcount can be read at all decides which COPIED checks count.
+  const refcountTable = decodeRefcountSlots(await io.read(header.refcountTableOffset, header.refcountTableClusters * clusterSize));
+  const { entriesPerBlock, order } = state.refcounts;
+  /** qemu_get_refcount() fails for a cluster whose refcount block offset is not cluster-aligned. */
+  const someUnreadable = refcountTable.offsets.some((offset) => offset % clusterSize !== 0);
+  const refcountUnreadable = (cluster: number): boolean => {
+    if (!someUnreadable) return false;
+    const index = Math.floor(cluster / entriesPerBlock);
+    return index < refcountTable.count && refcountTable.offsets[index]! % clusterSize !== 0;
+  };
+  const blocks = new RefcountBlocks(refcountTable, clusterSize, readLenient);
+  const storedRefcount = async (cluster: number): Promise<number | undefined> => {
+    const block = await blocks.lookup(Math.floor(cluster / entriesPerBlock));
+    if (block === 'unaligned') return undefined;
+    return block ? getRefcountEntry(block, cluster % entriesPerBlock, order) : 0;
   };
 
   // L2 entries scanned are bounded by the metadata the file can hold (shared tables are rescanned, as qemu does).
@@ -74,82 +107,155 @@ export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntr
     if (scanBudget < 0) throw limitExceeded('check: the L1 tables reference the same L2 tables too many times', header.l1TableOffset);
   };
 
-  // The last L2 table read, kept because shared or aliased tables are read again and again.
+  // The last L2 table read, kept because shared or aliased tables are read again and again; the next ones read ahead.
   let lastL2: { offset: number; bytes: Uint8Array } | undefined;
+  const ahead = new Map<number, Promise<Uint8Array>>();
   const readL2 = async (l2Offset: number): Promise<Uint8Array> => {
-    if (lastL2?.offset !== l2Offset) lastL2 = { offset: l2Offset, bytes: await readLenient(l2Offset, clusterSize) };
+    const pending = ahead.get(l2Offset);
+    ahead.delete(l2Offset);
+    if (lastL2?.offset === l2Offset) return lastL2.bytes;
+    lastL2 = { offset: l2Offset, bytes: await (pending ?? readLenient(l2Offset, clusterSize)) };
     return lastL2.bytes;
   };
+  const readAhead = (l2Offset: number): void => {
+    if (ahead.size >= READ_AHEAD || ahead.has(l2Offset) || lastL2?.offset === l2Offset) return;
+    const pending = readLenient(l2Offset, clusterSize);
+    pending.catch(() => {}); // a failure is reported when the table is needed
+    ahead.set(l2Offset, pending);
+  };
 
-  const checkL2 = async (l2Offset: number, countFragments: boolean): Promise<void> => {
+  /** Data clusters past the end of the file seen by the active tables: their COPIED check reads refcounts one by one. */
+  const pastEnd: { cluster: number; copied: boolean; entry: string }[] = [];
+
+  /**
+   * One L2 table: standard entries decoded inline from their two 32-bit halves, compressed ones the general way.
+   * `active`: the table belongs to the active L1 (fragmentation counted, COPIED noted; `copiedChecked` false when
+   * qemu skips the table's COPIED check because the table's own refcount cannot be read).
+   */
+  const checkL2 = async (l2Offset: number, active: boolean, copiedChecked: boolean): Promise<void> => {
     spend(geometry.l2Entries);
     const bytes = await readL2(l2Offset);
-    const table = new DataView(bytes.buffer);
-    let nextContiguous = 0;
-    for (let index = 0; index < geometry.l2Entries; index++) {
-      const entry = decodeL2Entry(table, index, geometry);
-      const rawText = (): string => `0x${table.getBigUint64(index * geometry.l2EntrySize).toString(16)}`;
-      if (entry.type !== 'compressed' && entry.reservedBitsSet) corruption(`ERROR found l2 entry with reserved bits set: ${rawText()}`);
-      switch (entry.type) {
-        case 'compressed': {
-          if (entry.copied) corruption(`ERROR: coffset=${hex(entry.compressedOffset)}: copied flag must never be set for compressed clusters`);
-          if (state.hasDataFile) {
-            corruption(`ERROR compressed cluster ${index} with data file, entry=${rawText()}`);
-            break;
-          }
-          if (entry.allocatedBitmap !== 0 || entry.zeroBitmap !== 0) {
-            corruption(`ERROR compressed cluster ${index} with non-zero subcluster allocation bitmap, entry=${rawText()}`);
-            break;
-          }
-          addReference(entry.compressedOffset, entry.compressedLength);
-          if (countFragments) {
-            result.allocated++;
-            result.compressed++;
-            // qemu counts every compressed cluster as fragmented.
-            result.fragmented++;
-          }
-          break;
-        }
-        case 'normal':
-        case 'zero-alloc': {
-          const offset = entry.hostOffset;
-          if (geometry.extendedL2 && (entry.allocatedBitmap & entry.zeroBitmap) !== 0) {
-            corruption(`ERROR offset=${hex(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
-          }
-          if (offset % clusterSize !== 0) {
-            corruption(`ERROR offset=${hex(offset)}: ${entry.type === 'zero-alloc' ? 'Preallocated' : 'Data'} cluster is not properly aligned; L2 entry corrupted.`);
-          }
-          if (countFragments) {
-            result.allocated++;
-            if (nextContiguous !== 0 && offset !== nextContiguous) result.fragmented++;
-            nextContiguous = offset + clusterSize;
-          }
-          if (!state.hasDataFile) addReference(offset, clusterSize);
-          break;
-        }
-        case 'zero-plain':
-          break;
-        case 'unallocated':
-          if (geometry.extendedL2 && entry.allocatedBitmap !== 0) corruption('ERROR: Unallocated cluster has non-zero subcluster allocation map');
-          break;
-      }
+    scanL2(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), active, active && copiedChecked);
+    // Past the end of the file the refcounts are looked up one at a time (rare: such entries are corrupt anyway).
+    for (const { cluster, copied, entry } of pastEnd.splice(0)) {
+      const refcount = await storedRefcount(cluster);
+      if (refcount !== undefined && (refcount === 1) !== copied) copiedCorruption(`ERROR OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${refcount}`);
     }
   };
 
-  const checkL1 = async (l1Offset: number, l1Size: number, l1: DataView | undefined, countFragments: boolean): Promise<void> => {
+  /** The synchronous part of checkL2, kept apart so that the hot loop is a plain function. */
+  const scanL2 = (table: DataView, active: boolean, noteCopied: boolean): void => {
+    const { l2Entries, l2EntrySize, extendedL2, clusterBits } = geometry;
+    const clustersPer4G = 2 ** (32 - clusterBits);
+    const alignmentMask = (clusterSize - 1) & 0xfffffe00;
+    const hasDataFile = state.hasDataFile;
+    const referenced = references.once;
+    const copiedBits = activeCopied.once;
+    const plainBits = activePlain.once;
+    const inFile = fileClusters;
+    let nextContiguous = 0;
+    let allocated = 0;
+    let fragmented = 0;
+    for (let index = 0; index < l2Entries; index++) {
+      const at = index * l2EntrySize;
+      const high = table.getUint32(at);
+      const low = table.getUint32(at + 4);
+      if ((high | low) === 0 && !extendedL2) continue;
+      if ((high & 0x40000000) !== 0) {
+        checkCompressed(table, index, active);
+        continue;
+      }
+      const copied = (high & 0x80000000) !== 0;
+      if ((high & 0x3f000000) !== 0 || (low & 0x1fe) !== 0) corruption(`ERROR found l2 entry with reserved bits set: 0x${entryHex(table, at)}`);
+      const zeroFlag = (low & 1) !== 0 && !extendedL2;
+      const hasOffset = (high & 0x00ffffff) !== 0 || (low & 0xfffffe00) !== 0;
+      if (zeroFlag ? !hasOffset : !hasOffset && !(hasDataFile && copied)) {
+        // Unallocated (or zero without a host cluster).
+        if (extendedL2 && table.getUint32(at + 12) !== 0) corruption('ERROR: Unallocated cluster has non-zero subcluster allocation map');
+        continue;
+      }
+      // Host cluster index in integer arithmetic (offsets are below 2^56); the byte offset only where it is needed.
+      const cluster = (high & 0x00ffffff) * clustersPer4G + ((low & 0xfffffe00) >>> clusterBits);
+      const aligned = (low & alignmentMask) === 0;
+      if (extendedL2 && (table.getUint32(at + 8) & table.getUint32(at + 12)) !== 0) {
+        corruption(`ERROR offset=${hex(offsetOf(high, low))}: Allocated cluster has corrupted subcluster allocation bitmap`);
+      }
+      if (!aligned) {
+        corruption(`ERROR offset=${hex(offsetOf(high, low))}: ${zeroFlag ? 'Preallocated' : 'Data'} cluster is not properly aligned; L2 entry corrupted.`);
+      }
+      if (active) {
+        const offset = aligned ? cluster * clusterSize : offsetOf(high, low);
+        allocated++;
+        if (nextContiguous !== 0 && offset !== nextContiguous) fragmented++;
+        nextContiguous = offset + clusterSize;
+      }
+      if (hasDataFile) {
+        if (noteCopied && !copied) copiedCorruption(`ERROR OFLAG_COPIED data cluster: l2_entry=${entryHex(table, at)} refcount=1`);
+        continue;
+      }
+      if (cluster < inFile) {
+        // The usual case inline: an aligned cluster inside the file referenced (or noted) for the first time.
+        const word = cluster >>> 5;
+        const mask = 1 << (cluster & 31);
+        if (aligned && (referenced[word]! & mask) === 0) referenced[word] = referenced[word]! | mask;
+        else addReference(offsetOf(high, low), clusterSize);
+        if (!noteCopied || refcountUnreadable(cluster)) continue;
+        const noted = copied ? copiedBits : plainBits;
+        if ((noted[word]! & mask) === 0) noted[word] = noted[word]! | mask;
+        else (copied ? activeCopied : activePlain).add(cluster);
+        continue;
+      }
+      addReference(offsetOf(high, low), clusterSize);
+      if (noteCopied && !refcountUnreadable(cluster)) pastEnd.push({ cluster, copied, entry: entryHex(table, at) });
+    }
+    result.allocated += allocated;
+    result.fragmented += fragmented;
+  };
+
+  const checkCompressed = (table: DataView, index: number, active: boolean): void => {
+    const entry = decodeL2Entry(table, index, geometry);
+    const rawText = (): string => `0x${entryHex(table, index * geometry.l2EntrySize)}`;
+    if (entry.copied) corruption(`ERROR: coffset=${hex(entry.compressedOffset)}: copied flag must never be set for compressed clusters`);
+    if (state.hasDataFile) {
+      corruption(`ERROR compressed cluster ${index} with data file, entry=${rawText()}`);
+      return;
+    }
+    if (entry.allocatedBitmap !== 0 || entry.zeroBitmap !== 0) {
+      corruption(`ERROR compressed cluster ${index} with non-zero subcluster allocation bitmap, entry=${rawText()}`);
+      return;
+    }
+    addReference(entry.compressedOffset, entry.compressedLength);
+    if (active) {
+      result.allocated++;
+      result.compressed++;
+      // qemu counts every compressed cluster as fragmented.
+      result.fragmented++;
+    }
+  };
+
+  const checkL1 = async (l1Offset: number, l1Size: number, l1: DataView | undefined, active: boolean): Promise<void> => {
     addReference(l1Offset, l1Size * 8);
     let table = l1;
     if (!table) {
       const bytes = await readLenient(l1Offset, l1Size * 8);
-      table = new DataView(bytes.buffer);
+      table = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     }
+    let aheadIndex = 0;
     for (let index = 0; index < l1Size; index++) {
-      const entry = decodeL1Entry(table, index);
-      if (entry.empty) continue;
-      if (entry.reservedBitsSet) corruption(`ERROR found L1 entry with reserved bits set: ${table.getBigUint64(index * 8).toString(16)}`);
-      addReference(entry.l2Offset, clusterSize);
-      if (entry.l2Offset % clusterSize !== 0) corruption(`ERROR l2_offset=${hex(entry.l2Offset)}: Table is not cluster aligned; L1 entry corrupted`);
-      await checkL2(entry.l2Offset, countFragments);
+      const high = table.getUint32(index * 8);
+      const low = table.getUint32(index * 8 + 4);
+      if ((high | low) === 0) continue;
+      const l2Offset = (high & 0x00ffffff) * TWO_32 + ((low & 0xfffffe00) >>> 0);
+      for (aheadIndex = Math.max(aheadIndex, index + 1); aheadIndex < l1Size && ahead.size < READ_AHEAD; aheadIndex++) {
+        const next = (table.getUint32(aheadIndex * 8) & 0x00ffffff) * TWO_32 + ((table.getUint32(aheadIndex * 8 + 4) & 0xfffffe00) >>> 0);
+        if (next !== 0 && next !== l2Offset) readAhead(next);
+      }
+      if ((high & 0x7f000000) !== 0 || (low & 0x1ff) !== 0) corruption(`ERROR found L1 entry with reserved bits set: ${entryHex(table, index * 8)}`);
+      addReference(l2Offset, clusterSize);
+      if (l2Offset % clusterSize !== 0) corruption(`ERROR l2_offset=${hex(l2Offset)}: Table is not cluster aligned; L1 entry corrupted`);
+      // qemu's COPIED pass skips entries without an L2 offset, and the whole table when its refcount cannot be read.
+      const l2Cluster = Math.floor(l2Offset / clusterSize);
+      await checkL2(l2Offset, active, active && l2Offset !== 0 && !refcountUnreadable(l2Cluster));
     }
   };
 
@@ -202,85 +308,109 @@ export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntr
   }
 
   // Refcount blocks: each must be referenced exactly once.
-  const tableBytes = await io.read(header.refcountTableOffset, header.refcountTableClusters * clusterSize);
-  const slots = decodeRefcountTable(tableBytes);
-  slots.forEach((slot, index) => {
-    if (slot.reservedBitsSet) {
+  for (let index = 0; index < refcountTable.count; index++) {
+    const blockOffset = refcountTable.offsets[index]!;
+    if (refcountTable.reserved[index] !== 0) {
       corruption(`ERROR refcount table entry ${index} has reserved bits set`);
-      return;
+      continue;
     }
-    if (slot.blockOffset % clusterSize !== 0) {
+    if (blockOffset % clusterSize !== 0) {
       corruption(`ERROR refcount block ${index} is not cluster aligned; refcount table entry corrupted`);
-      return;
+      continue;
     }
-    const cluster = slot.blockOffset / clusterSize;
+    const cluster = blockOffset / clusterSize;
     if (cluster >= clusterCount) {
       corruption(`ERROR refcount block ${index} is outside image`);
-      return;
+      continue;
     }
-    if (slot.blockOffset !== 0) {
-      addReference(slot.blockOffset, clusterSize);
+    if (blockOffset !== 0) {
+      addReference(blockOffset, clusterSize);
       if (references.get(cluster) !== 1) corruption(`ERROR refcount block ${index} refcount=${references.get(cluster)}`);
     }
-  });
+  }
 
-  // Compare stored refcounts with the references, one refcount block at a time.
-  const { entriesPerBlock, order } = state.refcounts;
+  // Compare stored refcounts with the references and the COPIED flags, one refcount block at a time.
   let highestCluster = 0;
+  const stored = new Float64Array(entriesPerBlock);
+  const referenced = references.once;
+  const sharedReferences = references.shared;
+  const copiedBits = activeCopied.once;
+  const plainBits = activePlain.once;
+  /** 32 clusters take `bits` 32-bit words of a refcount block; `ones` is a pair of words holding counts of 1. */
+  const groupWords = state.refcounts.bits;
+  const ones = refcountWordsOfOnes(order);
   for (let blockIndex = 0; blockIndex * entriesPerBlock < clusterCount; blockIndex++) {
     const first = blockIndex * entriesPerBlock;
     const last = Math.min(clusterCount, first + entriesPerBlock);
-    const block = await loadBlock(slots[blockIndex], state, readLenient);
-    for (let cluster = first; cluster < last; cluster++) {
-      const reference = references.get(cluster);
-      if (block === 'unaligned') {
-        result.checkErrors++;
-        note(`Can't get refcount for cluster ${cluster}: Input/output error`);
-        continue; // like qemu, such a cluster does not move the image end
+    const block = await blocks.next(blockIndex);
+    if (block === 'unaligned') {
+      // Like qemu, such a cluster does not move the image end (and its COPIED flags are not checked).
+      result.checkErrors += last - first;
+      let cluster = first;
+      for (; cluster < last && log.room(); cluster++) log.add(`Can't get refcount for cluster ${cluster}: Input/output error`);
+      log.drop(last - cluster);
+      continue;
+    }
+    // Groups of 32 clusters in the usual states (each referenced once with a stored refcount of 1 and COPIED
+    // noted where it must be; or unused with refcount 0) are recognised on the raw words of the block.
+    const words = block ? wordsOf(block) : undefined;
+    let decoded = false;
+    for (let cluster = first; cluster < last; ) {
+      const word = cluster >>> 5;
+      if ((cluster & 31) === 0 && cluster + 32 <= last) {
+        const base = ((cluster - first) >>> 5) * groupWords;
+        const referencedWord = referenced[word]!;
+        if (referencedWord === 0xffffffff) {
+          if (!sharedReferences && plainBits[word] === 0 && wordsEqual(words, base, groupWords, ones[0]!, ones[1]!)) {
+            highestCluster = cluster + 31;
+            cluster += 32;
+            continue;
+          }
+        } else if (referencedWord === 0 && plainBits[word] === 0 && copiedBits[word] === 0 && wordsEqual(words, base, groupWords, 0, 0)) {
+          cluster += 32;
+          continue;
+        }
       }
-      const stored = block ? getRefcountEntry(block, cluster - first, order) : 0;
-      if (stored > 0 || reference > 0) highestCluster = cluster;
-      if (stored === reference) continue;
-      if (stored < reference) {
-        result.corruptions++;
-        note(`ERROR cluster ${cluster} refcount=${stored} reference=${reference}`);
-      } else {
-        result.leaks++;
-        note(`Leaked cluster ${cluster} refcount=${stored} reference=${reference}`);
+      if (!decoded) {
+        if (block) decodeRefcountValues(block, order, stored);
+        else stored.fill(0);
+        decoded = true;
       }
+      const value = stored[cluster - first]!;
+      const mask = 1 << (cluster & 31);
+      const reference = (referenced[word]! & mask) === 0 ? 0 : sharedReferences ? references.get(cluster) : 1;
+      if (value > 0 || reference > 0) highestCluster = cluster;
+      if (value !== reference) {
+        if (value < reference) {
+          result.corruptions++;
+          log.add(`ERROR cluster ${cluster} refcount=${value} reference=${reference}`);
+        } else {
+          result.leaks++;
+          log.add(`Leaked cluster ${cluster} refcount=${value} reference=${reference}`);
+        }
+      }
+      // COPIED: set exactly when the stored refcount is 1.
+      if (cluster < fileClusters && ((value === 1 ? plainBits : copiedBits)[word]! & mask) !== 0) {
+        const mismatches = value === 1 ? activePlain.get(cluster) : activeCopied.get(cluster);
+        for (let n = 0; n < mismatches; n++) {
+          copiedCorruption(`ERROR OFLAG_COPIED data cluster: offset=${hex(cluster * clusterSize)} COPIED=${value === 1 ? 0 : 1} refcount=${value}`);
+        }
+      }
+      cluster++;
     }
   }
 
-  // COPIED must be set exactly when the stored refcount is 1 (active tables only).
-  const storedRefcount = async (cluster: number): Promise<number | undefined> => {
-    const block = await loadBlock(slots[Math.floor(cluster / entriesPerBlock)], state, readLenient);
-    if (block === 'unaligned') return undefined;
-    return block ? getRefcountEntry(block, cluster % entriesPerBlock, order) : 0;
-  };
+  // COPIED of the active L1 entries: set exactly when the L2 table's stored refcount is 1.
   for (let index = 0; index < header.l1Size; index++) {
-    const l1Entry = decodeL1Entry(state.l1, index);
-    if (l1Entry.l2Offset === 0) continue;
-    const l2Refcount = await storedRefcount(Math.floor(l1Entry.l2Offset / clusterSize));
-    if (l2Refcount === undefined) continue;
-    if ((l2Refcount === 1) !== l1Entry.copied) {
-      corruption(`ERROR OFLAG_COPIED L2 cluster: l1_index=${index} l1_entry=${state.l1.getBigUint64(index * 8).toString(16)} refcount=${l2Refcount}`);
-    }
-    spend(geometry.l2Entries);
-    const bytes = await readL2(l1Entry.l2Offset);
-    const table = new DataView(bytes.buffer);
-    for (let l2Index = 0; l2Index < geometry.l2Entries; l2Index++) {
-      const entry = decodeL2Entry(table, l2Index, geometry);
-      if (entry.type !== 'normal' && entry.type !== 'zero-alloc') continue;
-      const refcount = state.hasDataFile ? 1 : await storedRefcount(Math.floor(entry.hostOffset / clusterSize));
-      if (refcount === undefined) continue;
-      if ((refcount === 1) !== entry.copied) {
-        const raw = table.getBigUint64(l2Index * geometry.l2EntrySize);
-        corruption(`ERROR OFLAG_COPIED data cluster: l2_entry=${raw.toString(16)} refcount=${refcount}`);
-      }
-    }
+    const high = state.l1.getUint32(index * 8);
+    const l2Offset = (high & 0x00ffffff) * TWO_32 + ((state.l1.getUint32(index * 8 + 4) & 0xfffffe00) >>> 0);
+    if (l2Offset === 0) continue;
+    const refcount = await storedRefcount(Math.floor(l2Offset / clusterSize));
+    if (refcount === undefined || (refcount === 1) === ((high & 0x80000000) !== 0)) continue;
+    result.corruptions++;
+    log.add(`ERROR OFLAG_COPIED L2 cluster: l1_index=${index} l1_entry=${entryHex(state.l1, index * 8)} refcount=${refcount}`);
   }
 
-  if (dropped > 0) messages.push(`(${dropped} more messages not shown)`);
   return {
     corruptions: result.corruptions,
     leaks: result.leaks,
@@ -290,47 +420,216 @@ export async function checkImage(state: Qcow2State, bitmaps: readonly BitmapEntr
     fragmentedClusters: result.fragmented,
     compressedClusters: result.compressed,
     imageEndOffset: (highestCluster + 1) * clusterSize,
-    messages,
+    messages: log.join(copiedLog),
   };
 }
 
-/** Per-cluster counters are kept in memory: one byte each, so cap the file at 2^30 clusters (1 GiB). */
+/** Per-cluster counters are kept in memory: a few bits each, so cap the file at 2^30 clusters. */
 const MAX_CHECKED_CLUSTERS = 2 ** 30;
 
-/** How often each host cluster is referenced: one byte per cluster, exact counts past 254 kept aside. */
-class ReferenceCounts {
-  private readonly small: Uint8Array;
-  private readonly large = new Map<number, number>();
-  constructor(readonly length: number) {
-    this.small = new Uint8Array(length);
+/** Lines kept up to a limit, the rest counted. */
+class MessageLog {
+  readonly lines: string[] = [];
+  private dropped = 0;
+  constructor(private readonly limit: number) {}
+  room(): boolean {
+    return this.lines.length < this.limit;
   }
-  get(cluster: number): number {
-    const value = this.small[cluster] ?? 0;
-    return value === 255 ? this.large.get(cluster)! : value;
+  add(line: string): void {
+    if (this.lines.length < this.limit) this.lines.push(line);
+    else this.dropped++;
   }
-  increment(cluster: number): void {
-    const value = this.small[cluster]!;
-    if (value < 254) this.small[cluster] = value + 1;
-    else if (value === 254) {
-      this.small[cluster] = 255;
-      this.large.set(cluster, 255);
-    } else this.large.set(cluster, this.large.get(cluster)! + 1);
+  drop(count: number): void {
+    this.dropped += count;
+  }
+  /** This log, then `more`, within this log's limit. */
+  join(more: MessageLog): string[] {
+    const out = [...this.lines];
+    let dropped = this.dropped + more.dropped;
+    for (const line of more.lines) {
+      if (out.length < this.limit) out.push(line);
+      else dropped++;
+    }
+    if (dropped > 0) out.push(`(${dropped} more messages not shown)`);
+    return out;
   }
 }
 
-const blockCache = new WeakMap<Qcow2State, { offset: number; bytes: Uint8Array }>();
+const PAGE_SHIFT = 12;
+const PAGE_MASK = (1 << PAGE_SHIFT) - 1;
 
-/** The stored refcount block of a table slot: null when there is none, 'unaligned' when it cannot be read. */
-async function loadBlock(
-  slot: RefcountTableSlot | undefined,
-  state: Qcow2State,
-  readLenient: (offset: number, length: number) => Promise<Uint8Array>,
-): Promise<Uint8Array | null | 'unaligned'> {
-  if (!slot || slot.blockOffset === 0) return null;
-  if (slot.blockOffset % state.clusterSize !== 0) return 'unaligned';
-  const cached = blockCache.get(state);
-  if (cached?.offset === slot.blockOffset) return cached.bytes;
-  const bytes = await readLenient(slot.blockOffset, state.clusterSize);
-  blockCache.set(state, { offset: slot.blockOffset, bytes });
-  return bytes;
+/**
+ * How often each cluster of [0, length) was counted: one bit for "at least once"; one byte (count - 1) per
+ * cluster only in 4096-cluster pages where some cluster was counted twice; exact counts past 255 in a map.
+ */
+class ClusterCounts {
+  /** Bit per cluster: counted at least once (read by the hot loops directly). */
+  readonly once: Uint32Array;
+  private readonly pages = new Map<number, Uint8Array>();
+  private readonly large = new Map<number, number>();
+
+  constructor(readonly length: number) {
+    this.once = new Uint32Array(Math.ceil(length / 32));
+  }
+
+  /** Some cluster was counted more than once. */
+  get shared(): boolean {
+    return this.pages.size > 0;
+  }
+
+  has(cluster: number): boolean {
+    return (this.once[cluster >>> 5]! & (1 << (cluster & 31))) !== 0;
+  }
+
+  get(cluster: number): number {
+    if (!this.has(cluster)) return 0;
+    if (this.pages.size === 0) return 1;
+    const page = this.pages.get(cluster >>> PAGE_SHIFT);
+    if (!page) return 1;
+    const extra = page[cluster & PAGE_MASK]!;
+    return extra === 255 ? this.large.get(cluster)! : extra + 1;
+  }
+
+  add(cluster: number): void {
+    const word = cluster >>> 5;
+    const mask = 1 << (cluster & 31);
+    if ((this.once[word]! & mask) === 0) {
+      this.once[word] = this.once[word]! | mask;
+      return;
+    }
+    let page = this.pages.get(cluster >>> PAGE_SHIFT);
+    if (!page) {
+      page = new Uint8Array(PAGE_MASK + 1);
+      this.pages.set(cluster >>> PAGE_SHIFT, page);
+    }
+    const extra = page[cluster & PAGE_MASK]!;
+    if (extra < 254) page[cluster & PAGE_MASK] = extra + 1;
+    else if (extra === 254) {
+      page[cluster & PAGE_MASK] = 255;
+      this.large.set(cluster, 256);
+    } else this.large.set(cluster, this.large.get(cluster)! + 1);
+  }
+
+  /** Adds `cluster` unless its count has reached `max`; false when it has. */
+  addBelow(cluster: number, max: number): boolean {
+    if (!this.has(cluster) && max >= 1) {
+      this.add(cluster);
+      return true;
+    }
+    if (this.get(cluster) >= max) return false;
+    this.add(cluster);
+    return true;
+  }
+}
+
+/** A refcount table as typed arrays: block offsets (masked, 0 = no block) and whether reserved bits are set. */
+interface RefcountSlots {
+  count: number;
+  offsets: Float64Array;
+  reserved: Uint8Array;
+}
+
+function decodeRefcountSlots(bytes: Uint8Array): RefcountSlots {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const count = Math.floor(bytes.length / 8);
+  const offsets = new Float64Array(count);
+  const reserved = new Uint8Array(count);
+  for (let index = 0; index < count; index++) {
+    const high = view.getUint32(index * 8);
+    const low = view.getUint32(index * 8 + 4);
+    // Offsets past 2^53 become huge inexact numbers, never wrapped ones.
+    offsets[index] = high * TWO_32 + ((low & 0xfffffe00) >>> 0);
+    reserved[index] = (low & 0x1ff) !== 0 ? 1 : 0;
+  }
+  return { count, offsets, reserved };
+}
+
+/** A refcount block as 32-bit words (in the platform's byte order, like refcountWordsOfOnes()). */
+function wordsOf(block: Uint8Array): Uint32Array {
+  const bytes = block.byteOffset % 4 === 0 ? block : block.slice();
+  return new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 2);
+}
+
+/** Two 32-bit words of refcount entries that all hold 1 (the words alternate only for 64-bit entries). */
+function refcountWordsOfOnes(order: number): Uint32Array {
+  const bytes = new Uint8Array(8);
+  for (let index = 0; index < 64 >>> order; index++) setRefcountEntry(bytes, index, order, 1);
+  return new Uint32Array(bytes.buffer);
+}
+
+/** Words [base, base + count) of `words` (all zero when there is no block) alternate `even`, `odd`. */
+function wordsEqual(words: Uint32Array | undefined, base: number, count: number, even: number, odd: number): boolean {
+  if (!words) return even === 0 && odd === 0;
+  for (let index = 0; index < count; index++) {
+    if (words[base + index] !== ((index & 1) === 0 ? even : odd)) return false;
+  }
+  return true;
+}
+
+/** The host offset of a standard L2 entry from its halves (bits 9..55). */
+function offsetOf(high: number, low: number): number {
+  return (high & 0x00ffffff) * TWO_32 + ((low & 0xfffffe00) >>> 0);
+}
+
+type LoadedBlock = Uint8Array | null | 'unaligned';
+
+/**
+ * The stored refcount blocks: `next()` walks them in table order, reading runs of blocks that lie next to each
+ * other in the file in one read (and the next run ahead); `lookup()` reads single blocks with a one-block cache.
+ */
+class RefcountBlocks {
+  private run: { first: number; end: number; bytes: Uint8Array } | undefined;
+  private nextRun: { first: number; end: number; bytes: Promise<Uint8Array> } | undefined;
+  private cached: { offset: number; bytes: Uint8Array } | undefined;
+
+  constructor(
+    private readonly slots: RefcountSlots,
+    private readonly clusterSize: number,
+    private readonly read: (offset: number, length: number) => Promise<Uint8Array>,
+  ) {}
+
+  private kind(index: number): 'none' | 'unaligned' | 'block' {
+    if (index >= this.slots.count || this.slots.offsets[index] === 0) return 'none';
+    return this.slots.offsets[index]! % this.clusterSize !== 0 ? 'unaligned' : 'block';
+  }
+
+  async lookup(index: number): Promise<LoadedBlock> {
+    const kind = this.kind(index);
+    if (kind !== 'block') return kind === 'none' ? null : 'unaligned';
+    const offset = this.slots.offsets[index]!;
+    if (this.cached?.offset !== offset) this.cached = { offset, bytes: await this.read(offset, this.clusterSize) };
+    return this.cached.bytes;
+  }
+
+  /** Blocks [index, end) that follow each other in the file, up to REFCOUNT_RUN_BYTES. */
+  private runFrom(index: number): { first: number; end: number } {
+    const { offsets } = this.slots;
+    let end = index + 1;
+    const limit = Math.max(1, Math.floor(REFCOUNT_RUN_BYTES / this.clusterSize));
+    while (end < this.slots.count && end - index < limit && this.kind(end) === 'block' && offsets[end] === offsets[end - 1]! + this.clusterSize) end++;
+    return { first: index, end };
+  }
+
+  private startRun(index: number): { first: number; end: number; bytes: Promise<Uint8Array> } {
+    const { first, end } = this.runFrom(index);
+    const bytes = this.read(this.slots.offsets[first]!, (end - first) * this.clusterSize);
+    bytes.catch(() => {}); // reported when the run is needed
+    return { first, end, bytes };
+  }
+
+  /** Block `index` for a walk in increasing order. */
+  async next(index: number): Promise<LoadedBlock> {
+    const kind = this.kind(index);
+    if (kind !== 'block') return kind === 'none' ? null : 'unaligned';
+    if (!this.run || index < this.run.first || index >= this.run.end) {
+      const pending = this.nextRun?.first === index ? this.nextRun : this.startRun(index);
+      this.run = { first: pending.first, end: pending.end, bytes: await pending.bytes };
+      this.nextRun = undefined;
+      let following = this.run.end;
+      while (following < this.slots.count && this.kind(following) !== 'block') following++;
+      if (following < this.slots.count) this.nextRun = this.startRun(following);
+    }
+    const at = (index - this.run.first) * this.clusterSize;
+    return this.run.bytes.subarray(at, at + this.clusterSize);
+  }
 }

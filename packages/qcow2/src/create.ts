@@ -1,4 +1,4 @@
-import type { BackingReference, BlockIO, CreateSpec, OptionDescriptor, OptionValues } from '@ic/core';
+import type { BackingReference, BlockIO, CreateSpec, OptionDescriptor, OptionValues } from '@ic/core/sdk';
 import { invalidOption } from './errors.js';
 import {
   backingFormatExtension,

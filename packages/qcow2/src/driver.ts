@@ -1,4 +1,4 @@
-import { DRIVER_API_VERSION, type BlockIO, type CreateSpec, type Driver, type Image, type OpenOptions } from '@ic/core';
+import { DRIVER_API_VERSION, type BlockIO, type CreateSpec, type Driver, type Image, type OpenOptions } from '@ic/core/sdk';
 import { createImage, QCOW2_OPTIONS } from './create.js';
 import { FORMAT } from './errors.js';
 import { HeaderField, QCOW2_MAGIC } from './header.js';

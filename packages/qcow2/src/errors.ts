@@ -1,4 +1,4 @@
-import { IcError } from '@ic/core';
+import { IcError } from '@ic/core/sdk';
 
 /** The qemu-img format name; every message of this driver starts with it. */
 export const FORMAT = 'qcow2';

@@ -71,7 +71,8 @@ export interface HeaderExtensions {
 
 const decoder = new TextDecoder('utf-8', { fatal: false });
 
-function cString(bytes: Uint8Array): string {
+/** Bytes up to the first NUL, as UTF-8: how qemu's C strings read a stored name. */
+export function cString(bytes: Uint8Array): string {
   const nul = bytes.indexOf(0);
   return decoder.decode(nul < 0 ? bytes : bytes.subarray(0, nul));
 }
@@ -109,7 +110,7 @@ export function parseExtensions(head: Uint8Array, start: number, areaEnd: number
     switch (type) {
       case ExtensionType.backingFormat:
         if (length > MAX_BACKING_FORMAT_LENGTH) throw corruptAt(`backing format extension of ${length} bytes is too long (max 15)`, offset);
-        out.backingFormat = decoder.decode(data);
+        out.backingFormat = cString(data);
         break;
       case ExtensionType.featureNameTable:
         for (let at = 0; at + FeatureNameEntry.size <= length; at += FeatureNameEntry.size) {
@@ -142,7 +143,7 @@ export function parseExtensions(head: Uint8Array, start: number, areaEnd: number
         break;
       }
       case ExtensionType.externalDataFile:
-        out.dataFile = decoder.decode(data);
+        out.dataFile = cString(data);
         break;
       default:
         out.unknown.push({ type, data });

@@ -1,5 +1,5 @@
 import { corruptAt, hex, limitExceeded, unsupportedFeature, FORMAT } from './errors.js';
-import { IcError } from '@ic/core';
+import { IcError } from '@ic/core/sdk';
 
 /** "QFI\xfb" */
 export const QCOW2_MAGIC = 0x514649fb;

@@ -9,7 +9,7 @@ import {
   type Image,
   type ImageInfo,
   type OpenOptions,
-} from '@ic/core';
+} from '@ic/core/sdk';
 import { bitmapFlagNames, readBitmapDirectory, type BitmapEntry } from './bitmaps.js';
 import { checkImage } from './check.js';
 import { corruptAt, FORMAT, hex, unsupportedFeature } from './errors.js';
@@ -77,7 +77,7 @@ export class Qcow2Image implements Image {
     };
   }
 
-  map(): AsyncIterable<Extent> {
+  map(): AsyncIterable<Extent[]> {
     return mergedExtents(walkMapping(this.state, 0, this.state.virtualSize));
   }
 

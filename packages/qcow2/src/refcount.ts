@@ -1,4 +1,4 @@
-import { IcError } from '@ic/core';
+import { IcError } from '@ic/core/sdk';
 import { FORMAT } from './errors.js';
 import { RefcountTableEntry } from './tables.js';
 
@@ -44,6 +44,42 @@ export function getRefcountEntry(block: Uint8Array, index: number, order: number
     default:
       return Number(new DataView(block.buffer, block.byteOffset, block.byteLength).getBigUint64(index * 8));
   }
+}
+
+/**
+ * Every entry of a refcount block into `out` (entries_per_block values), one typed loop per width: the check
+ * compares whole blocks, so it decodes them once instead of entry by entry.
+ */
+export function decodeRefcountValues(block: Uint8Array, order: number, out: Float64Array): void {
+  const count = Math.min(out.length, (block.length * 8) >>> order);
+  switch (order) {
+    case 0:
+    case 1:
+    case 2: {
+      const bits = 2 ** order;
+      const perByte = 8 / bits;
+      const mask = (1 << bits) - 1;
+      for (let index = 0; index < count; index++) out[index] = (block[(index / perByte) | 0]! >>> ((index % perByte) * bits)) & mask;
+      break;
+    }
+    case 3:
+      for (let index = 0; index < count; index++) out[index] = block[index]!;
+      break;
+    case 4:
+      for (let index = 0; index < count; index++) out[index] = (block[index * 2]! << 8) | block[index * 2 + 1]!;
+      break;
+    case 5: {
+      const view = new DataView(block.buffer, block.byteOffset, block.byteLength);
+      for (let index = 0; index < count; index++) out[index] = view.getUint32(index * 4);
+      break;
+    }
+    default: {
+      // 64-bit counts: exact up to 2^53, approximate (but never small) beyond, like getRefcountEntry().
+      const view = new DataView(block.buffer, block.byteOffset, block.byteLength);
+      for (let index = 0; index < count; index++) out[index] = view.getUint32(index * 8) * 2 ** 32 + view.getUint32(index * 8 + 4);
+    }
+  }
+  out.fill(0, count);
 }
 
 /** Writes entry `index` of a refcount block. */

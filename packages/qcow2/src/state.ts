@@ -1,6 +1,6 @@
-import { IcError, type BackingReference, type BlockIO, type OpenOptions } from '@ic/core';
+import { IcError, type BackingReference, type BlockIO, type OpenOptions } from '@ic/core/sdk';
 import { corruptAt, FORMAT, hex } from './errors.js';
-import { parseExtensions, type HeaderExtensions } from './extensions.js';
+import { cString, parseExtensions, type HeaderExtensions } from './extensions.js';
 import {
   AutoclearFeature,
   clusterSizeOf,
@@ -51,9 +51,12 @@ export async function loadState(io: BlockIO, options: OpenOptions = {}): Promise
   validateHeader(header, fileSize);
   const clusterSize = clusterSizeOf(header);
 
-  // Cluster 0 holds the header, the extensions and the backing file name.
+  // Cluster 0 holds the header, the extensions and the backing file name. Without a backing file qemu ignores
+  // backing_file_size, so it must not size anything here either (validateHeader bounded it otherwise).
   const areaEnd = header.backingFileOffset !== 0 ? header.backingFileOffset : clusterSize;
-  const cluster0Length = Math.max(areaEnd, header.backingFileOffset + header.backingFileSize);
+  const nameEnd = header.backingFileOffset !== 0 ? header.backingFileOffset + header.backingFileSize : 0;
+  // Never more than cluster 0 (at most 2 MiB); validateHeader keeps the name inside it.
+  const cluster0Length = Math.min(Math.max(areaEnd, nameEnd), clusterSize);
   const cluster0 = cluster0Length <= head.length ? head : await io.read(0, cluster0Length);
   const extensions = parseExtensions(cluster0, header.headerLength, areaEnd, clusterSize);
 
@@ -61,8 +64,9 @@ export async function loadState(io: BlockIO, options: OpenOptions = {}): Promise
   let backingName: { offset: number; length: number } | undefined;
   if (header.backingFileOffset !== 0) {
     backingName = { offset: header.backingFileOffset, length: header.backingFileSize };
-    const name = new TextDecoder().decode(cluster0.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize));
-    backing = extensions.backingFormat === undefined ? { name } : { name, format: extensions.backingFormat };
+    // qemu keeps the name as a C string: it ends at the first NUL, and an empty one means no backing file at all.
+    const name = cString(cluster0.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize));
+    if (name !== '') backing = extensions.backingFormat ? { name, format: extensions.backingFormat } : { name };
   }
   const hasDataFile = hasFeature(header.incompatibleFeatures, IncompatibleFeature.externalDataFile);
   if (options.untrusted && backing) {

@@ -78,6 +78,11 @@ function offsetFromHalves(high: number, low: number): number {
   return (high & 0x00ffffff) * TWO_32 + ((low & 0xfffffe00) >>> 0);
 }
 
+/** The u64 entry at `byteOffset` of a table in hex digits (no prefix), for messages. */
+export function entryHex(table: DataView, byteOffset: number): string {
+  return table.getBigUint64(byteOffset).toString(16);
+}
+
 export interface DecodedL1Entry {
   l2Offset: number;
   copied: boolean;

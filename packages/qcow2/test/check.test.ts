@@ -4,9 +4,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync } from 'node:fs';
-import { qemuCheck, qemuCreate, qemuIo, requireQemu, run, tempDir } from '@ic/test-utils';
-import type { CheckReport } from '@ic/core';
-import { closeAll, openQcow2, peek, poke, u64be } from './helpers.js';
+import { qemuCreate, qemuIo, requireQemu, run, tempDir } from '@ic/test-utils';
+import { closeAll, openQcow2, ourCheckVerdict, peek, poke, qemuCheckVerdict, u64be } from './helpers.js';
 
 const tmp = tempDir('ic-qcow2-check-');
 beforeAll(() => requireQemu());
@@ -18,40 +17,8 @@ afterAll(async () => {
 const K = 1024;
 const M = 1024 * K;
 
-function theirNumbers(file: string) {
-  const result = qemuCheck(file, 'qcow2');
-  const json = result.json ?? {};
-  const n = (key: string) => (json[key] as number | undefined) ?? 0;
-  return {
-    exit: result.code,
-    numbers: {
-      corruptions: n('corruptions'),
-      leaks: n('leaks'),
-      checkErrors: n('check-errors'),
-      totalClusters: n('total-clusters'),
-      allocatedClusters: n('allocated-clusters'),
-      fragmentedClusters: n('fragmented-clusters'),
-      compressedClusters: n('compressed-clusters'),
-      imageEndOffset: n('image-end-offset'),
-    },
-  };
-}
-
-function ourNumbers(report: CheckReport) {
-  return {
-    exit: report.checkErrors > 0 ? 1 : report.corruptions > 0 ? 2 : report.leaks > 0 ? 3 : 0,
-    numbers: {
-      corruptions: report.corruptions,
-      leaks: report.leaks,
-      checkErrors: report.checkErrors,
-      totalClusters: report.totalClusters,
-      allocatedClusters: report.allocatedClusters,
-      fragmentedClusters: report.fragmentedClusters,
-      compressedClusters: report.compressedClusters,
-      imageEndOffset: report.imageEndOffset,
-    },
-  };
-}
+const theirNumbers = qemuCheckVerdict;
+const ourNumbers = ourCheckVerdict;
 
 /** Host layout of a fresh default image after these writes: L2 at 0x40000, data from 0x50000. */
 const REFCOUNT_BLOCK = 0x20000;

@@ -1,7 +1,8 @@
 /** create() against `qemu-img create -f qcow2`: same bytes where the layouts agree, check clean and info equal always. */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { FileIO, MemoryIO, type BackingReference } from '@ic/core';
+import { MemoryIO, type BackingReference } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCreate, qemuInfo, requireQemu, tempDir } from '@ic/test-utils';
 import { qcow2Driver } from '../src/index.js';
 import { closeAll, errorCode, mapOf, openQcow2 } from './helpers.js';

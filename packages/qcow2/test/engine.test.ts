@@ -4,7 +4,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync } from 'node:fs';
-import { convertInPlace, FileIO } from '@ic/core';
+import { convertInPlace } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCompare, qemuCreate, qemuInfo, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
 import { qcow2Driver } from '../src/index.js';
 import { inflate } from './helpers.js';
@@ -44,7 +45,7 @@ describe('convertInPlace(qcow2 -> qcow2) on qemu-made images', () => {
         `write -P 3 ${64 * M - 4096} 4k`,
       ]);
       copyFileSync(original, file);
-      const io = await FileIO.open(file, { writable: true });
+      const io = await FileIO.open(file, { writable: true, lock: true });
       try {
         const report = await convertInPlace({ io, source: qcow2Driver, target: qcow2Driver, targetOptions: testCase.to, openOptions: { inflate } });
         expect(report.verified).toBe(true);

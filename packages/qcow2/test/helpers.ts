@@ -1,7 +1,8 @@
 import { inflateRawSync, inflateSync } from 'node:zlib';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
-import { collectExtents, FileIO, isIcError, mergeQemuMapEntries, toQemuMapEntry, type Extent, type Image, type OpenOptions } from '@ic/core';
-import { qemuMap, type QemuMapEntry } from '@ic/test-utils';
+import { collectExtents, isIcError, mergeQemuMapEntries, toQemuMapEntry, type CheckReport, type Extent, type Image, type OpenOptions } from '@ic/core';
+import { FileIO } from '@ic/core/node';
+import { qemuCheck, qemuMap, type QemuMapEntry } from '@ic/test-utils';
 import { Qcow2Image, qcow2Driver } from '../src/index.js';
 
 /** zlib for compressed clusters (qcow2 stores raw deflate streams). */
@@ -91,3 +92,43 @@ export function u32be(value: number): number[] {
 }
 
 export { pattern } from '@ic/conformance';
+
+/** The exit status and the numbers of `qemu-img check --output=json` (0 where qemu-img leaves a field out). */
+export function qemuCheckVerdict(file: string) {
+  const result = qemuCheck(file, 'qcow2');
+  const json = result.json ?? {};
+  const n = (key: string) => (json[key] as number | undefined) ?? 0;
+  return {
+    exit: result.code,
+    numbers: {
+      corruptions: n('corruptions'),
+      leaks: n('leaks'),
+      checkErrors: n('check-errors'),
+      totalClusters: n('total-clusters'),
+      allocatedClusters: n('allocated-clusters'),
+      fragmentedClusters: n('fragmented-clusters'),
+      compressedClusters: n('compressed-clusters'),
+      imageEndOffset: n('image-end-offset'),
+    },
+  };
+}
+
+/** The same from our report (the exit status as `ic check` derives it). */
+export function ourCheckVerdict(report: CheckReport) {
+  return {
+    exit: report.checkErrors > 0 ? 1 : report.corruptions > 0 ? 2 : report.leaks > 0 ? 3 : 0,
+    numbers: {
+      corruptions: report.corruptions,
+      leaks: report.leaks,
+      checkErrors: report.checkErrors,
+      totalClusters: report.totalClusters,
+      allocatedClusters: report.allocatedClusters,
+      fragmentedClusters: report.fragmentedClusters,
+      compressedClusters: report.compressedClusters,
+      imageEndOffset: report.imageEndOffset,
+    },
+  };
+}
+
+export const qemuCheckNumbers = (file: string) => qemuCheckVerdict(file).numbers;
+export const ourCheckNumbers = (report: CheckReport) => ourCheckVerdict(report).numbers;

@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, readFileSync, truncateSync } from 'node:fs';
 import { deflateRawSync } from 'node:zlib';
 import fc from 'fast-check';
-import { collectExtents, isIcError, MemoryIO } from '@ic/core';
+import { collectExtents, convertInPlace, isIcError, MemoryIO } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuCreate, qemuIo, requireQemu, run, sha256File, tempDir } from '@ic/test-utils';
 import { qcow2Driver, walkMapping, type Qcow2Image } from '../src/index.js';
 import { closeAll, errorCode, inflate, openQcow2, poke, u32be, u64be } from './helpers.js';
@@ -41,10 +42,20 @@ async function everything(image: Qcow2Image): Promise<void> {
   await image.conversionSource();
 }
 
+/** What a conversion sees: the description and a full plan (a dry run), read-only. */
+async function dryRun(file: string): Promise<void> {
+  const io = await FileIO.open(file);
+  try {
+    await convertInPlace({ io, source: qcow2Driver, target: qcow2Driver, dryRun: true, openOptions: { inflate } });
+  } finally {
+    await io.close();
+  }
+}
+
 interface HostileCase {
   name: string;
   damage: (file: string) => void;
-  /** Expected code, and the step that must produce it. */
+  /** Expected code, and the step that must produce it ('source': describing it for, or planning, a conversion). */
   code: string;
   step: 'open' | 'map' | 'source' | 'read' | 'check';
 }
@@ -93,7 +104,7 @@ describe('damaged and hostile images give typed errors at the right step, and ar
           if (step === 'open') image = await openQcow2(file);
           else if (step === 'map') await collectExtents(image!.map());
           else if (step === 'read') await image!.read(0, 1 << 20);
-          else if (step === 'source') await image!.conversionSource();
+          else if (step === 'source') await dryRun(file);
           else await image!.check();
         });
         if (code) {
@@ -120,7 +131,7 @@ describe('damaged and hostile images give typed errors at the right step, and ar
     poke(file, l1, entries);
     const damaged = await openQcow2(file);
     expect(await errorCode(() => collectExtents(damaged.map()))).toBe('CORRUPT');
-    expect(await errorCode(() => damaged.conversionSource())).toBe('CORRUPT');
+    expect(await errorCode(() => dryRun(file))).toBe('CORRUPT');
     const started = Date.now();
     const code = await errorCode(() => damaged.check());
     expect(code === undefined || code === 'LIMIT').toBe(true);
@@ -132,7 +143,7 @@ describe('damaged and hostile images give typed errors at the right step, and ar
     copyFileSync(compressed, garbage);
     const image = await openQcow2(compressed);
     let hostOffset = 0;
-    for await (const piece of walkMapping(image.state, 0, 65536)) hostOffset = piece.compressed!.hostOffset;
+    for await (const pieces of walkMapping(image.state, 0, 65536)) hostOffset = pieces[0]!.compressed!.hostOffset;
     poke(garbage, hostOffset, new Uint8Array(64).fill(0xff));
     expect(await errorCode(async () => (await openQcow2(garbage)).read(0, 4096))).toBe('CORRUPT');
     const short = tmp.path('compressed-short.qcow2');
@@ -143,6 +154,40 @@ describe('damaged and hostile images give typed errors at the right step, and ar
     const plain = await openQcow2(compressed, { inflate: undefined as never });
     expect(await errorCode(() => plain.read(0, 4096))).toBe('UNSUPPORTED');
     expect(await (await openQcow2(compressed, { inflate })).read(0, 4096)).toEqual(new Uint8Array(4096).fill(3));
+  });
+
+  it('backing_file_size 0xe20e45ce without a backing file sizes nothing (was "Array buffer allocation failed")', async () => {
+    // qemu ignores backing_file_size when backing_file_offset is 0; ic read 0xe20e45ce bytes of cluster 0.
+    const file = tmp.path('backing-size-no-backing.qcow2');
+    copyFileSync(base, file);
+    poke(file, 16, u32be(0xe20e45ce));
+    const bytes = new Uint8Array(readFileSync(file));
+    const store = new MemoryIO(bytes, 'backing-size', { writable: false });
+    let longestRead = 0;
+    const io = Object.assign(Object.create(store) as MemoryIO, {
+      read: (offset: number, length: number) => ((longestRead = Math.max(longestRead, length)), store.read(offset, length)),
+    });
+    const image = (await qcow2Driver.open(io, { inflate })) as Qcow2Image;
+    expect(image.info().backing).toBeUndefined();
+    await everything(image);
+    expect((await image.check()).corruptions).toBe(0);
+    expect(longestRead).toBeLessThanOrEqual(bytes.length);
+    // With a backing file, a size past 1023 is refused in one line.
+    poke(file, 8, u64be(0x1000));
+    expect(await errorCode(() => openQcow2(file))).toBe('CORRUPT');
+  });
+
+  it('a backing file name is a C string, like qemu\'s: empty means no backing file, a NUL ends it', async () => {
+    const file = tmp.path('backing-name-c-string.qcow2');
+    copyFileSync(base, file);
+    // backing_file_offset 0x1000, backing_file_size 0: qemu-img info shows no backing file.
+    poke(file, 8, u64be(0x1000));
+    expect((await openQcow2(file)).info().backing).toBeUndefined();
+    expect(run('qemu-img', ['info', '-f', 'qcow2', file]).stdout).not.toContain('backing file');
+    poke(file, 16, u32be(8));
+    poke(file, 0x1000, [...new TextEncoder().encode('base\0xyz')]);
+    expect((await openQcow2(file)).info().backing).toEqual({ name: 'base' });
+    expect(run('qemu-img', ['info', '-f', 'qcow2', '--output=json', file]).stdout).toContain('"backing-filename": "base"');
   });
 
   it('reads outside the virtual disk are OUT_OF_BOUNDS', async () => {

@@ -1,4 +1,4 @@
-import { alignUp, encodeText, IcError, type BackingReference, type BlockIO, type CreateSpec, type OptionDescriptor, type OptionValues } from '@ic/core';
+import { alignUp, encodeText, IcError, type BackingReference, type BlockIO, type CreateSpec, type OptionDescriptor, type OptionValues } from '@ic/core/sdk';
 import {
   DEFAULT_CLUSTER_SIZE,
   DEFAULT_TABLE_SIZE,
@@ -9,7 +9,7 @@ import {
   isValidClusterSize,
   isValidTableSize,
   MAX_BACKING_NAME_LENGTH,
-  maxImageSize,
+  qemuGeometryProblem,
   SECTOR_SIZE,
   serializeHeader,
   type QedHeader,
@@ -17,7 +17,12 @@ import {
 
 /** qemu-img's QED creation options that shape the image. */
 export const QED_OPTIONS: readonly OptionDescriptor[] = [
-  { name: 'cluster_size', type: 'size', default: DEFAULT_CLUSTER_SIZE, help: 'Cluster size in bytes: a power of two from 4 KiB to 64 MiB' },
+  {
+    name: 'cluster_size',
+    type: 'size',
+    default: DEFAULT_CLUSTER_SIZE,
+    help: 'Cluster size in bytes: a power of two from 4 KiB to 4 MiB (qemu 7.2 can use 4 MiB only with table_size=2, 2 MiB with table_size<=8)',
+  },
   { name: 'table_size', type: 'integer', default: DEFAULT_TABLE_SIZE, help: 'L1/L2 table size in clusters: 2, 4, 8 or 16' },
 ];
 
@@ -104,10 +109,9 @@ export async function createImage(io: BlockIO, spec: CreateSpec): Promise<void> 
     throw new IcError('INVALID', `${FORMAT}: invalid virtual size ${spec.virtualSize}`);
   }
   const imageSize = alignUp(spec.virtualSize, SECTOR_SIZE);
-  const maximum = maxImageSize(geometry.clusterSize, geometry.tableSize);
-  if (BigInt(imageSize) > maximum) {
-    throw new IcError('INVALID', `${FORMAT}: size ${imageSize} exceeds the ${maximum} bytes cluster_size=${geometry.clusterSize} and table_size=${geometry.tableSize} can address`);
-  }
+  // Exactly what qemu-img create accepts and qemu can then open (qemu rounds the size up to 512 the same way).
+  const problem = qemuGeometryProblem(geometry.clusterSize, geometry.tableSize, imageSize);
+  if (problem) throw new IcError('INVALID', `${FORMAT}: ${problem}`);
   let name: Uint8Array | undefined;
   if (spec.backing) {
     const encoded = encodeBackingName(spec.backing, geometry.clusterSize);

@@ -1,4 +1,4 @@
-import { DRIVER_API_VERSION, IcError, type BlockIO, type Driver, type Image, type OpenOptions, type BackingReference } from '@ic/core';
+import { DRIVER_API_VERSION, IcError, type BlockIO, type Driver, type Image, type OpenOptions, type BackingReference } from '@ic/core/sdk';
 import { createImage, QED_OPTIONS } from './create.js';
 import {
   decodeBackingName,

@@ -1,4 +1,4 @@
-import { alignDown, ByteView, IcError, isPowerOfTwo, log2 } from '@ic/core';
+import { alignDown, ByteView, IcError, isPowerOfTwo, log2 } from '@ic/core/sdk';
 
 /** Name used in messages and as the qemu-img format name. */
 export const FORMAT = 'qed';
@@ -102,6 +102,59 @@ export function hasQedMagic(head: Uint8Array): boolean {
 export function maxImageSize(clusterSize: number, tableSize: number): bigint {
   const entries = (BigInt(tableSize) * BigInt(clusterSize)) / 8n;
   return entries * entries * BigInt(clusterSize);
+}
+
+const TWO_64 = 1n << 64n;
+
+/**
+ * qemu 7.2's qed_max_image_size(): the same product computed the way qemu computes it, in unsigned 64-bit
+ * arithmetic that wraps. Every factor is a power of two, so whenever (entries^2 x cluster_size) reaches 2^64 the
+ * result is 0, and qemu then accepts only empty images: with the default table_size=4 that is every cluster_size
+ * from 4 MiB, and with 2 MiB clusters table_size=16 ("QED image size must be ... less than 0 bytes").
+ */
+export function qemuMaxImageSize(clusterSize: number, tableSize: number): bigint {
+  // table_size * cluster_size is a uint32 product in qemu; it never exceeds 2^30 for valid fields.
+  const entries = BigInt((Math.imul(tableSize, clusterSize) >>> 0) / 8);
+  return (((entries * BigInt(clusterSize)) % TWO_64) * entries) % TWO_64;
+}
+
+/**
+ * Why qemu 7.2 cannot create, or cannot then open, a QED image of `imageSize` bytes (a multiple of 512) with this
+ * geometry; undefined when it can. Found by running qemu-img create / info / qemu-io write over the whole option
+ * grid (packages/qed/test/limits.test.ts) and by reading block/qed.c and block/qed.h:
+ *  - cluster_size a power of two in [4 KiB, 64 MiB], table_size a power of two in [1, 16] (qed_is_*_size_valid);
+ *  - table_size >= 2: qed_check_table_offset() computes the offset of a table's last cluster and treats
+ *    "end <= start" as an overflow, which a one-cluster table always is ("QED table offset is invalid" on open);
+ *  - image_size <= qemuMaxImageSize() (qed_is_image_size_valid), whose 64-bit product wraps to 0 when
+ *    (table_size x cluster_size / 8)^2 x cluster_size reaches 2^64.
+ */
+export function qemuGeometryProblem(clusterSize: number, tableSize: number, imageSize: number): string | undefined {
+  if (!isValidClusterSize(clusterSize)) return `cluster_size must be a power of two from 4096 to 67108864 bytes (got ${clusterSize})`;
+  if (!isValidTableSize(tableSize)) return `table_size must be a power of two from 1 to 16 clusters (got ${tableSize})`;
+  if (tableSize === 1) return 'table_size=1 makes images that qemu 7.2 cannot open (its table bounds check rejects a one-cluster table); use 2 or more';
+  const limit = qemuMaxImageSize(clusterSize, tableSize);
+  if (BigInt(imageSize) <= limit) return undefined;
+  const geometry = `cluster_size=${clusterSize} and table_size=${tableSize}`;
+  const alternative = qemuGeometryFor(imageSize, clusterSize, tableSize);
+  const hint = alternative ? `; use ${alternative}` : '';
+  if (limit < maxImageSize(clusterSize, tableSize)) {
+    return `qemu 7.2 refuses ${imageSize}-byte QED images with ${geometry}: its maximum-size arithmetic overflows 64 bits for this geometry and allows ${limit} bytes${hint}`;
+  }
+  return `the size ${imageSize} exceeds the ${limit} bytes a QED image with ${geometry} can address${hint}`;
+}
+
+/** A geometry close to the one asked for that qemu accepts for `imageSize`: first another table_size, then another cluster_size. */
+function qemuGeometryFor(imageSize: number, clusterSize: number, tableSize: number): string | undefined {
+  const size = BigInt(imageSize);
+  for (const candidate of [2, 4, 8, 16].filter((t) => t !== tableSize)) {
+    if (size <= qemuMaxImageSize(clusterSize, candidate)) return `table_size=${candidate}`;
+  }
+  const clusterSizes: number[] = [];
+  for (let candidate = MIN_CLUSTER_SIZE; candidate <= MAX_CLUSTER_SIZE; candidate *= 2) if (candidate !== clusterSize) clusterSizes.push(candidate);
+  // The nearest cluster size first (smaller before larger at the same distance).
+  clusterSizes.sort((a, b) => Math.abs(Math.log2(a / clusterSize)) - Math.abs(Math.log2(b / clusterSize)) || a - b);
+  const fitting = clusterSizes.find((candidate) => size <= qemuMaxImageSize(candidate, tableSize));
+  return fitting === undefined ? undefined : `cluster_size=${fitting}`;
 }
 
 export function isValidClusterSize(value: number): boolean {

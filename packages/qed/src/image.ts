@@ -1,6 +1,5 @@
 import {
   IcError,
-  pushExtent,
   readExtents,
   type BackingReference,
   type BlockIO,
@@ -11,10 +10,10 @@ import {
   type HostRange,
   type Image,
   type ImageInfo,
-  type MovableUnit,
   type OpenOptions,
-} from '@ic/core';
-import { checkImage, scanTables } from './check.js';
+  type UnitRun,
+} from '@ic/core/sdk';
+import { checkImage } from './check.js';
 import {
   clusterOffsetProblem,
   FEATURE_NEED_CHECK,
@@ -24,19 +23,12 @@ import {
   type QedGeometry,
   type QedHeader,
 } from './header.js';
-import { decodeEntry, ENTRY_UNALLOCATED, ENTRY_ZERO, entryHex, entryHostOffset, readTableEntries } from './tables.js';
+import { decodeEntry, ENTRY_SIZE, ENTRY_UNALLOCATED, ENTRY_ZERO, entryHex, entryHostOffset, readTableEntries } from './tables.js';
 
 const hex = (value: number): string => `0x${value.toString(16)}`;
 
 /** Header field that holds the L1 table offset (u64 LE at byte 40). */
 const L1_TABLE_OFFSET_FIELD = 40;
-
-/** A table entry or the l1_table_offset field: a little-endian u64 byte offset. */
-function encodeEntry(hostOffset: number): Uint8Array {
-  const bytes = new Uint8Array(8);
-  new DataView(bytes.buffer).setBigUint64(0, BigInt(hostOffset), true);
-  return bytes;
-}
 
 /** The blocker conversionSource() reports while the need-check flag is set. */
 export const NEED_CHECK_BLOCKER = {
@@ -74,7 +66,7 @@ export class QedImage implements Image {
     return info;
   }
 
-  map(): AsyncIterable<Extent> {
+  map(): AsyncIterable<Extent[]> {
     return this.extentsInRange(0, this.geometry.imageSize);
   }
 
@@ -91,22 +83,49 @@ export class QedImage implements Image {
     return checkImage({ io: this.io, header: this.header, geometry: this.geometry, needCheck: this.needCheck }, options.repair);
   }
 
+  /**
+   * The conversion's view: header-level facts and the host ranges of the header, backing name, L1 and every L2
+   * table (read from the L1 only; the data offsets are validated as the map is walked, and overlaps between
+   * any of these are the engine's to find).
+   */
   async conversionSource(): Promise<ConversionSource> {
-    const scan = await scanTables({ io: this.io, header: this.header, geometry: this.geometry }, { stopAtFirst: true });
-    if (scan.firstProblem) {
-      throw new IcError('CORRUPT', scan.firstProblem.message, { format: FORMAT, offset: scan.firstProblem.offset });
-    }
-    const { tableBytes } = this.geometry;
-    const metadataRanges: HostRange[] = [{ offset: 0, length: HEADER_LENGTH, role: 'QED header' }];
-    if (this.backing && this.header.backingFilenameSize > 0) {
-      metadataRanges.push({ offset: this.header.backingFilenameOffset, length: this.header.backingFilenameSize, role: 'QED backing file name' });
-    }
-    metadataRanges.push({ offset: this.header.l1TableOffset, length: tableBytes, role: 'QED L1 table' });
-    for (const table of scan.l2Tables) {
-      metadataRanges.push({ offset: table.offset, length: tableBytes, role: `QED L2 table (L1 entry ${table.l1Index})` });
+    const { tableBytes, clusterSize, tableEntries } = this.geometry;
+    const l2Tables = await this.l2Tables();
+    const clustersInImage = Math.ceil(this.geometry.imageSize / clusterSize);
+    const image = this;
+    async function* metadataRanges(): AsyncGenerator<HostRange[]> {
+      const ranges: HostRange[] = [{ offset: 0, length: HEADER_LENGTH, kind: 'header', role: 'QED header' }];
+      if (image.backing && image.header.backingFilenameSize > 0) {
+        const { backingFilenameOffset: offset, backingFilenameSize: length } = image.header;
+        // qemu reads a name that overlaps the header itself without complaint: one range then.
+        if (offset < HEADER_LENGTH) ranges[0]!.length = Math.max(HEADER_LENGTH, offset + length);
+        else ranges.push({ offset, length, kind: 'header', role: 'QED backing file name' });
+      }
+      ranges.push({ offset: image.header.l1TableOffset, length: tableBytes, kind: 'metadata', role: 'QED L1 table' });
+      for (const table of l2Tables) ranges.push({ offset: table.offset, length: tableBytes, kind: 'metadata', role: 'QED L2 table' });
+      yield ranges;
+      // Entries past the disk's end still reference clusters (qemu checks them too): they count as referenced
+      // data, so a cluster shared with them, or an invalid one, is refused like any other.
+      for (const table of l2Tables) {
+        const firstBeyond = Math.max(0, clustersInImage - table.l1Index * tableEntries);
+        if (firstBeyond >= tableEntries) continue;
+        const beyond: HostRange[] = [];
+        for await (const chunk of readTableEntries(image.io, table.offset, firstBeyond, tableEntries - firstBeyond)) {
+          if (chunk.allZero) continue;
+          for (let j = 0; j < chunk.count; j++) {
+            const entry = decodeEntry(chunk.view, j);
+            if (entry === ENTRY_UNALLOCATED || entry === ENTRY_ZERO) continue;
+            const problem = clusterOffsetProblem(image.geometry, entry);
+            const where = entryHostOffset(table.offset, chunk.firstIndex + j);
+            if (problem) throw new IcError('CORRUPT', `${FORMAT}: L2 entry ${chunk.firstIndex + j} (host ${hex(where)}, past the disk's end) names a data cluster at ${entryHex(chunk.view, j)} that ${problem}`, { format: FORMAT, offset: where });
+            beyond.push({ offset: entry, length: clusterSize, kind: 'data', role: 'data cluster past the disk end' });
+          }
+        }
+        if (beyond.length > 0) yield beyond;
+      }
     }
     const source: ConversionSource = {
-      options: { virtualSize: this.geometry.imageSize, clusterSize: this.geometry.clusterSize, zeroExtents: scan.hasZeroClusters },
+      options: { virtualSize: this.geometry.imageSize, clusterSize: this.geometry.clusterSize },
       blockers: this.needCheck ? [{ ...NEED_CHECK_BLOCKER }] : [],
       metadataRanges,
       headerRegionSize: this.header.headerSize * this.geometry.clusterSize,
@@ -115,63 +134,102 @@ export class QedImage implements Image {
     return source;
   }
 
-  /**
-   * Every unit compaction may move, with the one pointer that names it: the L1 table (header field
-   * l1_table_offset), each L2 table (its L1 entry), each data cluster (its L2 entry).
-   */
-  async movableUnits(): Promise<MovableUnit[]> {
-    const scan = await scanTables({ io: this.io, header: this.header, geometry: this.geometry }, { stopAtFirst: true });
-    if (scan.firstProblem) throw new IcError('CORRUPT', scan.firstProblem.message, { format: FORMAT, offset: scan.firstProblem.offset });
-    const { tableBytes, clusterSize, l2Coverage } = this.geometry;
+  /** The L2 tables the L1 names, each offset validated (qemu's table offset rules). */
+  private async l2Tables(): Promise<{ l1Index: number; offset: number }[]> {
+    const tables: { l1Index: number; offset: number }[] = [];
     const l1Offset = this.header.l1TableOffset;
-    const units: MovableUnit[] = [
-      { hostOffset: l1Offset, length: tableBytes, role: 'QED L1 table', pointerOffset: L1_TABLE_OFFSET_FIELD, encodePointer: encodeEntry },
-    ];
-    const l2ByIndex = new Map<number, number>();
-    for (const table of scan.l2Tables) {
-      l2ByIndex.set(table.l1Index, table.offset);
-      units.push({ hostOffset: table.offset, length: tableBytes, role: `QED L2 table ${table.l1Index}`, pointerOffset: entryHostOffset(l1Offset, table.l1Index), encodePointer: encodeEntry });
-    }
-    for await (const extent of this.map()) {
-      if (extent.kind !== 'data') continue;
-      for (let at = 0; at < extent.length; at += clusterSize) {
-        const guestOffset = extent.guestOffset + at;
-        const l1Index = Math.floor(guestOffset / l2Coverage);
-        const l2Offset = l2ByIndex.get(l1Index)!;
-        const l2Index = (guestOffset - l1Index * l2Coverage) / clusterSize;
-        units.push({
-          hostOffset: extent.hostOffset + at,
-          length: clusterSize,
-          role: `data cluster of guest ${guestOffset}`,
-          pointerOffset: entryHostOffset(l2Offset, l2Index),
-          encodePointer: encodeEntry,
-        });
+    for await (const chunk of readTableEntries(this.io, l1Offset, 0, this.geometry.tableEntries)) {
+      if (chunk.allZero) continue;
+      for (let i = 0; i < chunk.count; i++) {
+        const l1Index = chunk.firstIndex + i;
+        const l2Offset = decodeEntry(chunk.view, i);
+        if (l2Offset === ENTRY_UNALLOCATED) continue;
+        const problem = tableOffsetProblem(this.geometry, l2Offset);
+        if (problem) {
+          const where = entryHostOffset(l1Offset, l1Index);
+          throw new IcError('CORRUPT', `${FORMAT}: L1 entry ${l1Index} (host ${hex(where)}) names an L2 table at ${entryHex(chunk.view, i)} that ${problem}`, { format: FORMAT, offset: where });
+        }
+        tables.push({ l1Index, offset: l2Offset });
       }
     }
-    return units;
+    return tables;
+  }
+
+  /**
+   * Every unit packing may move, as runs, with the one pointer that names each: the L1 table (header field
+   * l1_table_offset), each L2 table (its L1 entry), runs of host-contiguous data clusters (consecutive L2 entries).
+   */
+  async *units(): AsyncGenerator<UnitRun[]> {
+    const { tableBytes, clusterSize, tableEntries } = this.geometry;
+    const pointer = { encoding: 'u64le' as const };
+    const l1Offset = this.header.l1TableOffset;
+    const tables = await this.l2Tables();
+    const runs: UnitRun[] = [{ kind: 'table', hostOffset: l1Offset, unitLength: tableBytes, count: 1, pointerOffset: L1_TABLE_OFFSET_FIELD, pointerStride: 0, pointer, role: 'QED L1 table' }];
+    for (const table of tables) {
+      runs.push({ kind: 'table', hostOffset: table.offset, unitLength: tableBytes, count: 1, pointerOffset: entryHostOffset(l1Offset, table.l1Index), pointerStride: 0, pointer, role: `QED L2 table ${table.l1Index}` });
+    }
+    yield runs;
+    for (const table of tables) {
+      const out: UnitRun[] = [];
+      let run: UnitRun | undefined;
+      for await (const chunk of readTableEntries(this.io, table.offset, 0, tableEntries)) {
+        if (chunk.allZero) {
+          run = undefined;
+          continue;
+        }
+        const validEnd = this.geometry.validationFileSize;
+        for (let j = 0; j < chunk.count; j++) {
+          const entry = decodeEntry(chunk.view, j);
+          if (run && run.hostOffset + run.count * clusterSize === entry && entry < validEnd) {
+            run.count++;
+            continue;
+          }
+          if (entry === ENTRY_UNALLOCATED || entry === ENTRY_ZERO) {
+            run = undefined;
+            continue;
+          }
+          const problem = clusterOffsetProblem(this.geometry, entry);
+          if (problem) throw new IcError('CORRUPT', `${FORMAT}: L2 entry ${chunk.firstIndex + j} of the table at ${hex(table.offset)} names a data cluster that ${problem}`, { format: FORMAT });
+          run = { kind: 'data', hostOffset: entry, unitLength: clusterSize, count: 1, pointerOffset: entryHostOffset(table.offset, chunk.firstIndex + j), pointerStride: ENTRY_SIZE, pointer };
+          out.push(run);
+        }
+      }
+      if (out.length > 0) yield out;
+    }
   }
 
   async close(): Promise<void> {}
 
   /**
-   * Extents covering guest [start, end) exactly, merged, in guest order. Only the table entries that map
-   * the range are read, in bounded chunks.
+   * Extents covering guest [start, end) exactly, merged, in guest order, in batches. Only the table entries that
+   * map the range are read, in bounded chunks; entries are decoded inline (no object per cluster).
    */
-  async *extentsInRange(start: number, end: number): AsyncGenerator<Extent> {
+  async *extentsInRange(start: number, end: number): AsyncGenerator<Extent[]> {
     if (end <= start) return;
     const { clusterSize, l2Coverage, tableEntries } = this.geometry;
     const l1Offset = this.header.l1TableOffset;
-    const pending: Extent[] = [];
-    const add = (extent: Extent): void => {
-      // Clip to the requested range (the first and last cluster may stick out).
-      const from = Math.max(extent.guestOffset, start);
-      const to = Math.min(extent.guestOffset + extent.length, end);
-      if (to <= from) return;
-      if (extent.kind === 'data') {
-        pushExtent(pending, { kind: 'data', guestOffset: from, length: to - from, hostOffset: extent.hostOffset + (from - extent.guestOffset) });
-      } else {
-        pushExtent(pending, { ...extent, guestOffset: from, length: to - from });
+    let out: Extent[] = [];
+    let last: Extent | undefined;
+    /** Appends [from, to) of one kind, clipped to the range, extending the last extent when it continues it. */
+    const add = (kind: 'data' | 'zero' | 'unallocated', from: number, to: number, hostOffset: number): void => {
+      const clippedFrom = Math.max(from, start);
+      const clippedTo = Math.min(to, end);
+      if (clippedTo <= clippedFrom) return;
+      const host = kind === 'data' ? hostOffset + (clippedFrom - from) : 0;
+      if (last && last.kind === kind && last.guestOffset + last.length === clippedFrom && (kind !== 'data' || (last as { hostOffset: number }).hostOffset + last.length === host)) {
+        last.length += clippedTo - clippedFrom;
+        return;
       }
+      const extent: Extent = kind === 'data' ? { kind, guestOffset: clippedFrom, length: clippedTo - clippedFrom, hostOffset: host } : { kind, guestOffset: clippedFrom, length: clippedTo - clippedFrom };
+      out.push(extent);
+      last = extent;
+    };
+    /** Everything but the last extent is final; hand it out so memory stays bounded. */
+    const ready = (): Extent[] | undefined => {
+      if (out.length < 4096) return undefined;
+      const done = out.slice(0, -1);
+      out = [last!];
+      return done;
     };
 
     const firstL1 = Math.floor(start / l2Coverage);
@@ -182,46 +240,58 @@ export class QedImage implements Image {
         const l1Base = l1Index * l2Coverage;
         const l2Offset = decodeEntry(l1Chunk.view, i);
         if (l2Offset === ENTRY_UNALLOCATED) {
-          add({ kind: 'unallocated', guestOffset: l1Base, length: l2Coverage });
-        } else {
-          const problem = tableOffsetProblem(this.geometry, l2Offset);
-          if (problem) {
-            const where = entryHostOffset(l1Offset, l1Index);
-            throw new IcError('CORRUPT', `${FORMAT}: L1 entry ${l1Index} (host ${hex(where)}) names an L2 table at ${entryHex(l1Chunk.view, i)} that ${problem}`, { format: FORMAT, offset: where });
+          add('unallocated', l1Base, l1Base + l2Coverage, 0);
+          continue;
+        }
+        const problem = tableOffsetProblem(this.geometry, l2Offset);
+        if (problem) {
+          const where = entryHostOffset(l1Offset, l1Index);
+          throw new IcError('CORRUPT', `${FORMAT}: L1 entry ${l1Index} (host ${hex(where)}) names an L2 table at ${entryHex(l1Chunk.view, i)} that ${problem}`, { format: FORMAT, offset: where });
+        }
+        const rangeStart = Math.max(start, l1Base);
+        const rangeEnd = Math.min(end, l1Base + l2Coverage);
+        const firstL2 = Math.floor((rangeStart - l1Base) / clusterSize);
+        const lastL2 = Math.min(tableEntries - 1, Math.floor((rangeEnd - 1 - l1Base) / clusterSize));
+        for await (const l2Chunk of readTableEntries(this.io, l2Offset, firstL2, lastL2 - firstL2 + 1)) {
+          const chunkGuest = l1Base + l2Chunk.firstIndex * clusterSize;
+          if (l2Chunk.allZero) {
+            add('unallocated', chunkGuest, chunkGuest + l2Chunk.count * clusterSize, 0);
+            continue;
           }
-          const rangeStart = Math.max(start, l1Base);
-          const rangeEnd = Math.min(end, l1Base + l2Coverage);
-          const firstL2 = Math.floor((rangeStart - l1Base) / clusterSize);
-          const lastL2 = Math.min(tableEntries - 1, Math.floor((rangeEnd - 1 - l1Base) / clusterSize));
-          for await (const l2Chunk of readTableEntries(this.io, l2Offset, firstL2, lastL2 - firstL2 + 1)) {
-            if (l2Chunk.allZero) {
-              add({ kind: 'unallocated', guestOffset: l1Base + l2Chunk.firstIndex * clusterSize, length: l2Chunk.count * clusterSize });
-              continue;
-            }
-            for (let j = 0; j < l2Chunk.count; j++) {
-              const l2Index = l2Chunk.firstIndex + j;
-              const guestOffset = l1Base + l2Index * clusterSize;
-              const entry = decodeEntry(l2Chunk.view, j);
-              if (entry === ENTRY_UNALLOCATED) {
-                add({ kind: 'unallocated', guestOffset, length: clusterSize });
-              } else if (entry === ENTRY_ZERO) {
-                add({ kind: 'zero', guestOffset, length: clusterSize });
-              } else {
-                const dataProblem = clusterOffsetProblem(this.geometry, entry);
-                if (dataProblem) {
-                  const where = entryHostOffset(l2Offset, l2Index);
-                  throw new IcError('CORRUPT', `${FORMAT}: L2 entry ${l2Index} (host ${hex(where)}, guest ${hex(guestOffset)}) names a data cluster at ${entryHex(l2Chunk.view, j)} that ${dataProblem}`, { format: FORMAT, offset: where });
-                }
-                add({ kind: 'data', guestOffset, length: clusterSize, hostOffset: entry });
+          const view = l2Chunk.view;
+          const validEnd = this.geometry.validationFileSize;
+          for (let j = 0; j < l2Chunk.count; j++) {
+            const guestOffset = chunkGuest + j * clusterSize;
+            const low = view.getUint32(j * ENTRY_SIZE, true);
+            const high = view.getUint32(j * ENTRY_SIZE + 4, true);
+            // Most entries of an allocated image continue the last data run: the next host cluster, still inside
+            // the file (the run's start was validated in full).
+            if (last?.kind === 'data' && last.guestOffset + last.length === Math.max(guestOffset, start)) {
+              const next = (last as { hostOffset: number }).hostOffset + last.length;
+              if (low === next % 4294967296 && high === Math.floor(next / 4294967296) && next < validEnd && guestOffset + clusterSize <= end) {
+                last.length += clusterSize;
+                continue;
               }
             }
-            // Everything but the last extent is final; hand it out so memory stays bounded.
-            if (pending.length > 1) yield* pending.splice(0, pending.length - 1);
+            if (high === 0 && low <= ENTRY_ZERO) {
+              add(low === ENTRY_ZERO ? 'zero' : 'unallocated', guestOffset, guestOffset + clusterSize, 0);
+              continue;
+            }
+            const entry = high * 2 ** 32 + low;
+            const dataProblem = clusterOffsetProblem(this.geometry, entry);
+            if (dataProblem) {
+              const where = entryHostOffset(l2Offset, l2Chunk.firstIndex + j);
+              throw new IcError('CORRUPT', `${FORMAT}: L2 entry ${l2Chunk.firstIndex + j} (host ${hex(where)}, guest ${hex(guestOffset)}) names a data cluster at ${entryHex(view, j)} that ${dataProblem}`, { format: FORMAT, offset: where });
+            }
+            add('data', guestOffset, guestOffset + clusterSize, entry);
           }
+          const batch = ready();
+          if (batch) yield batch;
         }
-        if (pending.length > 1) yield* pending.splice(0, pending.length - 1);
+        const batch = ready();
+        if (batch) yield batch;
       }
     }
-    yield* pending;
+    if (out.length > 0) yield out;
   }
 }

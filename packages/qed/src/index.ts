@@ -19,6 +19,8 @@ export {
   MAX_BACKING_NAME_LENGTH,
   hasQedMagic,
   maxImageSize,
+  qemuMaxImageSize,
+  qemuGeometryProblem,
   parseHeader,
   validateHeader,
   serializeHeader,
@@ -32,6 +34,6 @@ export { ENTRY_SIZE, ENTRY_UNALLOCATED, ENTRY_ZERO, decodeEntry, readTableEntrie
 export { ClusterSet, scanTables, checkImage, type ScanResult, type L2TableRef } from './check.js';
 export { QED_OPTIONS, BACKING_NAME_OFFSET, createImage, geometryOptions, encodeBackingName, newHeader, headerRegionBytes } from './create.js';
 export { QedImage, NEED_CHECK_BLOCKER } from './image.js';
-export { QedInPlaceTarget, qedInPlace } from './target.js';
+export { QedInPlaceTarget, qedInPlace, QEMU_USABLE_MAX_CLUSTER_SIZE } from './target.js';
 
 export default qedDriver;

@@ -1,4 +1,4 @@
-import { isAllZero, type BlockIO } from '@ic/core';
+import { isAllZero, type BlockIO } from '@ic/core/sdk';
 import type { QedGeometry } from './header.js';
 
 /**
@@ -70,11 +70,13 @@ export const MAX_TABLE_WRITE = 4 * 1024 * 1024;
 /**
  * One table (L1 or L2) being filled for writing: table_size clusters, kept as pieces of at most
  * MAX_TABLE_WRITE bytes that are allocated only when an entry lands in them, so a huge, mostly empty
- * table costs little memory.
+ * table costs little memory. The untouched pieces are never written: the space a table goes to reads as zeros.
  */
 export class TableBuilder {
-  readonly pieces = new Map<number, Uint8Array>();
+  private readonly pieces = new Map<number, DataView>();
   private readonly pieceBytes: number;
+  private lastIndex = -1;
+  private last: DataView | undefined;
 
   constructor(
     readonly hostOffset: number,
@@ -84,28 +86,41 @@ export class TableBuilder {
   }
 
   set(index: number, value: number): void {
-    const byteOffset = index * ENTRY_SIZE;
-    const pieceIndex = Math.floor(byteOffset / this.pieceBytes);
-    let piece = this.pieces.get(pieceIndex);
-    if (!piece) {
-      piece = new Uint8Array(this.pieceBytes);
-      this.pieces.set(pieceIndex, piece);
-    }
-    const view = new DataView(piece.buffer);
-    const at = byteOffset - pieceIndex * this.pieceBytes;
-    view.setUint32(at, value % 2 ** 32, true);
-    view.setUint32(at + 4, Math.floor(value / 2 ** 32), true);
+    this.setRun(index, 1, value, 0);
   }
 
-  /**
-   * Writes covering the whole table. Untouched pieces are written as zeros too, because the space the
-   * table goes to may hold old bytes; they all share one zero buffer.
-   */
-  writes(zeros: Uint8Array): { offset: number; data: Uint8Array }[] {
-    const out: { offset: number; data: Uint8Array }[] = [];
-    for (let pieceIndex = 0; pieceIndex * this.pieceBytes < this.tableBytes; pieceIndex++) {
-      out.push({ offset: this.hostOffset + pieceIndex * this.pieceBytes, data: this.pieces.get(pieceIndex) ?? zeros.subarray(0, this.pieceBytes) });
+  /** Piece `pieceIndex` of the table (made on first use). */
+  private pieceAt(pieceIndex: number): DataView {
+    let piece = pieceIndex === this.lastIndex ? this.last : this.pieces.get(pieceIndex);
+    if (!piece) {
+      piece = new DataView(new ArrayBuffer(this.pieceBytes));
+      this.pieces.set(pieceIndex, piece);
     }
-    return out;
+    this.lastIndex = pieceIndex;
+    this.last = piece;
+    return piece;
+  }
+
+  /** Sets `count` entries from `index`: `value`, `value + step`, ... (a run of data clusters, or zero entries with step 0). */
+  setRun(index: number, count: number, value: number, step: number): void {
+    let at = index * ENTRY_SIZE;
+    let entry = value;
+    const end = (index + count) * ENTRY_SIZE;
+    while (at < end) {
+      const pieceIndex = Math.floor(at / this.pieceBytes);
+      const piece = this.pieceAt(pieceIndex);
+      const pieceEnd = Math.min(end, (pieceIndex + 1) * this.pieceBytes);
+      for (let offset = at - pieceIndex * this.pieceBytes; at < pieceEnd; at += ENTRY_SIZE, offset += ENTRY_SIZE) {
+        const high = Math.floor(entry / 4294967296);
+        piece.setUint32(offset, entry - high * 4294967296, true);
+        piece.setUint32(offset + 4, high, true);
+        entry += step;
+      }
+    }
+  }
+
+  /** The pieces that hold entries, as [byte offset in the table, bytes], in order. */
+  touched(): [number, Uint8Array][] {
+    return [...this.pieces.entries()].sort((a, b) => a[0] - b[0]).map(([index, view]) => [index * this.pieceBytes, new Uint8Array(view.buffer)]);
   }
 }

@@ -1,18 +1,20 @@
 import {
   alignUp,
   IcError,
-  type Extent,
   type InPlaceTarget,
   type InPlaceTargetFactory,
+  type MappingBatches,
+  type MetadataWriter,
+  type PlanSummary,
   type SpaceAllocator,
   type TargetBuild,
+  type TargetEstimate,
   type TargetLayout,
   type TargetRequest,
-} from '@ic/core';
-import { ClusterSet } from './check.js';
+} from '@ic/core/sdk';
 import { encodeBackingName, geometryOptions, headerRegionBytes, newHeader, type QedGeometryOptions } from './create.js';
-import { FORMAT, isValidClusterSize, MAX_CLUSTER_SIZE, maxImageSize, MIN_CLUSTER_SIZE, SECTOR_SIZE } from './header.js';
-import { ENTRY_SIZE, ENTRY_ZERO, MAX_TABLE_WRITE, TableBuilder } from './tables.js';
+import { FORMAT, isValidClusterSize, MAX_CLUSTER_SIZE, MAX_TABLE_SIZE, MIN_CLUSTER_SIZE, qemuGeometryProblem, qemuMaxImageSize, SECTOR_SIZE } from './header.js';
+import { ENTRY_SIZE, ENTRY_ZERO, TableBuilder } from './tables.js';
 
 /** The header region an in-place QED target owns: header_size (1) clusters. */
 const HEADER_CLUSTERS = 1;
@@ -39,15 +41,15 @@ export class QedInPlaceTarget implements InPlaceTarget {
       headerRegionSize: HEADER_CLUSTERS * clusterSize,
       maxHostOffset: Number.MAX_SAFE_INTEGER,
       zeroExtents: true,
+      tableCoverage: (tableSize * clusterSize * clusterSize) / ENTRY_SIZE,
+      // No reference counts: a cluster nothing references is a leak to qemu-img check, so the engine packs.
+      unreferencedClustersLeak: true,
     };
     const problems: string[] = [];
     const { virtualSize, backing } = request.source;
-    const maximum = maxImageSize(clusterSize, tableSize);
-    if (BigInt(virtualSize) > maximum) {
-      problems.push(
-        `the virtual size ${virtualSize} exceeds the ${maximum} bytes a QED image with cluster_size=${clusterSize} and table_size=${tableSize} can address; choose a larger cluster_size or table_size`,
-      );
-    }
+    // What qemu 7.2 can open and use, not only what the format can address (its size arithmetic wraps).
+    const geometryProblem = qemuGeometryProblem(clusterSize, tableSize, virtualSize);
+    if (geometryProblem) problems.push(geometryProblem);
     if (virtualSize % SECTOR_SIZE !== 0) {
       problems.push(`the virtual size ${virtualSize} is not a multiple of 512 bytes, which QED requires; resize the image to a whole number of sectors first`);
     }
@@ -59,101 +61,109 @@ export class QedInPlaceTarget implements InPlaceTarget {
     this.problems = problems;
   }
 
-  async build(mapping: readonly Extent[], space: SpaceAllocator): Promise<TargetBuild> {
+  estimate(summary: PlanSummary): TargetEstimate {
+    const tableBytes = this.geometry.tableSize * this.geometry.clusterSize;
+    return { metadataBytes: tableBytes * (1 + summary.tablesUsed) + this.geometry.clusterSize };
+  }
+
+  /**
+   * Streams the L2 tables out as the mapping leaves their range (only the pieces of a table that hold entries are
+   * written: the space the allocator hands out reads as zeros), then the L1 table. Memory: the touched pieces of
+   * the L1 and of one L2 table.
+   */
+  async build(mapping: MappingBatches, space: SpaceAllocator, out: MetadataWriter): Promise<TargetBuild> {
     if (this.problems.length > 0) throw new IcError('UNSUPPORTED', `${FORMAT}: ${this.problems[0]}`, { format: FORMAT });
     const { clusterSize, tableSize } = this.geometry;
     const { virtualSize } = this.request.source;
     const { headerRegionSize } = this.layout;
     const tableBytes = tableSize * clusterSize;
     const tableEntries = tableBytes / ENTRY_SIZE;
-    const l2Coverage = tableEntries * clusterSize;
-
-    const usedHostClusters = new ClusterSet();
-    const claim = (hostOffset: number, length: number, what: string): void => {
-      for (let cluster = hostOffset / clusterSize; cluster < (hostOffset + length) / clusterSize; cluster++) {
-        if (!usedHostClusters.add(cluster)) throw internal(`${what} at host 0x${hostOffset.toString(16)} overlaps a cluster already in use`);
-      }
-    };
     const allocateTable = (what: string): number => {
       const offset = space.allocate(tableBytes, clusterSize);
       if (!Number.isSafeInteger(offset) || offset % clusterSize !== 0 || offset < headerRegionSize) {
         throw internal(`the allocator returned ${offset} for the ${what}; it must be cluster-aligned and past the header region`);
       }
-      claim(offset, tableBytes, what);
       return offset;
     };
 
-    // The mapping must be exactly what layout promised: data/zero/unallocated, aligned, covering the disk.
-    let expected = 0;
-    let hostEnd = 0;
-    for (const extent of mapping) {
-      if (extent.guestOffset !== expected || extent.length <= 0) throw internal(`mapping extent at guest ${extent.guestOffset} does not continue from ${expected}`);
-      const extentEnd = extent.guestOffset + extent.length;
-      if (extent.guestOffset % clusterSize !== 0 || (extentEnd % clusterSize !== 0 && extentEnd !== virtualSize)) {
-        throw internal(`mapping extent ${extent.guestOffset}+${extent.length} is not aligned to the ${clusterSize}-byte cluster size`);
-      }
-      if (extent.kind === 'data') {
-        if (extent.hostOffset % clusterSize !== 0 || extent.hostOffset < headerRegionSize) {
-          throw internal(`data at host 0x${extent.hostOffset.toString(16)} is not cluster-aligned past the ${headerRegionSize}-byte header region`);
-        }
-        const hostLength = alignUp(extent.length, clusterSize);
-        claim(extent.hostOffset, hostLength, 'data');
-        hostEnd = Math.max(hostEnd, extent.hostOffset + hostLength);
-      } else if (extent.kind !== 'zero' && extent.kind !== 'unallocated') {
-        throw internal(`mapping holds a ${extent.kind} extent; only data, zero and unallocated can be built`);
-      }
-      expected = extentEnd;
-    }
-    if (expected !== virtualSize) throw internal(`mapping ends at ${expected}, the virtual size is ${virtualSize}`);
-    if (hostEnd > this.layout.maxHostOffset) throw internal(`data ends at ${hostEnd}, past the maximum host offset`);
-
-    const l1 = new TableBuilder(allocateTable('L1 table'), tableBytes);
-    const l2Tables: TableBuilder[] = [];
-    let current: { l1Index: number; table: TableBuilder } | undefined;
-    const tableFor = (l1Index: number): TableBuilder => {
-      if (current?.l1Index === l1Index) return current.table;
-      // Extents arrive in guest order, so a table is never reopened once left.
-      const table = new TableBuilder(allocateTable(`L2 table for L1 entry ${l1Index}`), tableBytes);
-      l1.set(l1Index, table.hostOffset);
-      l2Tables.push(table);
-      current = { l1Index, table };
-      return table;
+    let l2: { l1Index: number; table: TableBuilder } | undefined;
+    const l1Pieces = new TableBuilder(0, tableBytes);
+    const finishTable = async () => {
+      if (!l2) return;
+      const offset = allocateTable(`L2 table for L1 entry ${l2.l1Index}`);
+      l1Pieces.set(l2.l1Index, offset);
+      for (const [at, bytes] of l2.table.touched()) await out.write(offset + at, bytes);
+      l2 = undefined;
     };
 
-    for (const extent of mapping) {
-      if (extent.kind !== 'data' && extent.kind !== 'zero') continue;
-      const clusters = Math.ceil(extent.length / clusterSize);
-      for (let k = 0; k < clusters; k++) {
-        const guest = extent.guestOffset + k * clusterSize;
-        const l1Index = Math.floor(guest / l2Coverage);
-        const l2Index = (guest - l1Index * l2Coverage) / clusterSize;
-        tableFor(l1Index).set(l2Index, extent.kind === 'data' ? extent.hostOffset + k * clusterSize : ENTRY_ZERO);
+    let expected = 0;
+    let hostEnd = 0;
+    for await (const batch of mapping) {
+      for (const extent of batch) {
+        if (extent.guestOffset !== expected || extent.length <= 0) throw internal(`mapping extent at guest ${extent.guestOffset} does not continue from ${expected}`);
+        const extentEnd = extent.guestOffset + extent.length;
+        if (extent.guestOffset % clusterSize !== 0 || (extentEnd % clusterSize !== 0 && extentEnd !== virtualSize)) {
+          throw internal(`mapping extent ${extent.guestOffset}+${extent.length} is not aligned to the ${clusterSize}-byte cluster size`);
+        }
+        expected = extentEnd;
+        if (extent.kind === 'unallocated') continue;
+        if (extent.kind !== 'data' && extent.kind !== 'zero') throw internal(`mapping holds a ${extent.kind} extent; only data, zero and unallocated can be built`);
+        const clusters = Math.ceil(extent.length / clusterSize);
+        if (extent.kind === 'data') {
+          if (extent.hostOffset % clusterSize !== 0 || extent.hostOffset < headerRegionSize) {
+            throw internal(`data at host 0x${extent.hostOffset.toString(16)} is not cluster-aligned past the ${headerRegionSize}-byte header region`);
+          }
+          hostEnd = Math.max(hostEnd, extent.hostOffset + clusters * clusterSize);
+        }
+        let cluster = extent.guestOffset / clusterSize;
+        const last = cluster + clusters;
+        let host = extent.kind === 'data' ? extent.hostOffset : 0;
+        while (cluster < last) {
+          const l1Index = Math.floor(cluster / tableEntries);
+          if (l2?.l1Index !== l1Index) {
+            await finishTable();
+            l2 = { l1Index, table: new TableBuilder(0, tableBytes) };
+          }
+          const stop = Math.min(last, (l1Index + 1) * tableEntries);
+          if (extent.kind === 'data') {
+            l2.table.setRun(cluster - l1Index * tableEntries, stop - cluster, host, clusterSize);
+            host += (stop - cluster) * clusterSize;
+          } else l2.table.setRun(cluster - l1Index * tableEntries, stop - cluster, ENTRY_ZERO, 0);
+          cluster = stop;
+        }
       }
     }
-
-    const zeros = new Uint8Array(Math.min(tableBytes, MAX_TABLE_WRITE));
-    const writes = l1.writes(zeros);
-    let tablesEnd = l1.hostOffset + tableBytes;
-    for (const table of l2Tables) {
-      for (const write of table.writes(zeros)) writes.push(write);
-      tablesEnd = Math.max(tablesEnd, table.hostOffset + tableBytes);
-    }
+    if (expected !== virtualSize) throw internal(`mapping ends at ${expected}, the virtual size is ${virtualSize}`);
+    await finishTable();
+    const l1Offset = allocateTable('L1 table');
+    for (const [at, bytes] of l1Pieces.touched()) await out.write(l1Offset + at, bytes);
     // qemu validates offsets against EOF rounded down to a cluster, so the file must end on a cluster.
-    const fileSize = alignUp(Math.max(space.end, hostEnd, tablesEnd), clusterSize);
-
+    const fileSize = alignUp(Math.max(space.end, hostEnd), clusterSize);
     const header = newHeader(
       this.geometry,
       virtualSize,
-      l1.hostOffset,
+      l1Offset,
       this.request.source.backing && this.backingName ? { reference: this.request.source.backing, nameLength: this.backingName.length } : undefined,
     );
-    return { writes, header: headerRegionBytes(header, this.backingName), fileSize };
+    return { header: headerRegionBytes(header, this.backingName), fileSize };
   }
 }
 
+/**
+ * The largest cluster size qemu 7.2 can use for a non-empty image with some table_size (2 to 16): 4 MiB, with
+ * table_size=2 only (qemuMaxImageSize wraps to 0 beyond). The specification's 8 to 64 MiB clusters are not offered.
+ */
+export const QEMU_USABLE_MAX_CLUSTER_SIZE = ((): number => {
+  let best = MIN_CLUSTER_SIZE;
+  for (let size = MIN_CLUSTER_SIZE; size <= MAX_CLUSTER_SIZE; size *= 2) {
+    for (let table = 2; table <= MAX_TABLE_SIZE; table *= 2) if (qemuMaxImageSize(size, table) > 0n) best = size;
+  }
+  return best;
+})();
+
 /** driver.inPlace for QED. */
 export const qedInPlace: InPlaceTargetFactory = {
-  clusterSizes: { min: MIN_CLUSTER_SIZE, max: MAX_CLUSTER_SIZE },
+  clusterSizes: { min: MIN_CLUSTER_SIZE, max: QEMU_USABLE_MAX_CLUSTER_SIZE },
   clusterSizeOption: 'cluster_size',
   create: (request) => new QedInPlaceTarget(request),
 };

@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileIO, MemoryIO, parseOptions, type CreateSpec } from '@ic/core';
+import { MemoryIO, parseOptions, type CreateSpec } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCreate, qemuInfo, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
 import { qedDriver } from '../src/index.js';
 import { withImage } from './helpers.js';

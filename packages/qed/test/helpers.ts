@@ -1,5 +1,6 @@
 import { readFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
-import { collectExtents, FileIO, mergeQemuMapEntries, toQemuMapEntry, type Extent, type Image, type QemuMapEntry } from '@ic/core';
+import { collectExtents, mergeQemuMapEntries, toQemuMapEntry, type Extent, type Image, type QemuMapEntry } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuMap, run } from '@ic/test-utils';
 import { qedDriver } from '../src/index.js';
 import type { QedImage } from '../src/index.js';

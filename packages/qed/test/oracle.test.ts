@@ -1,6 +1,8 @@
+import { metadataRangesOf } from '@ic/conformance';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { assertCoverage, collectExtents, FileIO, type Image, type ImageInfo } from '@ic/core';
+import { assertCoverage, collectExtents, type Image, type ImageInfo } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qedDriver } from '../src/index.js';
 import { qemuConvert, qemuCreate, qemuInfo, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
 import { ourQemuMap, rawRange, theirQemuMap, withImage } from './helpers.js';
@@ -159,7 +161,7 @@ describe('QED images made by qemu-img: map, info, read agree with qemu', () => {
       expect(qed.info().backing).toEqual({ name: 'base.qcow2' });
       const source = await qed.conversionSource();
       expect(source.options.backing).toEqual({ name: 'base.qcow2' });
-      expect(source.metadataRanges).toContainEqual({ offset: 64, length: 'base.qcow2'.length, role: 'QED backing file name' });
+      expect(await metadataRangesOf(source)).toContainEqual({ offset: 64, length: 'base.qcow2'.length, kind: 'header', role: 'QED backing file name' });
     });
   });
 
@@ -175,17 +177,18 @@ describe('QED images made by qemu-img: map, info, read agree with qemu', () => {
     await withImage(image, async (qed) => {
       const source = await qed.conversionSource();
       expect(source.blockers).toEqual([]);
-      expect(source.options).toEqual({ virtualSize: 5 * GiB, clusterSize: 64 * KiB, zeroExtents: true });
-      const tables = source.metadataRanges.filter((range) => range.role.startsWith('QED L2'));
+      expect(source.options).toEqual({ virtualSize: 5 * GiB, clusterSize: 64 * KiB });
+      const ranges = await metadataRangesOf(source);
+      const tables = ranges.filter((range) => range.role?.startsWith('QED L2'));
       expect(tables).toHaveLength(3);
       for (const table of tables) expect(table.length).toBe(4 * 64 * KiB);
-      expect(source.metadataRanges[0]).toEqual({ offset: 0, length: 64, role: 'QED header' });
-      expect(source.metadataRanges[1]).toEqual({ offset: 64 * KiB, length: 4 * 64 * KiB, role: 'QED L1 table' });
+      expect(ranges[0]).toEqual({ offset: 0, length: 64, kind: 'header', role: 'QED header' });
+      expect(ranges[1]).toEqual({ offset: 64 * KiB, length: 4 * 64 * KiB, kind: 'metadata', role: 'QED L1 table' });
       // No metadata range overlaps a data extent.
       const extents = await collectExtents(qed.map());
       for (const extent of extents) {
         if (extent.kind !== 'data') continue;
-        for (const range of source.metadataRanges) {
+        for (const range of ranges) {
           expect(extent.hostOffset + extent.length <= range.offset || range.offset + range.length <= extent.hostOffset).toBe(true);
         }
       }

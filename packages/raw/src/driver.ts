@@ -10,7 +10,7 @@ import {
   type Extent,
   type Image,
   type ImageInfo,
-} from '@ic/core';
+} from '@ic/core/sdk';
 
 /** qemu rounds image sizes of the other formats to whole sectors; a raw source is padded the same way. */
 const SECTOR = 512;
@@ -38,21 +38,22 @@ class RawImage implements Image {
     return { format: 'raw', virtualSize: this.fileSize, dirty: false };
   }
 
-  private async extents(): Promise<Extent[]> {
-    const extents: Extent[] = [];
-    const ranges = this.io.dataRanges ? await this.io.dataRanges(0, this.fileSize) : [{ offset: 0, length: this.fileSize }];
+  /** Data and hole extents, asked from the store a window at a time so that a file with millions of extents streams. */
+  async *map(): AsyncIterable<Extent[]> {
+    const window = 64 * 1024 * 1024 * 1024;
     let at = 0;
-    for (const range of ranges) {
-      if (range.offset > at) pushExtent(extents, { kind: 'zero', guestOffset: at, length: range.offset - at, hostOffset: at });
-      pushExtent(extents, { kind: 'data', guestOffset: range.offset, length: range.length, hostOffset: range.offset });
-      at = range.offset + range.length;
+    for (let start = 0; start < this.fileSize; start += window) {
+      const length = Math.min(window, this.fileSize - start);
+      const ranges = this.io.dataRanges ? await this.io.dataRanges(start, length) : [{ offset: start, length }];
+      const extents: Extent[] = [];
+      for (const range of ranges) {
+        if (range.offset > at) pushExtent(extents, { kind: 'zero', guestOffset: at, length: range.offset - at, hostOffset: at });
+        pushExtent(extents, { kind: 'data', guestOffset: range.offset, length: range.length, hostOffset: range.offset });
+        at = range.offset + range.length;
+      }
+      if (extents.length > 0) yield extents;
     }
-    if (at < this.fileSize) pushExtent(extents, { kind: 'zero', guestOffset: at, length: this.fileSize - at, hostOffset: at });
-    return extents;
-  }
-
-  async *map(): AsyncIterable<Extent> {
-    yield* await this.extents();
+    if (at < this.fileSize) yield [{ kind: 'zero', guestOffset: at, length: this.fileSize - at, hostOffset: at }];
   }
 
   async read(guestOffset: number, length: number): Promise<Uint8Array> {
@@ -68,9 +69,9 @@ class RawImage implements Image {
     const virtualSize = alignUp(this.fileSize, SECTOR);
     return {
       // Without a backing file, holes and zeros need no zero extents in the target: they stay unallocated.
-      options: { virtualSize, clusterSize: RAW_CONVERSION_CLUSTER_SIZE, zeroExtents: false },
+      options: { virtualSize, clusterSize: RAW_CONVERSION_CLUSTER_SIZE },
       blockers: [],
-      metadataRanges: [],
+      metadataRanges: () => [],
       // Holes of the file read as zeros where they are, so a cluster that is part data, part hole stays in place.
       zeroHostRangesReadAsZero: true,
     };

@@ -1,11 +1,9 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { writeFileSync, truncateSync, openSync, writeSync, closeSync } from 'node:fs';
-import { collectExtents, FileIO, mergeQemuMapEntries, MemoryIO, posix, toQemuMapEntry } from '@ic/core';
-import { describeDriver } from '@ic/conformance';
+import { collectExtents, mergeQemuMapEntries, MemoryIO, toQemuMapEntry } from '@ic/core';
+import { FileIO, posix } from '@ic/core/node';
 import { qemuMap, requireQemu, tempDir } from '@ic/test-utils';
 import { rawDriver } from '../src/index.js';
-
-describeDriver(rawDriver);
 
 describe('raw', () => {
   const scratch = tempDir('ic-raw-');

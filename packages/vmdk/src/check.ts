@@ -1,5 +1,5 @@
-import type { CheckReport } from '@ic/core';
-import { GrainTableReader } from './grain-tables.js';
+import type { CheckReport } from '@ic/core/sdk';
+import { GrainTableReader, GTE_UNALLOCATED, GTE_ZEROED } from './grain-tables.js';
 import { SECTOR_SIZE } from './header.js';
 import { countOverlaps, NumberList, protectedHeaderEnd, rangesHitting, sparseMetadataRanges } from './host-ranges.js';
 import type { SparseVmdkImage } from './image.js';
@@ -7,6 +7,35 @@ import { compressedGrainSpan, GRAIN_MARKER_FIELDS, parseGrainMarker } from './st
 
 /** Problems beyond this many are counted but not listed one by one. */
 const MAX_MESSAGES = 100;
+
+/** Grain-sized slots of the file kept as a bitmap at most (64 MiB); beyond, starts are listed and sorted. */
+const MAX_BITMAP_SLOTS = 2 ** 29;
+
+/** The starts (sectors) of the slots set in `bitmap`, ascending, as a list more starts can be added to. */
+function startsOf(bitmap: Uint32Array, grainSectors: number): NumberList {
+  const list = new NumberList();
+  for (let word = 0; word < bitmap.length; word++) {
+    let bits = bitmap[word]!;
+    while (bits !== 0) {
+      const bit = 31 - Math.clz32(bits & -bits);
+      list.push((word * 32 + bit) * grainSectors);
+      bits &= bits - 1;
+    }
+  }
+  return list;
+}
+
+/** Starts (sectors) of the set slots whose grain intersects [offset, offset + length) bytes, ascending (like rangesHitting). */
+function slotsHitting(bitmap: Uint32Array, grainSectors: number, offset: number, length: number): number[] {
+  const first = offset / SECTOR_SIZE;
+  const end = (offset + length) / SECTOR_SIZE;
+  const hits: number[] = [];
+  for (let slot = Math.max(0, Math.floor((first - grainSectors) / grainSectors)); slot * grainSectors < end && slot < bitmap.length * 32; slot++) {
+    if (slot * grainSectors + grainSectors <= first) continue;
+    if ((bitmap[slot >>> 5]! & (1 << (slot & 31))) !== 0) hits.push(slot * grainSectors);
+  }
+  return hits;
+}
 
 class Findings {
   corruptions = 0;
@@ -41,47 +70,93 @@ export async function checkSparse(image: SparseVmdkImage): Promise<CheckReport> 
   const { geometry, fileSize, io, gd, rgd, header } = image.state;
   const findings = new Findings();
   const headerEnd = protectedHeaderEnd(image.state);
-  const starts = new NumberList();
+  const { grainSectors, grainBytes, gtesPerGT, gtCoverage, virtualSize, zeroedGrains } = geometry;
+  // Grain starts at multiples of the grain size (qemu's layout) go to a bitmap, one bit per grain-sized slot of the
+  // file (GTEs are 32-bit sectors: at most 2^32 / grainSectors slots); the first start that is not aligned, or that
+  // repeats, switches to a list of every start (the bitmap's members first), sorted at the end.
+  const slots = Math.ceil(Math.min(Math.ceil(fileSize / SECTOR_SIZE), 2 ** 32) / grainSectors);
+  let aligned: Uint32Array | undefined = !geometry.compressed && slots <= MAX_BITMAP_SLOTS ? new Uint32Array(Math.ceil(slots / 32)) : undefined;
+  let starts: NumberList | undefined = aligned ? undefined : new NumberList();
   // Compressed grains have their own length each; overlaps among them are found on (start, end) pairs.
   const compressedStarts = new NumberList();
   const compressedEnds = new NumberList();
 
-  for await (const record of image.grains()) {
-    if (record.state !== 'data') continue;
-    const hostOffset = record.gte * SECTOR_SIZE;
-    const where = `grain for guest offset ${record.guestOffset} (GTE ${record.gtIndex} of table ${record.gdIndex}, sector ${record.gte})`;
-    if (hostOffset >= fileSize) {
-      findings.corruption(`${where} points after EOF`);
-      // qemu counts this corruption and then aborts ("Check failed", exit 1); one check error reproduces that.
-      findings.checkErrors = 1;
-      continue;
-    }
-    if (hostOffset < headerEnd) findings.corruption(`${where} lies inside the header and descriptor area (first ${headerEnd} bytes)`);
-    if (geometry.compressed) {
-      const marker = parseGrainMarker(await io.read(hostOffset, GRAIN_MARKER_FIELDS.data));
-      if (marker.size === 0 || marker.size > 2 * geometry.grainBytes || hostOffset + GRAIN_MARKER_FIELDS.data + marker.size > fileSize) {
-        findings.corruption(`${where} has a grain marker claiming ${marker.size} compressed bytes`);
-        continue;
+  // The usual grain lies between the header area and the end of the file (sectors; compressed grains never do here).
+  const lowestSector = geometry.compressed ? Infinity : headerEnd / SECTOR_SIZE;
+  const highestSector = (fileSize - grainBytes) / SECTOR_SIZE;
+  // Power-of-two grain sizes (all of qemu's) number slots with a shift.
+  const slotShift = (grainSectors & (grainSectors - 1)) === 0 ? 31 - Math.clz32(grainSectors) : -1;
+  const slotMask = grainSectors - 1;
+
+  const reader = new GrainTableReader(io, geometry, gd);
+  for (let gdIndex = 0; gdIndex < geometry.gdEntries; gdIndex++) {
+    const tableStart = gdIndex * gtCoverage;
+    if (tableStart >= virtualSize) break;
+    const table = await reader.table(gdIndex);
+    if (!table) continue;
+    // Entries past the virtual size are not grains of the disk.
+    const count = Math.min(gtesPerGT, Math.ceil((virtualSize - tableStart) / grainBytes));
+    for (let gtIndex = 0; gtIndex < count; gtIndex++) {
+      const gte = table[gtIndex]!;
+      if (gte === GTE_UNALLOCATED || (gte === GTE_ZEROED && zeroedGrains)) continue;
+      if (gte < lowestSector || gte > highestSector) {
+        const hostOffset = gte * SECTOR_SIZE;
+        // The unusual grains (and every compressed one) the long way, with messages.
+        const where = `grain for guest offset ${tableStart + gtIndex * grainBytes} (GTE ${gtIndex} of table ${gdIndex}, sector ${gte})`;
+        if (hostOffset >= fileSize) {
+          findings.corruption(`${where} points after EOF`);
+          // qemu counts this corruption and then aborts ("Check failed", exit 1); one check error reproduces that.
+          findings.checkErrors = 1;
+          continue;
+        }
+        if (hostOffset < headerEnd) findings.corruption(`${where} lies inside the header and descriptor area (first ${headerEnd} bytes)`);
+        if (geometry.compressed) {
+          const marker = parseGrainMarker(await io.read(hostOffset, GRAIN_MARKER_FIELDS.data));
+          if (marker.size === 0 || marker.size > 2 * grainBytes || hostOffset + GRAIN_MARKER_FIELDS.data + marker.size > fileSize) {
+            findings.corruption(`${where} has a grain marker claiming ${marker.size} compressed bytes`);
+            continue;
+          }
+          if (marker.lba * SECTOR_SIZE !== tableStart + gtIndex * grainBytes) {
+            findings.corruption(`${where} has a grain marker for guest sector ${marker.lba}`);
+          }
+          compressedStarts.push(gte);
+          compressedEnds.push(gte + compressedGrainSpan(marker) / SECTOR_SIZE);
+          continue;
+        }
+        if (hostOffset + grainBytes > fileSize) findings.corruption(`${where} extends past EOF`);
       }
-      if (marker.lba * SECTOR_SIZE !== record.guestOffset) {
-        findings.corruption(`${where} has a grain marker for guest sector ${marker.lba}`);
+      if (aligned) {
+        const slot = slotShift >= 0 ? gte >>> slotShift : gte / grainSectors;
+        if (slotShift >= 0 ? (gte & slotMask) === 0 : slot === Math.floor(slot)) {
+          const mask = 1 << (slot & 31);
+          if ((aligned[slot >>> 5]! & mask) === 0) {
+            aligned[slot >>> 5] = aligned[slot >>> 5]! | mask;
+            continue;
+          }
+        }
+        starts = startsOf(aligned, grainSectors);
+        aligned = undefined;
       }
-      compressedStarts.push(record.gte);
-      compressedEnds.push(record.gte + compressedGrainSpan(marker) / SECTOR_SIZE);
-      continue;
+      starts!.push(gte);
     }
-    if (hostOffset + geometry.grainBytes > fileSize) findings.corruption(`${where} extends past EOF`);
-    starts.push(record.gte);
   }
 
   const metadata = sparseMetadataRanges(image.state);
-  if (!geometry.compressed) {
-    const sorted = starts.sorted();
+  if (aligned) {
+    // Distinct aligned starts never overlap each other; a metadata range is hit by the slots it reaches into.
+    for (const range of metadata) {
+      if (range.kind === 'header') continue; // reported above
+      for (const hit of slotsHitting(aligned, grainSectors, range.offset, range.length)) {
+        findings.corruption(`grain at sector ${hit} overlaps the ${range.role ?? range.kind}`);
+      }
+    }
+  } else if (!geometry.compressed) {
+    const sorted = starts!.sorted();
     countOverlaps(sorted, geometry.grainSectors, (a, b) => findings.corruption(`grains at sectors ${a} and ${b} overlap`));
     for (const range of metadata) {
-      if (range.role === 'header' || range.role.startsWith('descriptor')) continue; // reported above
+      if (range.kind === 'header') continue; // reported above
       for (const hit of rangesHitting(sorted, geometry.grainSectors, range.offset, range.length)) {
-        findings.corruption(`grain at sector ${hit} overlaps the ${range.role}`);
+        findings.corruption(`grain at sector ${hit} overlaps the ${range.role ?? range.kind}`);
       }
     }
   } else {
@@ -99,11 +174,11 @@ export async function checkSparse(image: SparseVmdkImage): Promise<CheckReport> 
       }
     }
     for (const range of metadata) {
-      if (range.role === 'header' || range.role.startsWith('descriptor')) continue;
+      if (range.kind === 'header') continue;
       const first = range.offset / SECTOR_SIZE;
       const end = (range.offset + range.length) / SECTOR_SIZE;
       for (let i = 0; i < count; i++) {
-        if (startOf[i]! < end && first < endOf[i]!) findings.corruption(`compressed grain at sector ${startOf[i]} overlaps the ${range.role}`);
+        if (startOf[i]! < end && first < endOf[i]!) findings.corruption(`compressed grain at sector ${startOf[i]} overlaps the ${range.role ?? range.kind}`);
       }
     }
   }

@@ -1,4 +1,4 @@
-import type { BackingReference, BlockIO, CreateSpec } from '@ic/core';
+import type { BackingReference, BlockIO, CreateSpec } from '@ic/core/sdk';
 import { baseName, MAX_PARENT_NAME, NO_PARENT_CID } from './descriptor.js';
 import { FORMAT, vmdkError } from './errors.js';
 import { qemuSparseLayout, writeU32Entries } from './grain-tables.js';
@@ -27,8 +27,25 @@ export function parentFor(backing: BackingReference | undefined, options: Resolv
   return { hint: backing.name, parentCid: options.parentCid };
 }
 
-/** Largest capacity whose tables qemu's layout can address (every table below 2^32 sectors) and ic can iterate. */
+/**
+ * qemu 7.2's vmdk_init_extent() counts the grains of the new extent, and the grain tables from them
+ * (DIV_ROUND_UP(grains, 512)), in uint32_t: past 2^32 - 512 grains the count wraps and qemu-img writes a file
+ * qemu then cannot write to ("write failed: Invalid argument"; 256 TiB with qemu-img's 64 KiB grains leaves a
+ * 64 KiB file). With 64 KiB grains the largest image qemu-img makes correctly is (2^32 - 512) grains:
+ * 256 TiB - 32 MiB. ic creates exactly what qemu-img creates, so it refuses the rest up front.
+ */
+export const QEMU_CREATE_MAX_GRAINS = 2 ** 32 - 512;
+
+/** Largest capacity qemu-img's own arithmetic creates correctly, whose tables lie below 2^32 sectors, and that ic can iterate. */
 function checkCapacity(capacity: number, grainSectors: number): void {
+  const grains = Math.ceil(capacity / grainSectors);
+  if (grains > QEMU_CREATE_MAX_GRAINS) {
+    const maximum = QEMU_CREATE_MAX_GRAINS * grainSectors * SECTOR_SIZE;
+    throw vmdkError(
+      'INVALID',
+      `virtual size ${capacity * SECTOR_SIZE} needs ${grains} grains of ${grainSectors * SECTOR_SIZE} bytes; qemu 7.2 counts them in 32 bits when it creates a VMDK and makes an image it cannot write, so at most ${maximum} bytes (256 TiB - 32 MiB)`,
+    );
+  }
   const layout = qemuSparseLayout(capacity, grainSectors);
   if (layout.gtCount > MAX_GD_ENTRIES) throw vmdkError('INVALID', `virtual size ${capacity * SECTOR_SIZE} needs more than ${MAX_GD_ENTRIES} grain tables`);
   if (layout.grainOffset >= 2 ** 32) throw vmdkError('INVALID', `virtual size ${capacity * SECTOR_SIZE} needs metadata beyond the 2 TiB a sparse extent can address`);

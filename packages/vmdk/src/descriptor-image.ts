@@ -11,7 +11,7 @@ import {
   type Image,
   type ImageInfo,
   type OpenOptions,
-} from '@ic/core';
+} from '@ic/core/sdk';
 import { checkSparse } from './check.js';
 import {
   DESCRIPTOR_FILE_CREATE_TYPES,
@@ -126,8 +126,8 @@ export class DescriptorVmdkImage implements Image {
     const end = Math.min(to, file.guestOffset + file.length);
     if (start >= end) return;
     if (file.kind === 'sparse') {
-      for await (const extent of file.image.extentsIn(start - file.guestOffset, end - file.guestOffset)) {
-        yield { ...extent, guestOffset: extent.guestOffset + file.guestOffset };
+      for await (const batch of file.image.extentsIn(start - file.guestOffset, end - file.guestOffset)) {
+        for (const extent of batch) yield { ...extent, guestOffset: extent.guestOffset + file.guestOffset };
       }
       return;
     }
@@ -220,14 +220,14 @@ export class DescriptorVmdkImage implements Image {
 
   async conversionSource(): Promise<ConversionSource> {
     return {
-      options: { virtualSize: this.virtualSize, clusterSize: SECTOR_SIZE, zeroExtents: false, ...(this.backing ? { backing: { ...this.backing } } : {}) },
+      options: { virtualSize: this.virtualSize, clusterSize: SECTOR_SIZE, ...(this.backing ? { backing: { ...this.backing } } : {}) },
       blockers: [
         {
           feature: 'external extent files',
           reason: `this VMDK keeps its data in other files (createType ${this.createType}); in-place conversion works on single-file images only`,
         },
       ],
-      metadataRanges: [{ offset: 0, length: this.fileSize, role: 'descriptor file' }],
+      metadataRanges: () => [{ offset: 0, length: this.fileSize, kind: 'header' as const, role: 'descriptor file' }],
     };
   }
 

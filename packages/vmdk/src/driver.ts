@@ -1,5 +1,5 @@
-import type { BlockIO, CreateSpec, Driver, Image, OpenOptions } from '@ic/core';
-import { DRIVER_API_VERSION } from '@ic/core';
+import type { BlockIO, CreateSpec, Driver, Image, OpenOptions } from '@ic/core/sdk';
+import { DRIVER_API_VERSION } from '@ic/core/sdk';
 import { createVmdk } from './create.js';
 import { descriptorText, findQuotedValue, looksLikeDescriptorStart, MAX_DESCRIPTOR_FILE } from './descriptor.js';
 import { openDescriptorImage } from './descriptor-image.js';

@@ -1,4 +1,4 @@
-import { IcError, type ErrorCode } from '@ic/core';
+import { IcError, type ErrorCode } from '@ic/core/sdk';
 
 /** The qemu-img format name, used in every message. */
 export const FORMAT = 'vmdk';

@@ -1,4 +1,4 @@
-import { IcError, isIcError, type BlockIO, type OpenOptions } from '@ic/core';
+import { IcError, isIcError, type BlockIO, type OpenOptions } from '@ic/core/sdk';
 import type { Descriptor, ExtentLine, ExtentType } from './descriptor.js';
 import { corruptAt, FORMAT, limitAt, vmdkError } from './errors.js';
 import { COWD_MAGIC_BYTES, hasMagic, parseSparseHeader, SECTOR_SIZE } from './header.js';

@@ -1,4 +1,4 @@
-import type { BlockIO } from '@ic/core';
+import type { BlockIO } from '@ic/core/sdk';
 import { corruptAt } from './errors.js';
 import { SECTOR_SIZE, type SparseGeometry } from './header.js';
 
@@ -112,14 +112,21 @@ export function assertTablesDisjoint(geometry: SparseGeometry, directories: read
   }
 }
 
+/** Typed arrays use the platform's byte order; on little-endian platforms a GT read is already its GTEs. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
 /**
  * Reads grain tables on demand, fetching runs of tables that are contiguous in the file in one read (qemu lays
- * all of them out back to back), and keeping only the current run in memory.
+ * all of them out back to back), keeping only the current run in memory and reading the next run ahead while
+ * the current one is used (tables are mostly walked in directory order).
  */
 export class GrainTableReader {
   private runStart = -1;
   private runCount = 0;
   private runData: Uint32Array = new Uint32Array(0);
+  private next: { start: number; count: number; data: Promise<Uint32Array> } | undefined;
+  /** The first table with a GD entry after the current run. */
+  private following = 0;
   /** Tables per read at most: 512 tables of 2 KiB = 1 MiB. */
   private static readonly MAX_RUN = 512;
 
@@ -129,33 +136,56 @@ export class GrainTableReader {
     private readonly directory: GrainDirectory,
   ) {}
 
+  /** Tables [index, index + count) that follow each other in the file. */
+  private runLength(index: number): number {
+    const entries = this.directory.entries;
+    const sector = entries[index]!;
+    let count = 1;
+    if (SECTOR_SIZE * this.geometry.gtSectors === this.geometry.gtBytes) {
+      while (count < GrainTableReader.MAX_RUN && index + count < entries.length && entries[index + count] === sector + count * this.geometry.gtSectors) {
+        count++;
+      }
+    }
+    return count;
+  }
+
+  private async readRun(index: number, count: number): Promise<Uint32Array> {
+    const { gtSectors, gtesPerGT } = this.geometry;
+    const bytes = await this.io.read(this.directory.entries[index]! * SECTOR_SIZE, count * gtSectors * SECTOR_SIZE);
+    const stride = gtSectors * SECTOR_SIZE;
+    if (LITTLE_ENDIAN && stride === gtesPerGT * 4 && bytes.byteOffset % 4 === 0) {
+      return new Uint32Array(bytes.buffer, bytes.byteOffset, count * gtesPerGT);
+    }
+    const data = new Uint32Array(count * gtesPerGT);
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    for (let t = 0; t < count; t++) {
+      for (let i = 0; i < gtesPerGT; i++) data[t * gtesPerGT + i] = view.getUint32(t * stride + i * 4, true);
+    }
+    return data;
+  }
+
   /** The GTEs of the table for GD index `index`; undefined when the GD entry is 0. */
   async table(index: number): Promise<Uint32Array | undefined> {
     const entries = this.directory.entries;
-    const sector = entries[index]!;
-    if (sector === 0) return undefined;
+    if (entries[index]! === 0) return undefined;
     if (index < this.runStart || index >= this.runStart + this.runCount) {
-      let count = 1;
-      if (SECTOR_SIZE * this.geometry.gtSectors === this.geometry.gtBytes) {
-        while (
-          count < GrainTableReader.MAX_RUN &&
-          index + count < entries.length &&
-          entries[index + count] === sector + count * this.geometry.gtSectors
-        ) {
-          count++;
-        }
-      }
-      const bytes = await this.io.read(sector * SECTOR_SIZE, count * this.geometry.gtSectors * SECTOR_SIZE);
-      this.runData = new Uint32Array(count * this.geometry.gtesPerGT);
-      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-      const stride = this.geometry.gtSectors * SECTOR_SIZE;
-      for (let t = 0; t < count; t++) {
-        for (let i = 0; i < this.geometry.gtesPerGT; i++) {
-          this.runData[t * this.geometry.gtesPerGT + i] = view.getUint32(t * stride + i * 4, true);
-        }
-      }
+      const ahead = this.next?.start === index ? this.next : undefined;
+      const count = ahead ? ahead.count : this.runLength(index);
+      // Read ahead only for a walk in directory order (this run follows the last one), not for random reads.
+      const walking = index === this.following;
+      this.next = undefined;
+      this.runData = await (ahead ? ahead.data : this.readRun(index, count));
       this.runStart = index;
       this.runCount = count;
+      let following = index + count;
+      while (following < entries.length && entries[following] === 0) following++;
+      this.following = following;
+      if (walking && following < entries.length) {
+        const followingCount = this.runLength(following);
+        const data = this.readRun(following, followingCount);
+        data.catch(() => {}); // reported when that run is needed
+        this.next = { start: following, count: followingCount, data };
+      }
     }
     const at = (index - this.runStart) * this.geometry.gtesPerGT;
     return this.runData.subarray(at, at + this.geometry.gtesPerGT);

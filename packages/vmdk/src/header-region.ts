@@ -1,4 +1,4 @@
-import { encodeText } from '@ic/core';
+import { encodeText } from '@ic/core/sdk';
 import { EMBEDDED_DESCRIPTOR_OFFSET, EMBEDDED_DESCRIPTOR_WINDOW, formatDescriptor, type DescriptorSpec } from './descriptor.js';
 import { vmdkError } from './errors.js';
 import {

@@ -1,4 +1,4 @@
-import { ByteView } from '@ic/core';
+import { ByteView } from '@ic/core/sdk';
 import { corruptAt, limitAt, vmdkError } from './errors.js';
 
 /**

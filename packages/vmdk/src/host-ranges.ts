@@ -1,4 +1,4 @@
-import type { HostRange } from '@ic/core';
+import type { HostRange } from '@ic/core/sdk';
 import { EMBEDDED_DESCRIPTOR_OFFSET, EMBEDDED_DESCRIPTOR_WINDOW } from './descriptor.js';
 import { GD_ENTRY_BYTES, type GrainDirectory } from './grain-tables.js';
 import { SECTOR_SIZE } from './header.js';
@@ -42,7 +42,7 @@ function directoryRanges(state: SparseState, directory: GrainDirectory, label: s
   const { geometry } = state;
   const out: HostRange[] = [];
   const gdBytes = geometry.gdEntries * GD_ENTRY_BYTES;
-  if (gdBytes > 0) out.push({ offset: directory.sector * SECTOR_SIZE, length: gdBytes, role: `${label} directory` });
+  if (gdBytes > 0) out.push({ offset: directory.sector * SECTOR_SIZE, length: gdBytes, kind: 'metadata', role: `${label} directory` });
   // Tables laid out back to back (qemu's layout) become one range.
   const stride = geometry.gtSectors * SECTOR_SIZE;
   let run: HostRange | undefined;
@@ -52,7 +52,7 @@ function directoryRanges(state: SparseState, directory: GrainDirectory, label: s
     if (run && run.offset + run.length === offset) {
       run.length += stride;
     } else {
-      run = { offset, length: stride, role: `${label} tables` };
+      run = { offset, length: stride, kind: 'metadata', role: `${label} tables` };
       out.push(run);
     }
   }
@@ -62,20 +62,20 @@ function directoryRanges(state: SparseState, directory: GrainDirectory, label: s
 /** Every host range a sparse extent's own structures occupy (header, descriptor, directories, tables, footer). */
 export function sparseMetadataRanges(state: SparseState): HostRange[] {
   const ranges: HostRange[] = [
-    { offset: 0, length: SECTOR_SIZE, role: 'header' },
-    { offset: EMBEDDED_DESCRIPTOR_OFFSET, length: EMBEDDED_DESCRIPTOR_WINDOW, role: 'descriptor (qemu rewrites this whole window)' },
+    { offset: 0, length: SECTOR_SIZE, kind: 'header', role: 'header' },
+    { offset: EMBEDDED_DESCRIPTOR_OFFSET, length: EMBEDDED_DESCRIPTOR_WINDOW, kind: 'header', role: 'descriptor (qemu rewrites this whole window)' },
   ];
   const descriptorStart = state.header.descriptorOffset * SECTOR_SIZE;
   const descriptorEnd = descriptorStart + state.header.descriptorSize * SECTOR_SIZE;
   const windowEnd = EMBEDDED_DESCRIPTOR_OFFSET + EMBEDDED_DESCRIPTOR_WINDOW;
   if (state.header.descriptorOffset > 0 && (descriptorStart < EMBEDDED_DESCRIPTOR_OFFSET || descriptorEnd > windowEnd)) {
-    ranges.push({ offset: descriptorStart, length: descriptorEnd - descriptorStart, role: 'descriptor (as declared by the header)' });
+    ranges.push({ offset: descriptorStart, length: descriptorEnd - descriptorStart, kind: 'header', role: 'descriptor (as declared by the header)' });
   }
   ranges.push(...directoryRanges(state, state.gd, 'grain'));
   if (state.rgd) ranges.push(...directoryRanges(state, state.rgd, 'redundant grain'));
   if (state.footer) {
     const end = Math.floor(state.fileSize / SECTOR_SIZE) * SECTOR_SIZE;
-    ranges.push({ offset: end - FOOTER_MARKER_FROM_END, length: FOOTER_MARKER_FROM_END, role: 'footer' });
+    ranges.push({ offset: end - FOOTER_MARKER_FROM_END, length: FOOTER_MARKER_FROM_END, kind: 'metadata', role: 'footer' });
   }
   return ranges;
 }

@@ -10,9 +10,9 @@ export { SparseVmdkImage, openSparse, ExtentRunMerger, cidCheckedParent, readSpa
 export { openExtentFiles, normalizePath, MAX_EXTENT_FILES, type ExtentFile, type ExtentFiles, type FlatExtentFile, type SparseExtentFile } from './extent-files.js';
 export { DescriptorVmdkImage, openDescriptorImage } from './descriptor-image.js';
 export { checkSparse } from './check.js';
-export { sparseConversionSource, COMPRESSED_BLOCKER } from './source.js';
+export { sparseConversionSource, parentCidBlocker, COMPRESSED_BLOCKER, type VmdkOpenOptions } from './source.js';
 export { sparseMetadataRanges, protectedHeaderEnd } from './host-ranges.js';
-export { createVmdk, parentFor } from './create.js';
+export { createVmdk, parentFor, QEMU_CREATE_MAX_GRAINS } from './create.js';
 export { vmdkInPlaceTarget, TARGET_CLUSTER_SIZES, TARGET_MAX_HOST_OFFSET, DEFAULT_EXTENT_NAME } from './target.js';
 export { writeSparseVmdk, type SparseVmdkSpec, type SparseVmdkLayout, type SparseGrain } from './writer.js';
 export { FORMAT } from './errors.js';

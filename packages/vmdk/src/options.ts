@@ -1,4 +1,4 @@
-import type { OptionDescriptor, OptionValues } from '@ic/core';
+import type { OptionDescriptor, OptionValues } from '@ic/core/sdk';
 import { ADAPTER_TYPES, MAX_PARENT_NAME, type AdapterType } from './descriptor.js';
 import { vmdkError } from './errors.js';
 

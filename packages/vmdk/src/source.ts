@@ -1,7 +1,6 @@
-import type { ConversionBlocker, ConversionSource } from '@ic/core';
-import { corruptAt } from './errors.js';
-import { SECTOR_SIZE } from './header.js';
-import { firstOverlap, NumberList, protectedHeaderEnd, rangesHitting, sparseMetadataRanges } from './host-ranges.js';
+import type { ConversionBlocker, ConversionSource, OpenOptions } from '@ic/core/sdk';
+import { FORMAT } from './errors.js';
+import { sparseMetadataRanges } from './host-ranges.js';
 import type { SparseVmdkImage } from './image.js';
 
 export const COMPRESSED_BLOCKER: ConversionBlocker = {
@@ -9,52 +8,55 @@ export const COMPRESSED_BLOCKER: ConversionBlocker = {
   reason: 'streamOptimized VMDK stores deflate-compressed grains; convert it with qemu-img convert',
 };
 
+/** VMDK's own open options. */
+export interface VmdkOpenOptions extends OpenOptions {
+  /**
+   * Convert a child whose parentCID differs from its opened parent's CID anyway: the caller has decided that the
+   * parent's change is harmless. Without it such a child is refused (qemu refuses every read through that parent,
+   * and a converted child, or a VMDK child with a refreshed parentCID, would read the changed parent as if it
+   * were the original). A VMDK target then records the parent's current CID, which is the caller's decision.
+   */
+  acceptParentCidMismatch?: boolean;
+}
+
 /**
- * Describes a sparse extent for the in-place engine. Walks every GTE and refuses (CORRUPT) any data grain that
- * starts inside the header/descriptor window, runs past the end of the file, or overlaps a table or another grain:
- * the engine must be able to trust every host range it is handed.
+ * The child's parentCID against the CID of its parent, when the caller opened the parent (OpenOptions.backing) and
+ * it is a VMDK: a blocker on a mismatch, unless the caller accepted it.
+ */
+export function parentCidBlocker(parentCid: number, options: VmdkOpenOptions): ConversionBlocker | undefined {
+  const parent = options.backing;
+  if (!parent || parent.format !== FORMAT || options.acceptParentCidMismatch) return undefined;
+  const cid = parent.info().formatSpecific?.data.cid;
+  if (typeof cid !== 'number' || cid === parentCid) return undefined;
+  return {
+    feature: 'parentCID mismatch',
+    reason:
+      `the child records parentCID ${parentCid.toString(16)} but its parent's CID is ${cid.toString(16)}: the parent changed after the child was made, ` +
+      'so qemu refuses to read through it and converting would silently pair the child with different data; ' +
+      `if the change is known to be harmless, set parentCID=${cid.toString(16)} in the child's descriptor first (the library: VmdkOpenOptions.acceptParentCidMismatch)`,
+  };
+}
+
+/**
+ * Describes a sparse extent for the in-place engine: its geometry, blockers and the host ranges of its own
+ * structures. The conversion walks the grains strictly (a data grain inside the header and descriptor window,
+ * or ending past the end of the file, is refused as CORRUPT); overlaps between grains and tables are refused by
+ * the engine, which sees every host range.
  */
 export async function sparseConversionSource(image: SparseVmdkImage): Promise<ConversionSource> {
-  const { geometry, fileSize, backing } = image.state;
+  const { geometry, backing, descriptor, options } = image.state;
   const blockers: ConversionBlocker[] = [];
   if (geometry.compressed) blockers.push(COMPRESSED_BLOCKER);
-  const metadataRanges = sparseMetadataRanges(image.state);
-  const headerEnd = protectedHeaderEnd(image.state);
-
-  let zeroExtents = false;
-  const starts = new NumberList();
-  for await (const record of image.grains()) {
-    if (record.state === 'zero') zeroExtents = true;
-    if (record.state !== 'data' || geometry.compressed) continue;
-    const hostOffset = record.gte * SECTOR_SIZE;
-    const where = `GTE ${record.gtIndex} of grain table ${record.gdIndex} (guest offset ${record.guestOffset})`;
-    if (hostOffset < headerEnd) {
-      throw corruptAt(`${where} points at sector ${record.gte}, inside the header and descriptor area (first ${headerEnd} bytes)`, hostOffset);
-    }
-    if (hostOffset + geometry.grainBytes > fileSize) {
-      throw corruptAt(`${where} points at a grain that ends past the end of the file (${fileSize} bytes)`, hostOffset);
-    }
-    starts.push(record.gte);
-  }
-  if (!geometry.compressed) {
-    const sorted = starts.sorted();
-    const overlap = firstOverlap(sorted, geometry.grainSectors);
-    if (overlap) {
-      throw corruptAt(`grains at sectors ${overlap[0]} and ${overlap[1]} overlap (two guest grains share host space)`, overlap[1] * SECTOR_SIZE);
-    }
-    for (const range of metadataRanges) {
-      const hits = rangesHitting(sorted, geometry.grainSectors, range.offset, range.length);
-      if (hits.length > 0) throw corruptAt(`grain at sector ${hits[0]} overlaps the ${range.role}`, hits[0]! * SECTOR_SIZE);
-    }
-  }
+  const cidBlocker = backing ? parentCidBlocker(descriptor.parentCid, options) : undefined;
+  if (cidBlocker) blockers.push(cidBlocker);
   return {
     options: {
       virtualSize: geometry.virtualSize,
       clusterSize: geometry.grainBytes,
-      zeroExtents,
       ...(backing ? { backing: { ...backing } } : {}),
     },
     blockers,
-    metadataRanges,
+    metadataRanges: () => sparseMetadataRanges(image.state),
+    map: () => image.extentsIn(0, geometry.virtualSize, true),
   };
 }

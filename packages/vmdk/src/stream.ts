@@ -1,4 +1,4 @@
-import { ByteView, type BlockIO, type OpenOptions } from '@ic/core';
+import { ByteView, type BlockIO, type OpenOptions } from '@ic/core/sdk';
 import { corruptAt, vmdkError } from './errors.js';
 import { hasMagic, parseSparseHeader, SECTOR_SIZE, type SparseHeader } from './header.js';
 

@@ -1,17 +1,24 @@
 import {
   IcError,
+  isAllZero,
   isPowerOfTwo,
-  type Extent,
   type InPlaceTarget,
   type InPlaceTargetFactory,
+  type MappingBatches,
+  type MetadataWriter,
+  type PlanSummary,
   type SpaceAllocator,
   type TargetBuild,
+  type TargetEstimate,
   type TargetLayout,
   type TargetRequest,
-} from '@ic/core';
+} from '@ic/core/sdk';
 import { MAX_PARENT_NAME, NO_PARENT_CID } from './descriptor.js';
 import { FORMAT } from './errors.js';
 import { GTE_ZEROED, writeU32Entries } from './grain-tables.js';
+
+/** Grain table entries gathered before they are written (4 MiB of entries per write, twice: GT and RGT copies). */
+const GTE_WINDOW = 1024 * 1024;
 import { descriptorBytes, HEADER_REGION_SIZE, headerRegion, monolithicHeader } from './header-region.js';
 import { MAX_EXTENT_SECTORS, MAX_GD_ENTRIES, SECTOR_SIZE } from './header.js';
 import { isDescriptorSafe, randomCid, resolveOptions, type ResolvedOptions } from './options.js';
@@ -44,7 +51,8 @@ class VmdkTarget implements InPlaceTarget {
 
   constructor(private readonly request: TargetRequest) {
     const { source, clusterSize } = request;
-    this.layout = { clusterSize, headerRegionSize: HEADER_REGION_SIZE, maxHostOffset: TARGET_MAX_HOST_OFFSET, zeroExtents: true };
+    // Grain table entries are sector numbers: a grain may start on any sector, whatever the grain size.
+    this.layout = { clusterSize, hostAlignment: SECTOR_SIZE, headerRegionSize: HEADER_REGION_SIZE, maxHostOffset: TARGET_MAX_HOST_OFFSET, zeroExtents: true };
     this.capacity = source.virtualSize / SECTOR_SIZE;
     const grainSectors = clusterSize / SECTOR_SIZE;
     this.gtCount = Math.ceil(Math.ceil(this.capacity / grainSectors) / GTES_PER_GT);
@@ -111,50 +119,43 @@ class VmdkTarget implements InPlaceTarget {
     };
   }
 
-  async build(mapping: readonly Extent[], space: SpaceAllocator): Promise<TargetBuild> {
+  /** Both directories and all their tables, like qemu (a GD entry of 0 makes qemu 7.2 write guest data over the header). */
+  private blockBytes(): number {
+    const gdSectors = Math.ceil((this.gtCount * 4) / SECTOR_SIZE);
+    return (gdSectors + this.gtCount * GT_SECTORS) * SECTOR_SIZE;
+  }
+
+  /**
+   * Refuses up front (dry runs included) when the tables would not fit below the 2 TiB that u32 sector numbers
+   * address: they go past everything the source references, so a large source file leaves no room for them.
+   */
+  estimate(summary: PlanSummary): TargetEstimate {
+    const metadataBytes = 2 * this.blockBytes() + SECTOR_SIZE;
+    if (summary.spaceStart + metadataBytes > TARGET_MAX_HOST_OFFSET) {
+      throw new IcError(
+        'LIMIT',
+        `${FORMAT} target: the grain directories and tables (${metadataBytes} bytes) would go past everything the source uses (${summary.spaceStart} bytes) and end beyond the 2 TiB (2^32 sectors) a sparse extent can address`,
+        { format: FORMAT },
+      );
+    }
+    return { metadataBytes };
+  }
+
+  /**
+   * Allocates both copies of the directory and of every grain table up front (their size follows from the
+   * virtual size), then fills the grain table entries window by window as the mapping streams in; a window of
+   * only unallocated grains is not written (the space reads as zeros). Memory: one window of entries.
+   */
+  async build(mapping: MappingBatches, space: SpaceAllocator, out: MetadataWriter): Promise<TargetBuild> {
     if (this.problems.length > 0) throw new IcError('UNSUPPORTED', `${FORMAT} target: ${this.problems[0]}`, { format: FORMAT });
     const { clusterSize } = this.layout;
     const virtualSize = this.request.source.virtualSize;
     const grainSectors = clusterSize / SECTOR_SIZE;
-    const gtes = new Uint32Array(this.gtCount * GTES_PER_GT);
-    let zeroUsed = false;
-    let dataEnd = 0;
-    let covered = 0;
-    for (const extent of mapping) {
-      if (extent.guestOffset !== covered || extent.length <= 0) throw internal(`mapping skips or overlaps at guest ${covered}`);
-      if (extent.guestOffset % clusterSize !== 0 || (extent.length % clusterSize !== 0 && extent.guestOffset + extent.length !== virtualSize)) {
-        throw internal(`extent at guest ${extent.guestOffset} (length ${extent.length}) is not aligned to the grain size ${clusterSize}`);
-      }
-      covered += extent.length;
-      const first = extent.guestOffset / clusterSize;
-      const count = Math.ceil(extent.length / clusterSize);
-      if (extent.kind === 'unallocated') continue;
-      if (extent.kind === 'zero') {
-        gtes.fill(GTE_ZEROED, first, first + count);
-        zeroUsed = true;
-        continue;
-      }
-      if (extent.kind !== 'data') throw internal(`mapping contains a ${extent.kind} extent`);
-      const end = extent.hostOffset + count * clusterSize;
-      if (extent.hostOffset % clusterSize !== 0 || extent.hostOffset < HEADER_REGION_SIZE || end > TARGET_MAX_HOST_OFFSET) {
-        throw internal(`data at host ${extent.hostOffset} is outside the layout (aligned, >= ${HEADER_REGION_SIZE}, ending <= ${TARGET_MAX_HOST_OFFSET})`);
-      }
-      const firstSector = extent.hostOffset / SECTOR_SIZE;
-      for (let i = 0; i < count; i++) gtes[first + i] = firstSector + i * grainSectors;
-      dataEnd = Math.max(dataEnd, end);
-    }
-    if (covered !== virtualSize) throw internal(`mapping covers ${covered} bytes of ${virtualSize}`);
-
-    // Both directories and all their tables, like qemu: a GD entry of 0 makes qemu 7.2 write guest data over the
-    // header, so every table exists even when it is all zeros.
     const gdSectors = Math.ceil((this.gtCount * 4) / SECTOR_SIZE);
-    const blockBytes = (gdSectors + this.gtCount * GT_SECTORS) * SECTOR_SIZE;
-    const writes: TargetBuild['writes'] = [];
+    const blockBytes = this.blockBytes();
     let rgdSector = 0;
     let gdSector = 0;
     if (blockBytes > 0) {
-      const tableBytes = new Uint8Array(this.gtCount * GT_SECTORS * SECTOR_SIZE);
-      writeU32Entries(tableBytes, 0, gtes);
       const start = space.allocate(2 * blockBytes, SECTOR_SIZE);
       if (start % SECTOR_SIZE !== 0 || start < HEADER_REGION_SIZE) throw internal(`allocator returned unusable offset ${start}`);
       if (start + 2 * blockBytes > TARGET_MAX_HOST_OFFSET) {
@@ -167,15 +168,57 @@ class VmdkTarget implements InPlaceTarget {
         const entries = new Uint32Array(this.gtCount);
         for (let i = 0; i < this.gtCount; i++) entries[i] = directorySector + gdSectors + i * GT_SECTORS;
         writeU32Entries(directory, 0, entries);
-        writes.push({ offset: directorySector * SECTOR_SIZE, data: directory });
-        // The same table bytes serve both copies; split them so no single write exceeds 64 MiB.
-        const tablesAt = (directorySector + gdSectors) * SECTOR_SIZE;
-        const chunk = 64 * 1024 * 1024;
-        for (let at = 0; at < tableBytes.length; at += chunk) {
-          writes.push({ offset: tablesAt + at, data: tableBytes.subarray(at, Math.min(tableBytes.length, at + chunk)) });
+        await out.write(directorySector * SECTOR_SIZE, directory);
+      }
+    }
+    // Grain table entries are contiguous across tables (tables lie back to back), so a window of entries is one
+    // write per copy.
+    const window = new Uint32Array(GTE_WINDOW);
+    let windowFirst = 0; // grain index of window[0]
+    const flushWindow = async (upTo: number) => {
+      const count = upTo - windowFirst;
+      if (count <= 0) return;
+      const bytes = new Uint8Array(window.buffer, 0, count * 4);
+      if (!isAllZero(bytes)) {
+        const data = new Uint8Array(count * 4);
+        writeU32Entries(data, 0, window.subarray(0, count));
+        for (const directorySector of [rgdSector, gdSector]) await out.write((directorySector + gdSectors) * SECTOR_SIZE + windowFirst * 4, data);
+      }
+      window.fill(0, 0, count);
+      windowFirst = upTo;
+    };
+    let zeroUsed = false;
+    let dataEnd = 0;
+    let covered = 0;
+    for await (const batch of mapping) {
+      for (const extent of batch) {
+        if (extent.guestOffset !== covered || extent.length <= 0) throw internal(`mapping skips or overlaps at guest ${covered}`);
+        if (extent.guestOffset % clusterSize !== 0 || (extent.length % clusterSize !== 0 && extent.guestOffset + extent.length !== virtualSize)) {
+          throw internal(`extent at guest ${extent.guestOffset} (length ${extent.length}) is not aligned to the grain size ${clusterSize}`);
+        }
+        covered += extent.length;
+        if (extent.kind === 'unallocated') continue;
+        if (extent.kind !== 'zero' && extent.kind !== 'data') throw internal(`mapping contains a ${extent.kind} extent`);
+        const first = extent.guestOffset / clusterSize;
+        const count = Math.ceil(extent.length / clusterSize);
+        let sector = 0;
+        if (extent.kind === 'zero') zeroUsed = true;
+        else {
+          const end = extent.hostOffset + count * clusterSize;
+          if (extent.hostOffset % SECTOR_SIZE !== 0 || extent.hostOffset < HEADER_REGION_SIZE || end > TARGET_MAX_HOST_OFFSET) {
+            throw internal(`data at host ${extent.hostOffset} is outside the layout (sector-aligned, >= ${HEADER_REGION_SIZE}, ending <= ${TARGET_MAX_HOST_OFFSET})`);
+          }
+          sector = extent.hostOffset / SECTOR_SIZE;
+          dataEnd = Math.max(dataEnd, end);
+        }
+        for (let grain = first; grain < first + count; grain++) {
+          if (grain >= windowFirst + GTE_WINDOW) await flushWindow(grain - ((grain - windowFirst) % GTE_WINDOW));
+          window[grain - windowFirst] = extent.kind === 'zero' ? GTE_ZEROED : sector + (grain - first) * grainSectors;
         }
       }
     }
+    if (covered !== virtualSize) throw internal(`mapping covers ${covered} bytes of ${virtualSize}`);
+    await flushWindow(Math.min(windowFirst + GTE_WINDOW, this.gtCount * GTES_PER_GT));
 
     const overHead = HEADER_REGION_SIZE / SECTOR_SIZE; // everything below it is header and descriptor
     const header = monolithicHeader({
@@ -188,7 +231,7 @@ class VmdkTarget implements InPlaceTarget {
     });
     const region = headerRegion(header, this.descriptorSpec(randomCid()));
     const fileSize = Math.max(space.end, dataEnd, HEADER_REGION_SIZE);
-    return { writes, header: region, fileSize };
+    return { header: region, fileSize };
   }
 }
 

@@ -1,4 +1,4 @@
-import type { BlockIO } from '@ic/core';
+import type { BlockIO } from '@ic/core/sdk';
 import { NO_PARENT_CID } from './descriptor.js';
 import { vmdkError } from './errors.js';
 import { buildDirectoryBlock, GTE_ZEROED, qemuSparseLayout } from './grain-tables.js';

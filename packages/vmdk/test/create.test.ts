@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { FileIO } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCreate, qemuInfo, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
 import { vmdkDriver } from '../src/index.js';
 import { closeAll, errorCode, mapOf, openVmdk } from './helpers.js';

@@ -1,3 +1,4 @@
+import { metadataRangesOf } from '@ic/conformance';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, statSync } from 'node:fs';
 import { qemuCreate, qemuInfo, requireQemu, tempDir } from '@ic/test-utils';
@@ -35,7 +36,7 @@ describe('standalone descriptor files', () => {
     expect(source.blockers[0]!.reason).toBe(
       'this VMDK keeps its data in other files (createType monolithicFlat); in-place conversion works on single-file images only',
     );
-    expect(source.metadataRanges).toEqual([{ offset: 0, length: statSync(file).size, role: 'descriptor file' }]);
+    expect(await metadataRangesOf(source)).toEqual([{ offset: 0, length: statSync(file).size, kind: 'header', role: 'descriptor file' }]);
     try {
       await mapOf(image);
     } catch (error) {

@@ -1,6 +1,7 @@
 import { inflateSync } from 'node:zlib';
 import { readFileSync } from 'node:fs';
-import { collectExtents, FileIO, isIcError, mergeQemuMapEntries, toQemuMapEntry, type CheckReport, type Extent, type Image, type OpenOptions } from '@ic/core';
+import { collectExtents, isIcError, mergeQemuMapEntries, toQemuMapEntry, type CheckReport, type Extent, type Image, type OpenOptions } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuConvert, qemuMap, type QemuMapEntry } from '@ic/test-utils';
 import { vmdkDriver } from '../src/index.js';
 

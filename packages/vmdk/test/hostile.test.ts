@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { bytesEqual, collectExtents, MemoryIO } from '@ic/core';
+import { bytesEqual, collectExtents, MemoryIO, convertInPlace } from '@ic/core';
 import { vmdkDriver, writeSparseVmdk } from '../src/index.js';
 import { errorCode, inflate, pattern } from './helpers.js';
 import { streamWithFooter } from './stream-fixture.js';
@@ -23,7 +23,8 @@ async function openAndWalk(bytes: Uint8Array, step: 'open' | 'map' | 'source' | 
   return errorCode(async () => {
     const image = await vmdkDriver.open(io, { inflate });
     if (step === 'map') await collectExtents(image.map());
-    if (step === 'source') await image.conversionSource!();
+    // What a conversion sees: the description and a full plan (a dry run).
+    if (step === 'source') await convertInPlace({ io, source: vmdkDriver, target: vmdkDriver, dryRun: true, openOptions: { inflate } });
     if (step === 'read') await image.read(0, 65536);
   });
 }

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
-import { assertCoverage, convertInPlace, FileIO, IcError, isIcError, mergeQemuMapEntries, MemoryIO, type BlockIO, type Image, type OpenOptions } from '@ic/core';
+import { assertCoverage, convertInPlace, IcError, isIcError, mergeQemuMapEntries, MemoryIO, type BlockIO, type Image, type OpenOptions } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCompare, qemuConvert, qemuCreate, qemuInfo, qemuIo, qemuMap, requireQemu, sha256File, tempDir, type QemuMapEntry } from '@ic/test-utils';
 import { MAX_EXTENT_FILES, normalizePath, vmdkDriver } from '../src/index.js';
 import { asQemuRows, closeAll, errorCode, exitCode, inflate, mapOf, openVmdk, writeOurRaw } from './helpers.js';
@@ -122,7 +123,7 @@ describe.each(SUBFORMATS)('%s with openFile', (subformat) => {
     await image.close();
 
     // Through the engine, as `ic convert-inplace` runs it (the CLI closes the extent files it handed out).
-    const io = await FileIO.open(file, { writable: true });
+    const io = await FileIO.open(file, { writable: true, lock: true });
     const handedOut: BlockIO[] = [];
     const openFile = async (name: string): Promise<BlockIO> => {
       const extent = await opener(tmp.dir)(name);

@@ -1,9 +1,12 @@
+import { metadataRangesOf } from '@ic/conformance';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { assertCoverage } from '@ic/core';
+import { assertCoverage, convertInPlace } from '@ic/core';
 import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { qemuCheck, qemuCompare, qemuConvert, qemuCreate, qemuInfo, qemuIo, requireQemu, run, tempDir } from '@ic/test-utils';
 import { asQemuRows, closeAll, errorCode, exitCode, mapOf, openVmdk, pattern, qemuRowsAtDepth0, writeOurRaw } from './helpers.js';
 import { streamWithFooter } from './stream-fixture.js';
+import { FileIO } from '@ic/core/node';
+import { vmdkDriver, type VmdkOpenOptions } from '../src/index.js';
 
 const tmp = tempDir('ic-vmdk-oracle-');
 beforeAll(() => requireQemu());
@@ -82,6 +85,52 @@ describe('a VMDK with a VMDK parent', () => {
     expect(await errorCode(() => image.read(0, 4096))).toBe('CORRUPT');
     expect(run('qemu-io', ['-f', 'vmdk', '-c', 'read 0 4k', child]).stdout).toMatch(/Invalid argument/);
   });
+
+  it('a child whose parentCID no longer matches: check agrees with qemu-img check (clean), conversion refuses, parentCID is never rewritten', async () => {
+    const base = tmp.path('base3.vmdk');
+    const child = tmp.path('child3.vmdk');
+    qemuCreate(base, 'vmdk', '4M');
+    qemuCreate(child, 'vmdk', '4M', { backing: 'base3.vmdk', backingFormat: 'vmdk', cwd: tmp.dir });
+    qemuIo(child, 'vmdk', ['write -P 2 1M 64k'], tmp.dir);
+    qemuIo(base, 'vmdk', ['write -P 1 0 64k']); // the parent's CID changes: the child's parentCID is stale
+    const parentCidOf = (file: string) => /parentCID=([0-9a-f]+)/.exec(readFileSync(file, 'latin1'))![1]!;
+    const staleParentCid = parentCidOf(child);
+    expect(/\nCID=([0-9a-f]+)/.exec(readFileSync(base, 'latin1'))![1]).not.toBe(staleParentCid);
+
+    // qemu-img check looks at the child only: "No errors were found on the image.", exit 0. So does ic.
+    const theirs = qemuCheck(child, 'vmdk');
+    expect(theirs.code).toBe(0);
+    expect(theirs.text).toContain('No errors were found on the image.');
+    const parent = await openVmdk(base);
+    const image = await openVmdk(child, { backing: parent });
+    const ours = await image.check!();
+    expect({ corruptions: ours.corruptions, leaks: ours.leaks, checkErrors: ours.checkErrors }).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
+    expect(exitCode(ours)).toBe(theirs.code);
+
+    // Conversion (here to VMDK, which would "fix" parentCID with the parent's new CID) is refused, nothing written.
+    const before = readFileSync(child);
+    for (const dryRun of [true, false]) {
+      const io = await FileIO.open(child, { writable: true });
+      try {
+        const error = await convertInPlace({ io, source: vmdkDriver, target: vmdkDriver, dryRun, openOptions: { backing: parent } }).catch((e: unknown) => e);
+        expect(error).toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/parentCID mismatch: the child records parentCID [0-9a-f]+ but its parent's CID is [0-9a-f]+/) });
+        expect(String((error as Error).message)).not.toContain('\n');
+      } finally {
+        await io.close();
+      }
+      expect(readFileSync(child).equals(before)).toBe(true);
+    }
+
+    // The caller may say the change is harmless: then the child is re-linked to the parent as it is now.
+    const io = await FileIO.open(child, { writable: true });
+    try {
+      await convertInPlace({ io, source: vmdkDriver, target: vmdkDriver, openOptions: { backing: parent, acceptParentCidMismatch: true } as VmdkOpenOptions });
+    } finally {
+      await io.close();
+    }
+    expect(parentCidOf(child)).not.toBe(staleParentCid);
+    expect(run('qemu-io', ['-f', 'vmdk', '-c', 'read -P 1 0 64k', '-c', 'read -P 2 1M 64k', child]).stdout).not.toMatch(/fail|Invalid|mismatch/i);
+  });
 });
 
 describe('streamOptimized (qemu-img convert -o subformat=streamOptimized)', () => {
@@ -122,7 +171,10 @@ describe('qemu-img check parity on damaged images', () => {
     expect(report.corruptions).toBe(1);
     expect(exitCode(report)).toBe(1);
     expect(report.messages.join('\n')).toMatch(/after EOF/);
-    expect(await errorCode(() => damaged.conversionSource!())).toBe('CORRUPT');
+    // A conversion (here a dry run) refuses it.
+    const io = await FileIO.open(file);
+    expect(await errorCode(() => convertInPlace({ io, source: vmdkDriver, target: vmdkDriver, dryRun: true }))).toBe('CORRUPT');
+    await io.close();
   });
 
   it('primary and redundant tables that disagree are a corruption for us (qemu only reads the primary)', async () => {
@@ -154,7 +206,7 @@ describe('streamOptimized with the grain directory at the end (footer)', () => {
     expect(qemuCompare(file, 'vmdk', tmp.path('footer.expected.raw'), 'raw').stdout).toContain('Images are identical');
     const { image } = await compareWithQemu(file);
     const source = await image.conversionSource!();
-    expect(source.metadataRanges.map((range) => range.role)).toContain('footer');
+    expect((await metadataRangesOf(source)).map((range) => range.role)).toContain('footer');
     expect(source.blockers).toHaveLength(1);
   });
 

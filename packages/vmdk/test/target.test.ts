@@ -1,6 +1,8 @@
+import { runTargetBuild, metadataRangesOf } from '@ic/conformance';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { alignUp, FileIO, mergeExtents, type Extent, type SpaceAllocator } from '@ic/core';
+import { alignUp, mergeExtents, type Extent, type SpaceAllocator } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCompare, qemuCreate, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
 import { HEADER_REGION_SIZE, vmdkDriver } from '../src/index.js';
 import { closeAll, mapOf, openVmdk, pattern, qemuRaw } from './helpers.js';
@@ -75,13 +77,13 @@ async function convert(name: string, plan: Plan) {
   }
   const merged = mergeExtents(mapping);
   const target = vmdkDriver.inPlace!.create({
-    source: { virtualSize, clusterSize, zeroExtents: [...plan.clusters.values()].includes('zero'), ...(plan.backing ? { backing: plan.backing } : {}) },
+    source: { virtualSize, clusterSize, ...(plan.backing ? { backing: plan.backing } : {}) },
     clusterSize,
     options: plan.options ?? {},
   });
   expect(target.problems).toEqual([]);
   const space = bumpAllocator(host, clusterSize);
-  const build = await target.build(merged, space);
+  const build = await runTargetBuild(target, merged, space);
   for (const write of build.writes) {
     expect(space.allocations.some(([offset, length]) => write.offset >= offset && write.offset + write.data.length <= offset + length)).toBe(true);
     await io.write(write.offset, write.data);
@@ -153,7 +155,7 @@ describe('in-place target', () => {
 
   it('states what it cannot represent', () => {
     const problems = (source: Record<string, unknown>, options: Record<string, string | boolean> = {}, clusterSize = 65536) =>
-      vmdkDriver.inPlace!.create({ source: { virtualSize: 1 << 20, clusterSize, zeroExtents: false, ...source }, clusterSize, options }).problems;
+      vmdkDriver.inPlace!.create({ source: { virtualSize: 1 << 20, clusterSize, ...source }, clusterSize, options }).problems;
     expect(problems({ backing: { name: 'base.qcow2', format: 'qcow2' } }, { parent_cid: '1' }).join()).toMatch(/VMDK can only have a VMDK parent/);
     expect(problems({ backing: { name: 'base.vmdk', format: 'vmdk' } }).join()).toMatch(/parent_cid/);
     expect(problems({ backing: { name: 'a"b', format: 'vmdk' } }, { parent_cid: '1' }).join()).toMatch(/cannot be stored/);
@@ -172,13 +174,12 @@ describe('VMDK to VMDK through the contract', () => {
     const expected = qemuRaw(file, tmp.path('roundtrip.raw'));
     const image = await openVmdk(file);
     const source = await image.conversionSource!();
-    expect(source.options).toEqual({ virtualSize: 70 * 1024 * 1024 + 512, clusterSize: 65536, zeroExtents: true });
+    expect(source.options).toEqual({ virtualSize: 70 * 1024 * 1024 + 512, clusterSize: 65536 });
     const mapping = await mapOf(image);
     const target = vmdkDriver.inPlace!.create({ source: source.options, clusterSize: 65536, options: {} });
     expect(target.problems).toEqual([]);
-    const io = await FileIO.open(file, { writable: true });
-    const build = await target.build(mapping, bumpAllocator(await io.size(), 65536));
-    for (const write of build.writes) await io.write(write.offset, write.data);
+    const io = await FileIO.open(file, { writable: true, lock: true });
+    const build = await runTargetBuild(target, mapping, bumpAllocator(await io.size(), 65536), io);
     await io.truncate(build.fileSize);
     await io.write(0, build.header);
     await io.close();
@@ -192,13 +193,13 @@ describe('VMDK to VMDK through the contract', () => {
     const file = tmp.path('ranges.vmdk');
     qemuCreate(file, 'vmdk', '1G');
     const source = await (await openVmdk(file)).conversionSource!();
-    expect(source.metadataRanges).toEqual([
-      { offset: 0, length: 512, role: 'header' },
-      { offset: 0x200, length: 0x2800, role: 'descriptor (qemu rewrites this whole window)' },
-      { offset: 150 * 512, length: 32 * 4, role: 'grain directory' },
-      { offset: 151 * 512, length: 32 * 2048, role: 'grain tables' },
-      { offset: 21 * 512, length: 32 * 4, role: 'redundant grain directory' },
-      { offset: 22 * 512, length: 32 * 2048, role: 'redundant grain tables' },
+    expect(await metadataRangesOf(source)).toEqual([
+      { offset: 0, length: 512, kind: 'header', role: 'header' },
+      { offset: 0x200, length: 0x2800, kind: 'header', role: 'descriptor (qemu rewrites this whole window)' },
+      { offset: 150 * 512, length: 32 * 4, kind: 'metadata', role: 'grain directory' },
+      { offset: 151 * 512, length: 32 * 2048, kind: 'metadata', role: 'grain tables' },
+      { offset: 21 * 512, length: 32 * 4, kind: 'metadata', role: 'redundant grain directory' },
+      { offset: 22 * 512, length: 32 * 2048, kind: 'metadata', role: 'redundant grain tables' },
     ]);
   });
 });

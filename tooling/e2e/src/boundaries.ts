@@ -6,7 +6,8 @@ import { join, relative } from 'node:path';
  *  - @ic/core depends on no driver and imports none, and never compares anything with a format name;
  *  - a driver depends on no other driver and imports none, and its src/ never imports node:* modules;
  *  - the CLI finds formats through the registry: it compares nothing with a format name either.
- * A driver is any @ic/* package under packages/ that is not core or conformance.
+ * A driver is any @ic/* package under packages/ that is not core or conformance; libraries under libs/ (the
+ * qemu-img output formatters) are never drivers, and are held to the non-driver rules.
  */
 export interface Package {
   dir: string;
@@ -18,7 +19,7 @@ const NOT_DRIVERS = new Set(['@ic/core', '@ic/cli', '@ic/conformance']);
 
 export function workspacePackages(root: string): Package[] {
   const out: Package[] = [];
-  for (const group of ['packages', 'apps']) {
+  for (const group of ['packages', 'libs', 'apps']) {
     const base = join(root, group);
     if (!existsSync(base)) continue;
     for (const entry of readdirSync(base)) {

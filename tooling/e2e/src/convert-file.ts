@@ -1,5 +1,6 @@
 import { dirname, isAbsolute, join } from 'node:path';
-import { convertInPlace, FileIO, type ConversionReport, type Image, type OptionValues } from '@ic/core';
+import { convertInPlace, type ConversionReport, type Image, type OptionValues } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { registry } from './registry.js';
 
 async function openImage(path: string, format?: string): Promise<{ io: FileIO; image: Image }> {

@@ -62,7 +62,8 @@ describe('SIGKILL at every write of a real `ic` process, then `ic recover`', () 
       let finished = false;
       for (let killAfter = 1; !finished && killAfter < 400; killAfter++) {
         copyFileSync(pristine, image);
-        const run = ic(['convert-inplace', image, pair.to], killAfter);
+        // -f: a raw source is written only when named (no silent raw).
+        const run = ic(['convert-inplace', '-f', pair.from, image, pair.to], killAfter);
         if (run.status === 0) {
           finished = true;
         } else {

@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, mkdirSync, statSync, writeFileSync, openSync, writeSync, closeSync, truncateSync } from 'node:fs';
-import { FileIO } from '@ic/core';
+import { FileIO } from '@ic/core/node';
 import { writeSparseVmdk } from '@ic/vmdk';
 import { qemuCheck, qemuCompare, qemuCreate, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
 import { convertFile } from '../src/convert-file.js';
@@ -160,9 +160,10 @@ describe('zero scan (explicit)', () => {
     expect(plain.unallocatedClusters).toBe(0);
     const copy = scratch.path('dense-scan.raw');
     copyFileSync(image, copy);
-    const { FileIO, convertInPlace } = await import('@ic/core');
+    const { convertInPlace } = await import('@ic/core');
+    const { FileIO } = await import('@ic/core/node');
     const { registry } = await import('../src/registry.js');
-    const io = await FileIO.open(copy, { writable: true });
+    const io = await FileIO.open(copy, { writable: true, lock: true });
     const scanned = await convertInPlace({ io, source: registry.get('raw'), target: registry.get('qcow2'), zeroScan: true });
     await io.close();
     expect(scanned.clustersKept + scanned.clustersRelocated).toBe((3 * MiB) / 65536);

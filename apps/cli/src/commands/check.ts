@@ -1,7 +1,7 @@
 import { IcError, hasCapability, type CheckReport, type Driver } from '@ic/core';
 import { EXIT, errorLine, printable, type Context } from '../context.js';
 import { namedDriver, openImage } from '../images.js';
-import { checkHuman, checkJson, qemuJson } from '../qemu-text.js';
+import { checkHuman, checkJson, qemuJson } from '@ic/qemu-output';
 
 export interface CheckCommandOptions {
   format?: string;
@@ -29,7 +29,7 @@ export async function checkCommand(context: Context, filename: string, options: 
     if (options.repair) {
       if (!canRepair(driver)) throw new IcError('UNSUPPORTED', `${driver.name}: repair is not supported yet (check without -r reports the problems)`);
       await opened.close();
-      opened = await openImage(context, filename, { driver, writable: true, lock: true });
+      opened = await openImage(context, filename, { driver, access: 'write' });
     }
     const check = opened.image.check!.bind(opened.image);
     let report: CheckReport = await check(options.repair ? { repair: options.repair } : {});

@@ -1,9 +1,9 @@
-import { FileIO, convertInPlace, isIcError, parseOptions, recover, type ConversionReport, type Image } from '@ic/core';
+import { IcError, convertInPlace, isIcError, parseOptions, recover, type ConversionReport, type Driver, type Image, type OptionValues } from '@ic/core';
 import { withKillSwitch } from '../kill-switch.js';
-import { EXIT, UsageError, printable, usage, type Context } from '../context.js';
-import { BackingChain, namedDriver, probeDriver } from '../images.js';
+import { EXIT, UsageError, errorLine, printable, usage, type Context } from '../context.js';
+import { BackingChain, namedDriver, openFile, probeDriver } from '../images.js';
 import { createProgress } from '../progress.js';
-import { sizeToString } from '../qemu-text.js';
+import { sizeToString } from '@ic/qemu-output';
 
 export interface ConvertOptions {
   format?: string;
@@ -56,17 +56,38 @@ export async function convertCommand(context: Context, filename: string, targetN
   }
   const compact = options.compact ?? 'auto';
   if (compact !== 'auto' && compact !== 'always' && compact !== 'never') throw new UsageError(`--compact takes auto, always or never, not '${compact}'`);
-  const io = withKillSwitch(await FileIO.open(filename, { writable: !options.dryRun, lock: !options.dryRun }));
+  // A dry run writes nothing, so SIGINT simply ends it; a real run stops at the engine's next safe point.
+  const body = (signal: AbortSignal | undefined) => convertFile(context, filename, target, targetOptions, compact, options, signal, named);
+  return options.dryRun ? body(undefined) : context.interrupts.during(body);
+}
+
+async function convertFile(
+  context: Context,
+  filename: string,
+  target: Driver,
+  targetOptions: OptionValues,
+  compact: 'auto' | 'always' | 'never',
+  options: ConvertOptions,
+  signal: AbortSignal | undefined,
+  named: Driver | undefined,
+): Promise<number> {
+  const { activity, interrupts } = context;
+  // A dry run reads the whole mapping: it takes qemu-img map's read locks, so it is refused while a VM writes.
+  activity.phase = 'open';
+  const io = withKillSwitch(await openFile(context, filename, options.dryRun ? 'read' : 'write'));
+  let recovered = false;
   try {
-    if (!options.dryRun && !io.lock.held) {
-      context.err(`ic: warning: ${printable(io.lock.reason)}; make sure no virtual machine is using '${printable(filename)}'\n`);
-    }
+    if (signal) interrupts.throwIfStopped(filename, 'before anything was written; the image is unchanged');
     if (!options.dryRun) {
       // Every command that writes first finishes or undoes an interrupted conversion.
-      const recovered = await recover(io);
-      if (recovered.action !== 'none') context.err(`ic: ${printable(filename)}: ${recovered.detail}\n`);
+      activity.phase = 'recover';
+      const recovery = await recover(io, { drivers: context.registry });
+      recovered = recovery.action !== 'none';
+      if (recovered) context.err(`ic: ${printable(filename)}: ${recovery.detail}\n`);
     }
-    const source = named ?? (await probeDriver(context, io));
+    // A dry run is refused like the real run when only raw would claim the file: it previews that run.
+    activity.phase = 'probe';
+    const source = named ?? (await probeDriver(context, io, 'write'));
     // Some targets record facts about the backing file (VMDK: its CID), so open it read-only when there is one.
     const sourceImage = await source.open(io, { untrusted: context.untrusted });
     let chain: BackingChain | undefined;
@@ -80,6 +101,14 @@ export async function convertCommand(context: Context, filename: string, targetN
         context.err(`ic: warning: ${printable(error.message)}\n`);
       }
     }
+    if (signal) {
+      interrupts.throwIfStopped(
+        filename,
+        recovered
+          ? `before the conversion started (only the earlier interrupted conversion was dealt with, as said above); the image is ${source.name}`
+          : `before anything was written; the image is unchanged (still ${source.name})`,
+      );
+    }
     const progress = createProgress(context, options.progress);
     let report: ConversionReport;
     try {
@@ -91,14 +120,31 @@ export async function convertCommand(context: Context, filename: string, targetN
         dryRun: options.dryRun,
         zeroScan: options.zeroScan === true,
         compact,
+        // Only --no-lock writes through a file whose locks are not held; the engine refuses that otherwise.
+        allowUnlocked: !context.lock,
         openOptions: { untrusted: context.untrusted, ...(backing ? { backing } : {}) },
-        ...(progress.onProgress ? { onProgress: progress.onProgress } : {}),
+        onProgress: (event) => {
+          Object.assign(activity, event);
+          progress.onProgress?.(event);
+        },
+        ...(signal ? { signal } : {}),
       });
+    } catch (error) {
+      // Stopped before its commit, the engine has put the file back as it was: say in which format that is.
+      if (isIcError(error) && error.code === 'INTERRUPTED' && error.imageFormat === undefined) {
+        throw new IcError('INTERRUPTED', `${error.message}; the image is still ${source.name}, as it was`, { path: filename, cause: error });
+      }
+      throw error;
     } finally {
       progress.finish();
       await chain?.close();
     }
     context.out(options.output === 'json' ? `${JSON.stringify(report, null, 4)}\n` : conversionSummary(filename, report));
+    if (signal?.aborted) {
+      // The engine did not stop (it found no safe point before the end): the conversion is complete and valid.
+      context.err(errorLine(`${filename}: ${interrupts.cause} arrived, but the conversion could not be stopped before it completed: the image is now ${report.targetFormat}`, 'INTERRUPTED'));
+      return interrupts.exitStatus();
+    }
     return EXIT.OK;
   } finally {
     await io.close().catch(() => undefined);

@@ -1,8 +1,9 @@
 import { rm } from 'node:fs/promises';
-import { FileIO, IcError, hasCapability, parseOptions, parseSize, type BackingReference, type Driver, type OptionValues } from '@ic/core';
+import { IcError, hasCapability, parseOptions, parseSize, type BackingReference, type Driver, type OptionValues } from '@ic/core';
 import { EXIT, UsageError, usage, type Context } from '../context.js';
-import { openImage } from '../images.js';
-import { fullBackingFilename, hasProtocol } from '../qemu-text.js';
+import { createFile, openImage } from '../images.js';
+import { withKillSwitch } from '../kill-switch.js';
+import { fullBackingFilename, hasProtocol } from '@ic/qemu-output';
 
 export interface CreateOptions {
   format: string;
@@ -66,7 +67,7 @@ export async function createCommand(context: Context, filename: string, sizeText
         throw new IcError('EXTERNAL_REF', `backing file '${options.backing}' is not a plain local path; ic opens only local files (use -u to record it unchecked)`);
       }
       const path = fullBackingFilename(filename, options.backing) ?? options.backing;
-      const opened = await openImage(context, path, { driver: backingDriver });
+      const opened = await openImage(context, path, { driver: backingDriver, access: 'peek' });
       try {
         size ??= opened.image.info().virtualSize;
       } finally {
@@ -76,17 +77,26 @@ export async function createCommand(context: Context, filename: string, sizeText
   }
   if (size === undefined) throw new UsageError('missing SIZE (it may be left out only with a backing file)');
 
-  if (!options.quiet) context.out(formattingLine(filename, driver, size, backing, values));
-  const io = await FileIO.create(filename);
-  try {
-    await driver.create(io, { virtualSize: size, ...(backing ? { backing } : {}), options: values });
-    await io.flush();
-  } catch (error) {
-    await io.close().catch(() => undefined);
-    // A half-written image is worse than none (an overwritten file's old content is gone either way).
-    await rm(filename, { force: true }).catch(() => undefined);
-    throw error;
-  }
-  await io.close();
-  return EXIT.OK;
+  const finalSize = size;
+  return context.interrupts.during(async () => {
+    context.interrupts.throwIfStopped(filename, 'before anything was written; nothing was created');
+    // Like qemu-img create: refused, the file untouched, when another process holds it; emptied only once locked.
+    // (qemu-img prints its Formatting line even then; ic prints it only once the file is really being formatted.)
+    const io = withKillSwitch(await createFile(context, filename));
+    if (!options.quiet) context.out(formattingLine(filename, driver, finalSize, backing, values));
+    try {
+      await driver.create!(io, { virtualSize: finalSize, ...(backing ? { backing } : {}), options: values });
+      await io.flush();
+      // SIGINT/SIGTERM during creation (drivers cannot be stopped half-way; it takes a moment): the user asked
+      // for no image, so the new file goes, as after a failure.
+      if (context.interrupts.stopped) throw new IcError('INTERRUPTED', `${filename}: creation interrupted by ${context.interrupts.cause}; the partly written file was removed`, { path: filename });
+    } catch (error) {
+      await io.close().catch(() => undefined);
+      // A half-written image is worse than none (an overwritten file's old content is gone either way).
+      await rm(filename, { force: true }).catch(() => undefined);
+      throw error;
+    }
+    await io.close();
+    return EXIT.OK;
+  });
 }

@@ -1,6 +1,7 @@
 import { CAPABILITY_HELP, type Driver } from '@ic/core';
 import { EXIT, type Context } from '../context.js';
-import { sizeToString } from '../qemu-text.js';
+import { BUNDLED } from '../drivers.js';
+import { sizeToString } from '@ic/qemu-output';
 
 /** Every capability name: the core's list, then any extra ones a driver declares. */
 function capabilityNames(drivers: readonly Driver[]): string[] {
@@ -9,14 +10,19 @@ function capabilityNames(drivers: readonly Driver[]): string[] {
   return names;
 }
 
-/** A driver as data: what `ic formats --output=json` prints for it. */
-export function describeDriver(driver: Driver, names: readonly string[]): Record<string, unknown> {
+/**
+ * A driver as data: what `ic formats --output=json` prints for it. `source` is 'bundled' or the path of the
+ * module it was loaded from; `replaces` says which driver of the same name it replaced.
+ */
+export function describeDriver(driver: Driver, names: readonly string[], origin: { source: string; replaced?: string } = { source: BUNDLED }): Record<string, unknown> {
   const declared = driver.capabilities as Readonly<Record<string, unknown>>;
   return {
     name: driver.name,
     description: driver.description,
     version: driver.version,
     apiVersion: driver.apiVersion,
+    source: origin.source,
+    ...(origin.replaced ? { replaces: origin.replaced } : {}),
     capabilities: Object.fromEntries(names.map((name) => [name, declared[name] === true])),
     options: (driver.options ?? []).map((option) => ({ ...option })),
     inPlace: driver.inPlace
@@ -30,7 +36,7 @@ export function formatsCommand(context: Context, options: { output: 'human' | 'j
   const drivers = context.registry.list();
   const names = capabilityNames(drivers);
   if (options.output === 'json') {
-    const json: Record<string, unknown> = { drivers: drivers.map((driver) => describeDriver(driver, names)) };
+    const json: Record<string, unknown> = { drivers: drivers.map((driver) => describeDriver(driver, names, context.driverSources.get(driver.name))) };
     if (context.registryProblems.length > 0) json['problems'] = [...context.registryProblems];
     context.out(`${JSON.stringify(json, null, 4)}\n`);
     return EXIT.OK;
@@ -42,6 +48,8 @@ export function formatsCommand(context: Context, options: { output: 'human' | 'j
     const declared = driver.capabilities as Readonly<Record<string, unknown>>;
     const indent = ' '.repeat(width);
     lines.push(`${driver.name.padEnd(width)}${driver.version.padEnd(9)}${driver.description}\n`);
+    const origin = context.driverSources.get(driver.name) ?? { source: BUNDLED };
+    lines.push(`${indent}from: ${origin.source}${origin.replaced ? ` (replaces ${origin.replaced})` : ''}\n`);
     const yes = names.filter((name) => declared[name] === true);
     lines.push(`${indent}can: ${yes.length > 0 ? yes.join(', ') : 'nothing'}\n`);
     const options = (driver.options ?? []).map((o) => o.name);
@@ -57,6 +65,7 @@ export function formatsCommand(context: Context, options: { output: 'human' | 'j
     const help = (CAPABILITY_HELP as Readonly<Record<string, string>>)[name] ?? 'declared by a driver';
     lines.push(`  ${name.padEnd(14)} ${help}\n`);
   }
+  lines.push('\nMore drivers load with --driver MODULE or IC_DRIVERS=MODULE,...; a loaded driver replaces a bundled one of the same name.\n');
   for (const problem of context.registryProblems) lines.push(`\nnot loaded: ${problem}\n`);
   context.out(lines.join(''));
   return EXIT.OK;

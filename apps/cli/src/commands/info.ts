@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { EXIT, type Context } from '../context.js';
 import { namedDriver, openImage } from '../images.js';
-import { infoHuman, infoJson, qemuJson } from '../qemu-text.js';
+import { infoHuman, infoJson, qemuJson } from '@ic/qemu-output';
 
 export interface InfoOptions {
   format?: string;
@@ -20,7 +20,7 @@ export async function allocatedBytes(filename: string): Promise<number | undefin
 /** `ic info`: what qemu-img info says. The backing file is named, never opened. */
 export async function infoCommand(context: Context, filename: string, options: InfoOptions): Promise<number> {
   const driver = namedDriver(context, options.format);
-  const opened = await openImage(context, filename, { driver });
+  const opened = await openImage(context, filename, { driver, access: 'info' });
   try {
     const json = infoJson(opened.image.info(), filename, await allocatedBytes(filename));
     context.out(options.output === 'json' ? qemuJson(json) : infoHuman(json));

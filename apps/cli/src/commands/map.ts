@@ -1,7 +1,7 @@
 import { IcError, mergeQemuMapEntries, toQemuMapEntry, type Extent, type QemuMapEntry } from '@ic/core';
 import { EXIT, type Context } from '../context.js';
 import { BackingChain, namedDriver, openImage, type Layer } from '../images.js';
-import { mapHuman, mapJson, type MapRow } from '../qemu-text.js';
+import { mapHuman, mapJson, type MapRow } from '@ic/qemu-output';
 
 export interface MapOptions {
   format?: string;

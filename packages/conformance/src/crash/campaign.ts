@@ -253,7 +253,7 @@ export async function runCrashCampaign(options: CrashCampaignOptions): Promise<C
     for (const [n, state] of chosen.entries()) {
       const interrupted = await space.materialise(state, `interrupted ${state.key}`);
       const recorded = await RecordingIO.wrap(interrupted, `recovery of ${state.key}`);
-      const action = (await recover(recorded)).action;
+      const action = (await recover(recorded, { drivers: registry })).action;
       if (action === 'rolled-back') recovery.rolledBack++;
       else if (action === 'rolled-forward') recovery.rolledForward++;
       recovery.recordings++;

@@ -213,7 +213,7 @@ export class Classifier {
     }
     let action: Classification['recovery'];
     try {
-      action = (await recover(io)).action;
+      action = (await recover(io, { drivers: this.options.registry })).action;
     } catch (error) {
       return { outcome: isIcError(error) ? 'DETECTED_REFUSED' : 'UNTYPED_ERROR', detail: `recover: ${message(error)}`, ...(beforeRecovery ? { beforeRecovery } : {}) };
     }

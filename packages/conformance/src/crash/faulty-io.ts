@@ -38,6 +38,9 @@ export class FaultyIO implements BlockIO {
   get writable(): boolean {
     return this.inner.writable;
   }
+  get exclusive(): boolean | undefined {
+    return this.inner.exclusive;
+  }
 
   private guard(): void {
     if (this.poisoned) throw this.poisoned;
@@ -169,9 +172,14 @@ export async function runFaultSweep(options: FaultSweepOptions): Promise<FaultSw
       outcome = isIcError(error)
         ? { typed: true, code: error.code, message: error.message }
         : { typed: false, message: error instanceof Error ? `${error.name}: ${error.message}` : String(error) };
-      // The engine must pass the injected error on as it is (same code and message), not replace it.
+      // The engine must pass the injected error on: the same error, or one with its code that says more (the
+      // state the image is in) and keeps the injected one as its cause.
       const injected = faulty.injected;
-      rejectedWithInjected = injected !== undefined && (error === injected || (isIcError(error) && error.code === injected.code && error.message === injected.message));
+      const causes = (value: unknown): unknown[] => (value instanceof Error && value.cause !== undefined ? [value.cause, ...causes(value.cause)] : []);
+      rejectedWithInjected =
+        injected !== undefined &&
+        (error === injected ||
+          (isIcError(error) && error.code === injected.code && (error.message === injected.message || causes(error).some((cause) => cause === injected || (isIcError(cause) && cause.message === injected.message)))));
     }
     const classification = await classifier.classify(store);
     const run: FaultRun = { fault, result: outcome, rejectedWithInjected, classification };

@@ -31,6 +31,8 @@ export interface Recording {
 export class RecordingIO implements BlockIO {
   readonly ops: RecordedOp[] = [];
   readonly writable = true;
+  /** A private in-memory copy: nothing else can reach it. */
+  readonly exclusive = true;
 
   private constructor(
     readonly base: SparseBytes,
@@ -128,6 +130,9 @@ export class DroppedFlushesIO implements BlockIO {
   }
   get writable(): boolean {
     return this.inner.writable;
+  }
+  get exclusive(): boolean | undefined {
+    return this.inner.exclusive;
   }
   read(offset: number, length: number): Promise<Uint8Array> {
     return this.inner.read(offset, length);

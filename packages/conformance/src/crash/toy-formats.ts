@@ -106,18 +106,16 @@ export function makeToyFormat(options: ToyFormatOptions): Driver {
     return {
       format: name,
       info: () => ({ format: name, virtualSize, clusterSize, dirty: false }),
-      map: async function* () {
-        yield* extents;
-      },
+      map: () => [extents],
       read: (guestOffset, length) => readExtents(io, extents, guestOffset, length),
       check,
       conversionSource: async () => ({
-        options: { virtualSize, clusterSize, zeroExtents: extents.some((e) => e.kind === 'zero') },
+        options: { virtualSize, clusterSize },
         blockers: [],
         headerRegionSize: regionSize,
-        metadataRanges: [
-          { offset: 0, length, role: 'header' },
-          { offset: tableOffset, length: tableLength, role: 'table' },
+        metadataRanges: () => [
+          { offset: 0, length, kind: 'header' as const },
+          { offset: tableOffset, length: tableLength, kind: 'metadata' as const, role: 'table' },
         ],
       }),
       close: async () => {},
@@ -142,21 +140,25 @@ export function makeToyFormat(options: ToyFormatOptions): Driver {
           zeroExtents: true,
         },
         problems: request.source.backing ? ['toy formats cannot name a backing file'] : [],
-        build: async (mapping, space) => {
+        estimate: () => ({ metadataBytes: alignUp(Math.ceil(request.source.virtualSize / request.clusterSize) * 8, request.clusterSize) }),
+        build: async (mapping, space, out) => {
           const clusterSize = request.clusterSize;
           const clusters = Math.ceil(request.source.virtualSize / clusterSize);
           const table = ByteView.alloc(clusters * 8);
-          for (const extent of mapping) {
-            for (let at = extent.guestOffset; at < extent.guestOffset + extent.length; at += clusterSize) {
-              const index = at / clusterSize;
-              if (extent.kind === 'data') table.setU64le(index * 8, extent.hostOffset + (at - extent.guestOffset));
-              else if (extent.kind === 'zero') table.setU64le(index * 8, 1);
+          for await (const batch of mapping) {
+            for (const extent of batch) {
+              for (let at = extent.guestOffset; at < extent.guestOffset + extent.length; at += clusterSize) {
+                const index = at / clusterSize;
+                if (extent.kind === 'data') table.setU64le(index * 8, extent.hostOffset + (at - extent.guestOffset));
+                else if (extent.kind === 'zero') table.setU64le(index * 8, 1);
+              }
             }
           }
           const tableOffset = space.allocate(alignUp(table.length, clusterSize), clusterSize);
+          await out.write(tableOffset, table.bytes);
           const regionClusters = Math.max(headerClusters, Math.ceil(headerLength / clusterSize));
           const header = encodeToyHeader(magic, clusterSize, request.source.virtualSize, tableOffset, regionClusters, headerLength);
-          return { writes: [{ offset: tableOffset, data: table.bytes }], header, fileSize: space.end };
+          return { header, fileSize: space.end };
         },
       }),
     },
@@ -183,13 +185,13 @@ export function makeToyRaw(name = 'toyraw'): Driver {
       format: name,
       info: () => ({ format: name, virtualSize: fileSize, dirty: false }),
       map: async function* () {
-        yield* await extents();
+        yield await extents();
       },
       read: (guestOffset, length) => io.read(guestOffset, length),
       conversionSource: async () => ({
-        options: { virtualSize: alignUp(fileSize, 512), clusterSize: 4096, zeroExtents: false },
+        options: { virtualSize: alignUp(fileSize, 512), clusterSize: 4096 },
         blockers: [],
-        metadataRanges: [],
+        metadataRanges: () => [],
       }),
       close: async () => {},
     };

@@ -1,0 +1,306 @@
+/**
+ * The in-place matrix: a driver's images converted to another driver's format and back, judged by the content they
+ * read as, both drivers' check(), and — where qemu knows the format — by qemu itself after it wrote to the result
+ * (expectUsableWithQemu). Generated from a list of drivers, so adding a driver grows it with no edit.
+ */
+import { describe, expect, it } from 'vitest';
+import {
+  alignUp,
+  assertCoverage,
+  collectExtents,
+  convertInPlace,
+  hasCapability,
+  isIcError,
+  MemoryIO,
+  Registry,
+  type BlockIO,
+  type ConversionReport,
+  type Driver,
+  type Extent,
+  type OpenOptions,
+} from '@ic/core';
+import { compareGuestBytes, contentFromImageContent, type GuestContent } from './crash/content.js';
+import { buildShape, copyToMemory } from './images.js';
+import { assertNoProblems, imageMemberProblems } from './members.js';
+import { expectUsableWithQemu } from './qemu/oracle.js';
+import { qemuKnowsFormat } from './qemu/tools.js';
+import type { LoadedSample } from './samples.js';
+import { shapes as allShapes, type Shape } from './shapes.js';
+
+/**
+ * One test of the kit: a name and the function that throws when the driver fails it. It resolves to `{ skipped }`
+ * when the case does not apply after all (a target that refuses the image up front, having written nothing).
+ */
+export interface KitCase {
+  name: string;
+  run: () => Promise<void | { skipped: string }>;
+}
+
+/**
+ * How long one kit case may take by default: conversions of a 6 GiB sparse disk with 4 KiB clusters and the qemu
+ * checks after them take seconds alone and minutes on a loaded 2-core machine.
+ */
+export const KIT_CASE_TIMEOUT = 300_000;
+
+/** Registers kit cases as vitest tests; a case that does not apply is reported as skipped, with its reason. */
+export function registerCases(cases: readonly KitCase[], name: (kitCase: KitCase) => string = (kitCase) => kitCase.name, timeout = KIT_CASE_TIMEOUT): void {
+  for (const kitCase of cases) {
+    it(
+      name(kitCase),
+      async (context) => {
+        const result = await kitCase.run();
+        if (result && 'skipped' in result) context.skip(result.skipped);
+      },
+      timeout,
+    );
+  }
+}
+
+export interface MatrixOptions {
+  /** Cluster sizes to build the shapes with (each pair runs the sizes both drivers support). Default 4 KiB and 64 KiB. */
+  clusterSizes?: readonly number[];
+  shapes?: readonly Shape[];
+  /** Milliseconds one case may take (default KIT_CASE_TIMEOUT). */
+  timeout?: number;
+  /**
+   * After each conversion, let qemu-io write to the result and judge it with qemu-img check and compare, for formats
+   * qemu knows (default true; qemu-img missing then fails). false leaves qemu out.
+   */
+  qemu?: boolean;
+}
+
+export function supportsClusterSize(driver: Driver, clusterSize: number): boolean {
+  const range = driver.inPlace?.clusterSizes;
+  return range !== undefined && clusterSize >= range.min && clusterSize <= range.max;
+}
+
+/** Whether images of `driver` can be converted away in place and built by the kit (writeImage needs a target). */
+export function canBuildAndConvert(driver: Driver): boolean {
+  return hasCapability(driver, 'inPlaceSource') && hasCapability(driver, 'inPlaceTarget') && driver.inPlace !== undefined;
+}
+
+/** The unreferenced clusters a conversion says it left (packing not done, with its reason in the report). */
+function leaksLeft(report: ConversionReport): number {
+  return report.compaction?.leaksLeft ?? 0;
+}
+
+/** Clusters of data that lie (partly) below `limit` in the file. */
+function clustersBelow(map: readonly Extent[], limit: number, clusterSize: number): number {
+  let count = 0;
+  for (const extent of map) {
+    if (extent.kind !== 'data') continue;
+    for (let at = 0; at < extent.length; at += clusterSize) if (extent.hostOffset + at < limit) count++;
+  }
+  return count;
+}
+
+/**
+ * What a converted image must still be: its content, its backing name, a clean check and agreeing members. Leaks
+ * must be none but those the conversion itself reported leaving (the kit converts with compact: 'always', so only
+ * an image the engine says it could not pack, and why, may keep any).
+ */
+export async function expectConvertedImage(
+  driver: Driver,
+  io: BlockIO,
+  expected: GuestContent,
+  openOptions: OpenOptions | undefined,
+  what: string,
+  reportedLeaks = 0,
+): Promise<Extent[]> {
+  const image = await driver.open(io, openOptions);
+  try {
+    assertNoProblems(imageMemberProblems(driver, image), what);
+    const info = image.info();
+    // A raw source is padded to whole sectors for conversion; nothing else may change the size.
+    expect([expected.virtualSize, alignUp(expected.virtualSize, 512)], `${what}: virtual size`).toContain(info.virtualSize);
+    const map = await collectExtents(image.map());
+    assertCoverage(map, info.virtualSize, `${what} map`);
+    const difference = await compareGuestBytes(image, expected, openOptions?.backing ? { backing: openOptions.backing, limit: expected.virtualSize } : { limit: expected.virtualSize });
+    expect(difference, `${what}: guest content`).toBeUndefined();
+    if (expected.backingName !== undefined) expect(info.backing?.name, `${what}: backing name`).toBe(expected.backingName);
+    if (hasCapability(driver, 'check') && image.check) {
+      const report = await image.check();
+      expect(report.corruptions, `${what}: check: ${report.messages.join('; ')}`).toBe(0);
+      expect(report.checkErrors, `${what}: check errors`).toBe(0);
+      // Exactly the leaks the conversion reported it left (ConversionReport.compaction.leaksLeft), none unreported.
+      expect(report.leaks, `${what}: leaks: ${report.messages.join('; ')}`).toBe(reportedLeaks);
+    }
+    return map;
+  } finally {
+    await image.close();
+  }
+}
+
+interface Converted {
+  io: MemoryIO;
+  expected: GuestContent;
+  openOptions: OpenOptions | undefined;
+  files: readonly { name: string; io: BlockIO }[];
+  /** The backing file's format, when the image names one (qemu must know it too). */
+  backingFormat: string | undefined;
+  qemu: boolean;
+}
+
+/** The qemu usability check where qemu can open the image and its backing file; a converted image is never touched. */
+async function expectUsable(driver: Driver, map: readonly Extent[], state: Converted, what: string, reportedLeaks: number): Promise<void> {
+  if (!state.qemu || !qemuKnowsFormat(driver.name)) return;
+  if (state.backingFormat !== undefined && !qemuKnowsFormat(state.backingFormat)) return;
+  const image = await driver.open(state.io, state.openOptions);
+  const clusterSize = image.info().clusterSize ?? 65536;
+  await image.close();
+  await expectUsableWithQemu({ io: state.io, format: driver.name, map, clusterSize, expected: state.expected, files: state.files, what, reportedLeaks });
+}
+
+/**
+ * A sample converted to `target` and, when the sample's driver can be a target, back: content, checks and qemu's
+ * verdict after each step. A target that cannot represent the sample must refuse before writing anything.
+ */
+export function samplePairCase(driver: Driver, sample: LoadedSample, target: Driver, options: { qemu?: boolean } = {}): KitCase {
+  const back = hasCapability(driver, 'inPlaceTarget') && hasCapability(target, 'inPlaceSource');
+  return {
+    name: `sample "${sample.name}" -> ${target.name}${back ? ` -> ${driver.name}` : ''}: same content, clean checks${options.qemu === false ? '' : ', usable by qemu'}`,
+    run: async () => {
+      const io = await copyToMemory(sample.pristine);
+      const openOptions = sample.openOptions;
+      const state: Converted = {
+        io,
+        expected: sample.expected,
+        openOptions,
+        files: sample.files,
+        backingFormat: await backingFormatOf(driver, io, openOptions),
+        qemu: options.qemu !== false,
+      };
+      const pristine = await copyToMemory(io);
+      const forward = await convertInPlace({ io, source: driver, target, compact: 'always', ...(openOptions ? { openOptions } : {}) }).catch((error: unknown) => error);
+      if (isIcError(forward) && forward.code === 'UNSUPPORTED') {
+        // The target cannot represent this image: refused up front, and the file is as it was.
+        expect(await sameBytes(io, pristine), `${sample.name}: a refused conversion wrote nothing`).toBe(true);
+        return { skipped: `${target.name} refuses this image up front (nothing written): ${forward.message}` };
+      }
+      if (forward instanceof Error) throw forward;
+      expect((forward as { verified: boolean }).verified, 'verified by the engine').toBe(true);
+      const leaksForward = leaksLeft(forward as ConversionReport);
+      const converted = await expectConvertedImage(target, io, sample.expected, openOptions, `${sample.name} as ${target.name}`, leaksForward);
+      await expectUsable(target, converted, state, `${sample.name} as ${target.name}`, leaksForward);
+      if (!back) return;
+      const report = await convertInPlace({ io, source: target, target: driver, compact: 'always', ...(openOptions ? { openOptions } : {}) });
+      expect(report.verified).toBe(true);
+      const returned = await expectConvertedImage(driver, io, sample.expected, openOptions, `${sample.name} back as ${driver.name}`, leaksLeft(report));
+      await expectUsable(driver, returned, state, `${sample.name} back as ${driver.name}`, leaksLeft(report));
+    },
+  };
+}
+
+/** The format of the backing file an image names (the driver's own format when the image does not record one). */
+async function backingFormatOf(driver: Driver, io: BlockIO, openOptions: OpenOptions | undefined): Promise<string | undefined> {
+  const image = await driver.open(io, openOptions);
+  const backing = image.info().backing;
+  await image.close();
+  return backing ? (backing.format ?? openOptions?.backing?.format) : undefined;
+}
+
+async function sameBytes(a: BlockIO, b: BlockIO): Promise<boolean> {
+  const size = await a.size();
+  if (size !== (await b.size())) return false;
+  for (let at = 0; at < size; at += 1 << 20) {
+    const length = Math.min(1 << 20, size - at);
+    const [x, y] = [await a.read(at, length), await b.read(at, length)];
+    for (let i = 0; i < length; i++) if (x[i] !== y[i]) return false;
+  }
+  return true;
+}
+
+/**
+ * Every shape built as a `source` image, converted in place to `target` and back, at each cluster size both
+ * support: the data clusters under the target's header region (and nothing else) move, the result probes as the
+ * target, reads the shape's content, checks clean and is usable by qemu; the way back likewise.
+ */
+export function shapePairCases(source: Driver, target: Driver, options: MatrixOptions = {}): KitCase[] {
+  const registry = new Registry([source, target]);
+  const cases: KitCase[] = [];
+  const sizes = (options.clusterSizes ?? [4096, 65536]).filter((size) => supportsClusterSize(source, size) && supportsClusterSize(target, size));
+  const both = (capability: 'backing' | 'zeroExtents') => hasCapability(source, capability) && hasCapability(target, capability);
+  for (const clusterSize of sizes) {
+    for (const shape of (options.shapes ?? allShapes).filter((s) => !s.needsBacking || both('backing'))) {
+      cases.push({
+        name: `${source.name} -> ${target.name} -> ${source.name}: ${shape.name}, ${clusterSize}-byte clusters`,
+        run: async () => {
+          const { io, content, backing, backingIo } = await buildShape(source, shape, clusterSize);
+          const openOptions = backing ? { backing } : undefined;
+          const expected = contentFromImageContent(content);
+          const state: Converted = {
+            io,
+            expected,
+            openOptions,
+            files: backingIo && content.backing ? [{ name: content.backing.name, io: backingIo }] : [],
+            backingFormat: content.backing ? source.name : undefined,
+            qemu: options.qemu !== false,
+          };
+          const sourceMap = await collectExtents((await source.open(io)).map());
+          const description = await (await source.open(io)).conversionSource!();
+          const request = { source: description.options, clusterSize, options: {}, ...(backing ? { backingInfo: backing.info() } : {}) };
+          const problems = target.inPlace!.create(request).problems;
+          const pristine = io.snapshot();
+
+          if (problems.length > 0) {
+            // The target cannot represent this image: refused up front, and nothing written.
+            const error = await convertInPlace({ io, source, target, ...(openOptions ? { openOptions } : {}) }).catch((e: unknown) => e);
+            expect(isIcError(error) && error.code, String(error)).toBe('UNSUPPORTED');
+            expect(io.snapshot()).toEqual(pristine);
+            return { skipped: `${target.name} refuses this image up front (nothing written): ${problems[0]}` };
+          }
+
+          const forward = await convertInPlace({ io, source, target, compact: 'always', ...(openOptions ? { openOptions } : {}) });
+          expect(forward.verified).toBe(true);
+          expect(forward.targetClusterSize).toBe(clusterSize);
+          // Only data clusters under the target's header region move.
+          const headerRegion = target.inPlace!.create(request).layout.headerRegionSize;
+          expect(forward.clustersRelocated).toBe(clustersBelow(sourceMap, headerRegion, clusterSize));
+          const head = await io.read(0, 65536);
+          expect(registry.probeBytes(head, await io.size())[0]?.driver, 'probes as the target').toBe(target);
+          const targetMap = await expectConvertedImage(target, io, expected, openOptions, `${shape.name} as ${target.name}`, leaksLeft(forward));
+          await expectUsable(target, targetMap, state, `${shape.name} as ${target.name}`, leaksLeft(forward));
+
+          // Compaction may have moved data into holes below the source's header region; only those move back.
+          const sourceHeader = source.inPlace!.create({ ...request, source: (await (await target.open(io)).conversionSource!()).options }).layout.headerRegionSize;
+          const back = await convertInPlace({ io, source: target, target: source, compact: 'always', ...(openOptions ? { openOptions } : {}) });
+          expect(back.verified).toBe(true);
+          expect(back.clustersRelocated).toBe(clustersBelow(targetMap, sourceHeader, clusterSize));
+          const sourceMapAfter = await expectConvertedImage(source, io, expected, openOptions, `${shape.name} back as ${source.name}`, leaksLeft(back));
+          await expectUsable(source, sourceMapAfter, state, `${shape.name} back as ${source.name}`, leaksLeft(back));
+        },
+      });
+    }
+  }
+  return cases;
+}
+
+/** Every ordered pair of distinct drivers that can both build and convert images, as shape cases. */
+export function matrixCases(drivers: readonly Driver[], options: MatrixOptions = {}): { pair: string; cases: KitCase[] }[] {
+  const eligible = drivers.filter(canBuildAndConvert);
+  const out: { pair: string; cases: KitCase[] }[] = [];
+  for (const source of eligible) {
+    for (const target of eligible) {
+      if (source !== target) out.push({ pair: `${source.name} -> ${target.name} -> ${source.name}`, cases: shapePairCases(source, target, options) });
+    }
+  }
+  return out;
+}
+
+/**
+ * The every-pair-both-ways matrix over `drivers` as vitest tests (tooling/e2e runs it over ic's bundled drivers; a
+ * third party can run it over its driver and the bundled ones). At least two drivers must qualify.
+ */
+export function describeMatrix(drivers: readonly Driver[], options: MatrixOptions = {}): void {
+  const pairs = matrixCases(drivers, options);
+  describe(`in-place matrix (${drivers.map((d) => d.name).join(', ')})`, () => {
+    it('has at least two drivers that can build and convert images', () => {
+      expect(drivers.filter(canBuildAndConvert).length).toBeGreaterThanOrEqual(2);
+    });
+    for (const { pair, cases } of pairs) {
+      describe(pair, () => {
+        registerCases(cases, (kitCase) => kitCase.name.slice(pair.length + 2), options.timeout);
+      });
+    }
+  });
+}

@@ -1,0 +1,3 @@
+import { describeDriver } from '@ic/conformance';
+import { toyDriver } from '../src/index.js';
+describeDriver(toyDriver);
