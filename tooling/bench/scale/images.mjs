@@ -31,8 +31,16 @@ const READS = ['map', 'check', 'info'];
  * Every image the scale mode knows. `sets`: main (the pairs at --sizes), data (4 KiB clusters with real data),
  * raw (sparse raw with 10^5 / 2^20 extents), scaling (qcow2 metadata-only images from 2^20 to 2^28 clusters).
  */
-export function imageSpecs({ sizes }) {
+export function imageSpecs({ sizes, guestData = 4 * GiB }) {
   const specs = [];
+  // A guest's disk: the same `guestData` bytes (same offsets, same patterns) in each format, so every pair
+  // converts the same guest. Clusters are allocated only where the guest wrote, as in a real image.
+  for (const size of sizes) {
+    const s = sizeName(size);
+    for (const format of ['qcow2', 'qed', 'vmdk', 'raw']) {
+      specs.push({ name: `${format}-guest-${s}`, set: 'guest', format, size, cluster: format === 'raw' ? undefined : 64 * KiB, recipe: 'guest-data', dataBytes: Math.min(guestData, size / 2), scenarios: pairs(format) });
+    }
+  }
   for (const size of sizes) {
     const s = sizeName(size);
     specs.push({ name: `qcow2-64k-${s}`, set: 'main', format: 'qcow2', size, cluster: 64 * KiB, recipe: 'qcow2-prealloc-markers', scenarios: [...pairs('qcow2'), ...READS] });
@@ -111,6 +119,41 @@ function scatteredWrites(size, dataBytes) {
   return writes;
 }
 
+/**
+ * What a guest has written, as (offset, length, pattern) runs, 4 KiB aligned: a quarter of `dataBytes` dense at
+ * the start of the disk (the system: runs of 64 KiB..1 MiB with gaps of 0..256 KiB, over about 1.2x their
+ * length), the rest as one run of 64 KiB..1 MiB at a random place in each of equal slots over the whole disk
+ * (user data, free-space fragmentation); all written in shuffled order, so host order differs from guest order.
+ */
+export function guestWrites(size, dataBytes) {
+  const next = random(20261202);
+  const runLength = (left) => Math.min(left, (16 + Math.floor(next() * 241)) * 4 * KiB);
+  const writes = [];
+  const dense = Math.floor(dataBytes / 4 / (4 * KiB)) * 4 * KiB;
+  let at = 0;
+  for (let total = 0; total < dense; ) {
+    const length = runLength(dense - total);
+    writes.push({ offset: at, length });
+    total += length;
+    at += length + Math.floor(next() * 65) * 4 * KiB;
+  }
+  const denseEnd = at;
+  const lengths = [];
+  for (let total = dense; total < dataBytes; ) {
+    const length = runLength(dataBytes - total);
+    lengths.push(length);
+    total += length;
+  }
+  const slot = Math.floor((size - denseEnd) / lengths.length / (4 * KiB)) * 4 * KiB;
+  lengths.forEach((length, i) => writes.push({ offset: denseEnd + i * slot + Math.floor((next() * (slot - length)) / (4 * KiB)) * 4 * KiB, length }));
+  writes.forEach((w, i) => (w.pattern = (i % 250) + 1));
+  for (let i = writes.length - 1; i > 0; i--) {
+    const j = Math.floor(next() * (i + 1));
+    [writes[i], writes[j]] = [writes[j], writes[i]];
+  }
+  return { writes, denseEnd, slot };
+}
+
 function build(spec, path) {
   const { format, size, cluster } = spec;
   const notes = [];
@@ -143,6 +186,28 @@ function build(spec, path) {
     const writes = scatteredWrites(size, spec.dataBytes);
     qemuIo(['-f', 'qcow2', path], writes.map((w) => `write -q -P ${w.pattern} ${w.offset} ${w.length}`));
     notes.push(`qemu-io: ${writes.length} writes of 64 KiB..1 MiB (4 KiB multiples) of pattern, ${spec.dataBytes} bytes, one per ${sizeName(Math.floor(size / writes.length / 4096) * 4096)} slot, in shuffled order`);
+  } else if (spec.recipe === 'guest-data') {
+    const { writes, denseEnd, slot } = guestWrites(size, spec.dataBytes);
+    const what = `${writes.length} writes of 64 KiB..1 MiB (4 KiB aligned) of pattern, ${spec.dataBytes} bytes (${((100 * spec.dataBytes) / size).toFixed(2)}% of the guest): a quarter dense in the first ${sizeName(Math.ceil(denseEnd / MiB) * MiB)}, the rest one run per ${sizeName(slot)} slot, in shuffled order`;
+    if (format === 'raw') {
+      const fd = openSync(path, 'w');
+      try {
+        ftruncateSync(fd, size);
+        const block = Buffer.alloc(MiB);
+        for (const w of writes) {
+          block.fill(w.pattern, 0, w.length);
+          writeSync(fd, block, 0, w.length, w.offset);
+        }
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      notes.push(`sparse file; pwrite: ${what}`);
+    } else {
+      run('qemu-img', ['create', '-q', '-f', format, '-o', format === 'qed' ? `cluster_size=${cluster}` : format === 'vmdk' ? 'subformat=monolithicSparse' : `cluster_size=${cluster}`, path, String(size)]);
+      qemuIo(['-f', format, path], writes.map((w) => `write -q -P ${w.pattern} ${w.offset} ${w.length}`));
+      notes.push(`qemu-img create -f ${format}; qemu-io: ${what}`);
+    }
   } else if (spec.recipe === 'raw-extents') {
     const fd = openSync(path, 'w');
     try {
@@ -176,8 +241,8 @@ function describe(spec, path, meta) {
     } catch {}
     check = { status: result.status, leaks: json.leaks ?? 0, corruptions: json.corruptions ?? 0, allocatedClusters: json['allocated-clusters'], totalClusters: json['total-clusters'] };
   }
-  const clusters = spec.format === 'raw' ? spec.extents : layout.dataClusters;
-  const dataBytes = spec.format === 'raw' ? spec.extents * 4 * KiB : spec.recipe === 'scattered-data' ? spec.dataBytes : spec.recipe.endsWith('markers') ? Math.ceil(spec.size / GiB) * 64 * KiB : 0;
+  const clusters = spec.recipe === 'guest-data' && spec.format === 'raw' ? guestWrites(spec.size, spec.dataBytes).writes.length : spec.format === 'raw' ? spec.extents : layout.dataClusters;
+  const dataBytes = spec.recipe === 'guest-data' ? spec.dataBytes : spec.format === 'raw' ? spec.extents * 4 * KiB : spec.recipe === 'scattered-data' ? spec.dataBytes : spec.recipe.endsWith('markers') ? Math.ceil(spec.size / GiB) * 64 * KiB : 0;
   return {
     ...meta,
     name: spec.name,
@@ -223,6 +288,7 @@ export function ensureImage(spec, dir, { rebuild = false, log = console.log } = 
 
 /** Rough physical size of what the image's metadata occupies; used only to check free space before building. */
 export function estimateBuildBytes(spec) {
+  if (spec.recipe === 'guest-data') return spec.dataBytes * 1.1 + (spec.format === 'raw' ? 0 : (spec.size / spec.cluster) * 0.1 + 16 * MiB);
   if (spec.format === 'raw') return spec.extents * 4 * KiB;
   const clusters = spec.size / spec.cluster;
   const data = spec.recipe === 'scattered-data' ? spec.dataBytes : spec.recipe.endsWith('markers') ? Math.ceil(spec.size / GiB) * 64 * KiB : 0;

@@ -26,7 +26,9 @@ export async function main({ root, args }) {
   const work = join(dir, 'work');
   mkdirSync(work, { recursive: true });
   const sizes = (quick ? '64G' : option('sizes', '64G,256G,1T')).split(',').map(parseSize);
-  const sets = (quick ? 'main' : option('sets', 'main,data,raw,scaling')).split(',');
+  const sets = (quick ? 'main' : option('sets', 'main,guest,data,raw,scaling')).split(',');
+  const guestData = parseSize(option('guest-data', '4G'));
+  const keepImages = has('keep-images');
   const only = option('only', quick ? 'qcow2-64k-64G' : '').split(',').filter(Boolean);
   const scenarioFilter = quick ? new Set(['qcow2-to-qed', 'qcow2-to-vmdk', 'map', 'check', 'info']) : null;
   const runs = Number(option('runs', '1'));
@@ -43,7 +45,7 @@ export async function main({ root, args }) {
 
   const picked = (spec, scenario) =>
     !only.length || only.some((token) => token === spec.name || token === scenario || token === `${spec.name}:${scenario}` || token === spec.set);
-  const specs = imageSpecs({ sizes })
+  const specs = imageSpecs({ sizes, guestData })
     .filter((spec) => sets.includes(spec.set) || (spec.scaling && sets.includes('scaling')))
     .map((spec) => ({ ...spec, scenarios: spec.scenarios.filter((s) => (!scenarioFilter || scenarioFilter.has(s)) && picked(spec, s)) }))
     .filter((spec) => spec.scenarios.length);
@@ -83,6 +85,8 @@ export async function main({ root, args }) {
   env.nodeStartupMs = await startup(['node', '-e', '0'], 7);
   env.icVersionMs = await startup(['node', icBin, '--version'], 5);
   env.qemuImgVersionMs = await startup(['qemu-img', '--version'], 5);
+  env.disk = [diskBandwidth(work)];
+  log(`disk (dd, 1 GiB, O_DIRECT): write ${env.disk[0].writeMBps} MB/s, read ${env.disk[0].readMBps} MB/s`);
   log(`start-up: node -e 0 ${fmtMs(env.nodeStartupMs)}, ic --version ${fmtMs(env.icVersionMs)}, qemu-img --version ${fmtMs(env.qemuImgVersionMs)} (medians)`);
 
   const images = [];
@@ -128,7 +132,14 @@ export async function main({ root, args }) {
         (row.ic?.maxRssKiB ? `, RSS ${(row.ic.maxRssKiB / 1024).toFixed(0)} MiB` : '') + (row.check ? `, check ${checkCell(row.check)}` : '') + (row.compare ? `, compare ${row.compare.skipped ? 'skipped' : row.compare.timedOut ? `timed out after ${fmtMs(row.compare.ms)}` : row.compare.status === 0 ? `identical (${fmtMs(row.compare.ms)})` : `status ${row.compare.status}`}` : '') + `, load ${row.loadBefore[0]}->${row.loadAfter[0]}`);
       save();
     }
+    // the guest images hold real data (GiBs each): not cached, so that the run stays within its disk budget
+    if (spec.set === 'guest' && !keepImages) {
+      rmSync(image.path, { force: true });
+      rmSync(`${image.path}.meta.json`, { force: true });
+    }
   }
+  env.disk.push(diskBandwidth(work));
+  log(`disk at the end: write ${env.disk[1].writeMBps} MB/s, read ${env.disk[1].readMBps} MB/s`);
 
   async function convertRow(base, image, layout) {
     const { from, to } = base;
@@ -162,7 +173,7 @@ export async function main({ root, args }) {
         check = { status: c.status, ms: c.ms, leaks: json.leaks ?? 0, corruptions: json.corruptions ?? 0, stderrFirst: c.stderrFirst };
         if (to === 'qed') check.references = readLayout(copy).references;
         cmp = !compare ? { skipped: true, reason: '--no-compare' }
-          : image.virtualSize > compareMax ? { skipped: true, reason: `virtual size above --compare-max ${sizeName(compareMax)}` }
+          : image.recipe !== 'guest-data' && image.virtualSize > compareMax ? { skipped: true, reason: `virtual size above --compare-max ${sizeName(compareMax)} (a guest image is always compared: its clusters hold real data)` }
           : timed('qemu-img', ['compare', '-f', to, '-F', from, copy, master], { timeoutSec: compareTimeoutSec, pin: true });
       } else {
         // A refused or failed conversion should leave the file as it was. Checked at O(metadata): same size,
@@ -316,8 +327,23 @@ function hashFile(path) {
 
 /** How much qemu-img convert's output takes on disk: every data extent rounded up to 64 KiB clusters. */
 function estimateCopyBytes(image) {
-  const perExtent = image.format === 'raw' ? 64 * 1024 : 0;
-  return image.clusters && image.format === 'raw' ? image.clusters * perExtent : image.dataBytes * 1.2 + image.metadataBytes;
+  return image.recipe === 'raw-extents' ? image.clusters * 64 * 1024 : image.dataBytes * 1.2 + image.metadataBytes;
+}
+
+/**
+ * Sequential bandwidth of the disk under `dir`, measured with dd: 1 GiB written in 8 MiB blocks with O_DIRECT
+ * and a final fdatasync, then read back with O_DIRECT. The copy that qemu-img convert does is bounded by it.
+ */
+function diskBandwidth(dir) {
+  const file = join(dir, 'dd.scratch');
+  const rate = (result) => {
+    const match = /copied, ([\d.]+) s/.exec(result.stderr || '');
+    return match ? Math.round(1024 ** 3 / Number(match[1]) / 1e6) : null;
+  };
+  const write = spawnSync('dd', ['if=/dev/zero', `of=${file}`, 'bs=8M', 'count=128', 'oflag=direct', 'conv=fdatasync'], { encoding: 'utf8' });
+  const read = spawnSync('dd', [`if=${file}`, 'of=/dev/null', 'bs=8M', 'iflag=direct'], { encoding: 'utf8' });
+  rmSync(file, { force: true });
+  return { writeMBps: rate(write), readMBps: rate(read), at: new Date().toISOString() };
 }
 
 export { sizeName };
