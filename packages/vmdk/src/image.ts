@@ -8,7 +8,9 @@ import {
   type CheckReport,
   type ConversionSource,
   type Extent,
+  type AmendReport,
   type Image,
+  type ImageFeature,
   type ImageInfo,
   type OpenOptions,
   type PointerFormat,
@@ -21,6 +23,7 @@ import {
   assertTablesDisjoint,
   grainState,
   GrainTableReader,
+  GTE_ZEROED,
   loadGrainDirectory,
   type GrainDirectory,
   type GrainState,
@@ -273,6 +276,56 @@ export class SparseVmdkImage implements Image {
   async check(options: CheckOptions = {}): Promise<CheckReport> {
     const report = await checkSparse(this);
     return options.repair ? repairSparse(this.state, report) : report;
+  }
+
+  /** The features in use, as data (`ic info --features`). */
+  async features(): Promise<ImageFeature[]> {
+    const { header, geometry, gd, io } = this.state;
+    const features: ImageFeature[] = [];
+    if (header.uncleanShutdown !== 0) {
+      features.push({
+        name: 'unclean_shutdown',
+        kind: 'compatible',
+        description: "uncleanShutdown: VMware's flag for a disk that was not closed cleanly",
+        removal: this.state.footer || geometry.compressed
+          ? { possible: false, why: 'stream-optimized files keep a copy of the header in their footer' }
+          : { possible: true, cost: 'header', how: 'cleared once the tables check consistent (check -r)' },
+      });
+    }
+    if (geometry.compressed) {
+      features.push({ name: 'compressed_grains', kind: 'incompatible', description: 'grains are deflate-compressed (stream-optimized)', removal: { possible: false, why: 'every grain would have to be rewritten (qemu-img convert)' } });
+    }
+    if (geometry.zeroedGrains && !geometry.compressed) {
+      let zeroed = 0;
+      const reader = new GrainTableReader(io, geometry, gd);
+      for (let index = 0; index < gd.entries.length; index++) {
+        if (gd.entries[index] === 0) continue;
+        const table = await reader.table(index);
+        if (table) for (const entry of table) if (entry === GTE_ZEROED) zeroed++;
+      }
+      if (zeroed > 0) {
+        features.push({
+          name: 'zeroed_grains',
+          kind: 'incompatible',
+          description: `${zeroed} grain table entries say "reads as zeros" (header version 2 with the zeroed-grain flag)`,
+          removal: { possible: false, why: 'not implemented in place: the redundant grain tables would disagree with the primary ones between their two writes' },
+        });
+      }
+    }
+    return features;
+  }
+
+  /** Removes unclean_shutdown (the only removable feature) by the repair that clears it. */
+  async demote(features: readonly string[]): Promise<AmendReport> {
+    const known = await this.features();
+    for (const name of features) {
+      const feature = known.find((candidate) => candidate.name === name);
+      if (!feature) throw vmdkError('INVALID', `the image does not use feature '${name}'`);
+      if (!feature.removal.possible) throw vmdkError('UNSUPPORTED', `feature '${name}' cannot be removed: ${feature.removal.why}`);
+    }
+    if (!features.includes('unclean_shutdown')) return { changes: [] };
+    await repairSparse(this.state, await checkSparse(this));
+    return { changes: ['uncleanShutdown cleared (tables checked)'] };
   }
 
   conversionSource(): Promise<ConversionSource> {

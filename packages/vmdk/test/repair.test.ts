@@ -66,6 +66,28 @@ describe('VMDK repair', () => {
     expect(qemuCheck(file, 'vmdk').code).toBe(0);
   });
 
+  it('the feature model: unclean_shutdown removable (demote clears it), zeroed grains listed and kept', async () => {
+    const file = tmp.path(`${serial++}-zeroed.vmdk`);
+    qemuCreate(file, 'vmdk', 16 * 1024 * 1024, { o: 'zeroed_grain=on' });
+    qemuIo(file, 'vmdk', ['write -P 1 0 128k', 'write -z 64k 64k']);
+    poke(file, 72, [1]);
+    const io = await FileIO.open(file, { writable: true });
+    try {
+      const image = await vmdkDriver.open(io);
+      const features = await image.features!();
+      expect(features.map((feature) => [feature.name, feature.kind, feature.removal.possible])).toEqual([
+        ['unclean_shutdown', 'compatible', true],
+        ['zeroed_grains', 'incompatible', false],
+      ]);
+      expect((await image.demote!(['unclean_shutdown'])).changes).toEqual(['uncleanShutdown cleared (tables checked)']);
+      await expect(image.demote!(['zeroed_grains'])).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    } finally {
+      await io.close();
+    }
+    expect(readFileSync(file)[72]).toBe(0);
+    expect(qemuCheck(file, 'vmdk').code).toBe(0);
+  });
+
   it('a grain table entry naming a grain past the end: refused in one line, the file byte-identical', async () => {
     const file = makeImage();
     const bytes = readFileSync(file);

@@ -78,6 +78,45 @@ describe('SIGKILL at every write of `ic check -r`', () => {
   });
 });
 
+describe('SIGKILL at every write of `ic amend -o compat=0.10`', () => {
+  it('a v3 qcow2 with zero clusters over a backing file', { timeout: 300_000 }, () => {
+    const dir = scratch.path('amend');
+    run('mkdir', ['-p', dir]);
+    qemuCreate(`${dir}/base.raw`, 'raw', '16M');
+    qemuIo(`${dir}/base.raw`, 'raw', ['write -P 0xbb 0 16M']);
+    const pristine = `${dir}/pristine.qcow2`;
+    qemuCreate(pristine, 'qcow2', '16M', { backing: 'base.raw', backingFormat: 'raw', cwd: dir });
+    qemuIo(pristine, 'qcow2', ['write -P 1 0 256k', 'write -z 64k 64k', 'write -z 4M 128k']);
+    const image = `${dir}/image.qcow2`;
+    const outcomes = { killed: 0, leaksLeft: 0 };
+    for (let killAfter = 1; killAfter < 200; killAfter++) {
+      copyFileSync(pristine, image);
+      const result = ic(['amend', '-o', 'compat=0.10', image], killAfter);
+      if (result.signal !== 'SIGKILL') {
+        expect(result.status, result.stderr).toBe(0);
+        break;
+      }
+      outcomes.killed++;
+      const where = `killed after ${killAfter} writes`;
+      expect(qemuCompare(image, 'qcow2', pristine, 'qcow2').code, where).toBe(0);
+      const state = qemuCheck(image, 'qcow2').code;
+      // Leaked clusters only (the new clusters of zeros, between the refcount rebuild and the switch).
+      expect([0, 3], where).toContain(state);
+      const rerun = ic(['amend', '-o', 'compat=0.10', image]);
+      expect(rerun.status, `${where}, rerun: ${rerun.stderr}`).toBe(0);
+      if (qemuCheck(image, 'qcow2').code === 3) {
+        outcomes.leaksLeft++;
+        expect(ic(['check', '-r', 'leaks', image]).status).toBe(0);
+      }
+      expect(qemuCheck(image, 'qcow2').code, where).toBe(0);
+      expect(qemuCompare(image, 'qcow2', pristine, 'qcow2').code, where).toBe(0);
+      expect(run('qemu-img', ['info', '--output=json', image]).stdout).toContain('"compat": "0.10"');
+    }
+    expect(outcomes.killed).toBeGreaterThan(2);
+    console.log(`amend compat=0.10 killed: ${JSON.stringify(outcomes)}`);
+  });
+});
+
 describe('an in-place conversion killed at every write: ic recover, then check -r leaks', () => {
   it('qcow2 -> qed', { timeout: 300_000 }, () => {
     const pristine = scratch.path('pristine.qcow2');
