@@ -43,10 +43,17 @@ export interface KitCase {
 export const KIT_CASE_TIMEOUT = 300_000;
 
 /** Registers kit cases as vitest tests; a case that does not apply is reported as skipped, with its reason. */
-export function registerCases(cases: readonly KitCase[], name: (kitCase: KitCase) => string = (kitCase) => kitCase.name, timeout = KIT_CASE_TIMEOUT): void {
+export function registerCases(
+  cases: readonly KitCase[],
+  name: (kitCase: KitCase) => string = (kitCase) => kitCase.name,
+  timeout = KIT_CASE_TIMEOUT,
+  knownFailure: (kitCase: KitCase) => string | undefined = () => undefined,
+): void {
   for (const kitCase of cases) {
-    it(
-      name(kitCase),
+    const known = knownFailure(kitCase);
+    // A known failure must still fail (it.fails): once fixed, the marker has to go.
+    (known ? it.fails : it)(
+      known ? `${name(kitCase)} [known failure: ${known}]` : name(kitCase),
       async (context) => {
         const result = await kitCase.run();
         if (result && 'skipped' in result) context.skip(result.skipped);
@@ -59,6 +66,8 @@ export function registerCases(cases: readonly KitCase[], name: (kitCase: KitCase
 export interface MatrixOptions {
   /** Cluster sizes to build the shapes with (each pair runs the sizes both drivers support). Default 4 KiB and 64 KiB. */
   clusterSizes?: readonly number[];
+  /** Cases known to fail, by full case name ("a -> b -> a > shape, N-byte clusters"): the reason, or undefined. */
+  knownFailures?: (caseName: string) => string | undefined;
   shapes?: readonly Shape[];
   /** Milliseconds one case may take (default KIT_CASE_TIMEOUT). */
   timeout?: number;
@@ -348,7 +357,7 @@ export function describeMatrix(drivers: readonly Driver[], options: MatrixOption
     });
     for (const { pair, cases } of pairs) {
       describe(pair, () => {
-        registerCases(cases, (kitCase) => kitCase.name.slice(pair.length + 2), options.timeout);
+        registerCases(cases, (kitCase) => kitCase.name.slice(pair.length + 2), options.timeout, (kitCase) => options.knownFailures?.(kitCase.name));
       });
     }
   });
