@@ -25,6 +25,7 @@ export {
 } from './matrix.js';
 export { driverMemberProblems, targetMemberProblems, imageMemberProblems, assertNoProblems } from './members.js';
 export { kitClusterSizes } from './cluster-sizes.js';
+export { coverageOf, type Coverage } from './coverage.js';
 export { installedPartners, BUNDLED_PARTNERS } from './partners.js';
 export { loadSamples, expectedGuestContent, type Sample, type SampleSource, type SampleExpectation, type LoadedSample } from './samples.js';
 export {

@@ -26,6 +26,7 @@ import { expectUsableWithQemu } from './qemu/oracle.js';
 import { qemuKnowsFormat } from './qemu/tools.js';
 import type { LoadedSample } from './samples.js';
 import { shapes as allShapes, type Shape } from './shapes.js';
+import { coverageOf, covers, type Coverage } from './coverage.js';
 
 /**
  * One test of the kit: a name and the function that throws when the driver fails it. It resolves to `{ skipped }`
@@ -76,6 +77,13 @@ export interface MatrixOptions {
    * qemu knows (default true; qemu-img missing then fails). false leaves qemu out.
    */
   qemu?: boolean;
+  /**
+   * 'full' (default, or IC_KIT_COVERAGE): every shape at every cluster size both drivers support. 'covering': each
+   * shape at one of those sizes, rotating per pair, so every shape and every size still meet each pair.
+   */
+  coverage?: Coverage;
+  /** describeMatrix: only every `of`-th ordered pair starting at `index`, so that the pairs can be spread over files. */
+  part?: { index: number; of: number };
 }
 
 export function supportsClusterSize(driver: Driver, clusterSize: number): boolean {
@@ -281,8 +289,12 @@ export function shapePairCases(source: Driver, target: Driver, options: MatrixOp
   const cases: KitCase[] = [];
   const sizes = (options.clusterSizes ?? [4096, 65536]).filter((size) => supportsClusterSize(source, size) && supportsClusterSize(target, size));
   const both = (capability: 'backing' | 'zeroExtents') => hasCapability(source, capability) && hasCapability(target, capability);
-  for (const clusterSize of sizes) {
-    for (const shape of (options.shapes ?? allShapes).filter((s) => !s.needsBacking || both('backing'))) {
+  const coverage = coverageOf(options.coverage);
+  const pairName = `${source.name} -> ${target.name}`;
+  const pairShapes = (options.shapes ?? allShapes).filter((s) => !s.needsBacking || both('backing'));
+  for (const [slot, clusterSize] of sizes.entries()) {
+    for (const [index, shape] of pairShapes.entries()) {
+      if (!covers(coverage, pairName, index, slot, sizes.length)) continue;
       cases.push({
         name: `${source.name} -> ${target.name} -> ${source.name}: ${shape.name}, ${clusterSize}-byte clusters`,
         run: async () => {
@@ -350,8 +362,9 @@ export function matrixCases(drivers: readonly Driver[], options: MatrixOptions =
  * third party can run it over its driver and the bundled ones). At least two drivers must qualify.
  */
 export function describeMatrix(drivers: readonly Driver[], options: MatrixOptions = {}): void {
-  const pairs = matrixCases(drivers, options);
-  describe(`in-place matrix (${drivers.map((d) => d.name).join(', ')})`, () => {
+  const part = options.part ?? { index: 0, of: 1 };
+  const pairs = matrixCases(drivers, options).filter((_, i) => i % part.of === part.index);
+  describe(`in-place matrix (${drivers.map((d) => d.name).join(', ')}${part.of > 1 ? `; part ${part.index + 1} of ${part.of}` : ''})`, () => {
     it('has at least two drivers that can build and convert images', () => {
       expect(drivers.filter(canBuildAndConvert).length).toBeGreaterThanOrEqual(2);
     });

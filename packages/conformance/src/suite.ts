@@ -26,6 +26,7 @@ import { assertNoProblems, driverMemberProblems, imageMemberProblems, targetMemb
 import { installedPartners } from './partners.js';
 import { loadSamples, type LoadedSample, type SampleSource } from './samples.js';
 import { shapes } from './shapes.js';
+import type { Coverage } from './coverage.js';
 
 export interface ConformanceOptions {
   /**
@@ -49,6 +50,8 @@ export interface ConformanceOptions {
   qemu?: boolean;
   /** Milliseconds one case may take (default KIT_CASE_TIMEOUT, 5 minutes). */
   timeout?: number;
+  /** How many of the conversions with partners run: 'full' (default, or IC_KIT_COVERAGE) or 'covering' (coverage.ts). */
+  coverage?: Coverage;
 }
 
 export interface KitGroup {
@@ -418,7 +421,7 @@ export async function conformanceSuite(driver: Driver, options: ConformanceOptio
 
   if (partnerProblem) groups.push({ name: 'conversions with the bundled drivers', cases: [failing('finds the bundled drivers', partnerProblem)] });
   if (options.matrix !== false && sizes && canBuildAndConvert(driver)) {
-    const matrixOptions = { clusterSizes: sizes, ...(options.qemu === false ? { qemu: false } : {}) };
+    const matrixOptions = { clusterSizes: sizes, ...(options.qemu === false ? { qemu: false } : {}), ...(options.coverage ? { coverage: options.coverage } : {}) };
     for (const partner of partners.filter(canBuildAndConvert)) {
       groups.push({
         name: `in-place with ${partner.name}, both ways`,

@@ -95,6 +95,15 @@ describe('RecordingIO and the crash space', () => {
     expect([...space.generate('extension')]).toHaveLength(4);
   });
 
+  it('tears a write with fewer boundaries than the sample size when maxTearPoints is small (it looped forever)', async () => {
+    const recording = await RecordingIO.wrap(new MemoryIO(new Uint8Array(8192), 'start'));
+    await recording.write(0, new Uint8Array(8 * 512).fill(3)); // 7 inner boundaries: more than 2, fewer than 11
+    await recording.flush();
+    const space = new CrashSpace(recording.recording());
+    const torn = [...space.generate('tear-512', { maxTearPoints: 2 })];
+    expect(torn).toHaveLength(7 * 2);
+  });
+
   it('materialises lost, torn and extended writes', async () => {
     const recording = await RecordingIO.wrap(new MemoryIO(new Uint8Array(1024), 'start'));
     await recording.write(512, new Uint8Array(3 * 512).fill(5)); // extends 1024 -> 2048

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { collectExtents, DRIVER_API_VERSION, MemoryIO, writeImage, type Driver, type Image } from '@ic/core';
-import { conformanceSuite, contentFromImageContent, describeDriver, driverMemberProblems, installedPartners, kitClusterSizes, pattern, shapes, type KitGroup, type Sample } from '../src/index.js';
+import { conformanceSuite, contentFromImageContent, describeDriver, driverMemberProblems, installedPartners, kitClusterSizes, pattern, shapePairCases, shapes, type KitGroup, type Sample } from '../src/index.js';
 import { expectUsableWithQemu } from '../src/qemu/index.js';
 import { makeToyFormat, makeToyRaw } from '../src/crash/toy-formats.js';
 
@@ -201,5 +201,43 @@ describe('the qemu usability check can fail', () => {
     // A cluster at the end of the file that nothing references: a leak to qemu's QED check.
     await io.write(await io.size(), pattern(65536, 6));
     await expect(expectUsableWithQemu({ io, format: 'qed', map, clusterSize: 65536, expected: contentFromImageContent(content), what: 'leaky' })).rejects.toThrow(/qemu-img check exits 3/);
+  });
+});
+
+describe("the matrix's covering subset", () => {
+  const a = makeToyFormat({ name: 'cova', magic: 'COVA', headerClusters: 1, clusterSizes: { min: 4096, max: 1 << 20 } });
+  const b = makeToyFormat({ name: 'covb', magic: 'COVB', headerClusters: 2, clusterSizes: { min: 4096, max: 1 << 20 } });
+  const sizes = [4096, 65536, 1 << 20];
+  const parse = (name: string) => /: (.+), (\d+)-byte clusters$/.exec(name)!.slice(1) as [string, string];
+
+  it('meets every shape once and every cluster size at least once, for each pair, with a third of the cases', () => {
+    for (const [source, target] of [[a, b], [b, a]] as const) {
+      const full = shapePairCases(source, target, { clusterSizes: sizes, coverage: 'full' }).map((c) => parse(c.name));
+      const covering = shapePairCases(source, target, { clusterSizes: sizes, coverage: 'covering' }).map((c) => parse(c.name));
+      const shapeNames = [...new Set(full.map(([shape]) => shape))];
+      expect(full.length).toBe(shapeNames.length * sizes.length);
+      expect(covering.map(([shape]) => shape).sort()).toEqual([...shapeNames].sort());
+      expect(new Set(covering.map(([, size]) => Number(size)))).toEqual(new Set(sizes));
+      // A subset of the full matrix, never a case of its own.
+      const fullNames = new Set(full.map((pair) => pair.join('@')));
+      for (const pair of covering) expect(fullNames.has(pair.join('@'))).toBe(true);
+    }
+  });
+
+  it('is the same on every run, and the environment variable chooses it when the option does not', () => {
+    const names = () => shapePairCases(a, b, { clusterSizes: sizes, coverage: 'covering' }).map((c) => c.name);
+    expect(names()).toEqual(names());
+    const saved = process.env.IC_KIT_COVERAGE;
+    try {
+      process.env.IC_KIT_COVERAGE = 'full';
+      expect(shapePairCases(a, b, { clusterSizes: sizes }).length).toBe(shapes.length * sizes.length - sizes.length * shapes.filter((s) => s.needsBacking).length);
+      process.env.IC_KIT_COVERAGE = 'covering';
+      expect(shapePairCases(a, b, { clusterSizes: sizes }).map((c) => c.name)).toEqual(names());
+      process.env.IC_KIT_COVERAGE = 'most';
+      expect(() => shapePairCases(a, b, { clusterSizes: sizes })).toThrow(/IC_KIT_COVERAGE/);
+    } finally {
+      if (saved === undefined) delete process.env.IC_KIT_COVERAGE;
+      else process.env.IC_KIT_COVERAGE = saved;
+    }
   });
 });

@@ -4,7 +4,7 @@ import { qcow2Driver } from '../src/index.js';
 
 const MiB = 1024 * 1024;
 
-// The shape matrix with the other bundled drivers runs in tooling/e2e/test/matrix.test.ts; here, qemu's own images.
+// The shape matrix with the other bundled drivers runs in tooling/e2e/test/matrix-*.test.ts; here, qemu's own images.
 describeDriver(qcow2Driver, {
   clusterSizes: [512, 4096, 65536, 2 * MiB],
   matrix: false,

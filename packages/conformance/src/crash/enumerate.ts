@@ -250,7 +250,8 @@ export class CrashSpace {
   private tearPoints(units: number, random: Random, maxTearPoints: number): number[] {
     if (units - 1 <= maxTearPoints) return Array.from({ length: units - 1 }, (_, i) => i + 1);
     const points = new Set([1, Math.floor(units / 2), units - 1]);
-    while (points.size < 11) points.add(1 + random.below(units - 1));
+    // Eleven points at most, and never more than there are (a short write with a small maxTearPoints has fewer).
+    while (points.size < Math.min(11, units - 1)) points.add(1 + random.below(units - 1));
     return [...points].sort((a, b) => a - b);
   }
 

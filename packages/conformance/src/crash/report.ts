@@ -1,5 +1,5 @@
 import { addCounts, emptyCounts, type CampaignResult, type OutcomeCounts } from './campaign.js';
-import { OUTCOMES, type Outcome } from './classify.js';
+import { FAILING_OUTCOMES, OUTCOMES, type Outcome } from './classify.js';
 import { GENERATOR_LABELS, GENERATORS, type GeneratorName } from './enumerate.js';
 
 /** Short column names for the outcome columns of the tables. */
@@ -146,6 +146,9 @@ export function summariseCampaign(result: CampaignResult): string {
   const outcomes = OUTCOMES.filter((o) => result.totals[o] > 0)
     .map((o) => `${OUTCOME_COLUMNS[o]} ${result.totals[o]}`)
     .join(', ');
-  const recovery = result.recovery.result ? `; recovery crashes: ${result.recovery.result.states} states` : '';
+  const crashed = result.recovery.result;
+  // What expectCrashSafe refuses among the crashed recoveries' states, so a log line shows it too.
+  const bad = crashed ? [...FAILING_OUTCOMES, 'DETECTED_REFUSED' as const].filter((o) => crashed.totals[o] > 0).map((o) => `${OUTCOME_COLUMNS[o]} ${crashed.totals[o]}`) : [];
+  const recovery = crashed ? `; recovery crashes: ${crashed.states} states${bad.length > 0 ? ` (${bad.join(', ')})` : ''}` : '';
   return `${result.source} → ${result.target}: ${result.states} states (${result.unique} unique): ${outcomes}${recovery}; ${result.durationMs} ms`;
 }
