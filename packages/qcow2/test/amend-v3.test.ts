@@ -8,7 +8,7 @@ import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import type { BlockIO } from '@ic/core';
 import { crashStatesOf, qemuCompare, qemuCreate, qemuInfo, qemuIo, requireQemu, run, tempDir } from '@ic/test-utils';
 import { qcow2Driver } from '../src/index.js';
-import { inflate, qemuCheckVerdict, withWritable } from './helpers.js';
+import { inflate, peek, poke, qemuCheckVerdict, u32be, withWritable } from './helpers.js';
 
 const tmp = tempDir('ic-qcow2-amend-v3-');
 beforeAll(() => requireQemu());
@@ -175,6 +175,23 @@ describe('amend -o refcount_bits', () => {
 });
 
 describe('amend refuses in one line what the image cannot take, writing nothing', () => {
+  it('compat=1.1 where a snapshot entry lacks version 3\'s extra data (qemu rewrites the table; ic refuses)', async () => {
+    const made = makeImage('compat=0.10', { snapshot: true });
+    // The entry qemu 7.2 wrote has 24 bytes of extra data; an older writer's had none (the id and name follow the
+    // fixed part at once). Rewrite it that way: extra data size 0, the id and name moved down.
+    const table = Number(new DataView(peek(made.image, 64, 8).buffer).getBigUint64(0));
+    const fixed = new DataView(peek(made.image, table, 40).buffer);
+    const extra = fixed.getUint32(36);
+    expect(extra).toBeGreaterThanOrEqual(16);
+    const names = peek(made.image, table + 40 + extra, fixed.getUint16(12) + fixed.getUint16(14));
+    poke(made.image, table + 36, u32be(0));
+    poke(made.image, table + 40, names);
+    expect(qemuCheckVerdict(made.image).exit).toBe(0);
+    const bytes = readFileSync(made.image);
+    await expect(withWritable(made.image, (opened) => opened.amend({ compat: '1.1' }))).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/snapshot '1' has 0 bytes of extra data, version 3 needs 16/) });
+    expect(readFileSync(made.image).equals(bytes)).toBe(true);
+  });
+
   it.each([
     ['refcount_bits=1 where a snapshot shares clusters', 'lazy_refcounts=on', true, { refcount_bits: 1 }, 'UNSUPPORTED', /cannot decrease refcount entry width to 1 bits: cluster at offset 0x[0-9a-f]+ has a refcount of 2/],
     ['refcount_bits=3', '', false, { refcount_bits: 3 }, 'INVALID', /power of two/],
