@@ -34,7 +34,11 @@ export async function qcow2Features(state: Qcow2State): Promise<ImageFeature[]> 
     description: 'qcow2 version 3 (compat 1.1): readers of version 2 refuse the image',
     removal:
       v2Blockers.length === 0
-        ? { possible: true, cost: zero.count > 0 ? (zero.needZeros ? 'zeros' : 'metadata') : 'header', how: 'rewrite the header as version 2 (after the features version 2 cannot have)' }
+        ? {
+            possible: true,
+            cost: zero.count > 0 ? (zero.needZeros ? 'zeros' : 'metadata') : state.refcounts.bits !== 16 ? 'metadata' : 'header',
+            how: 'rewrite the header as version 2 (after the features version 2 cannot have; refcounts rewritten at 16 bits first when they are not)',
+          }
         : { possible: false, why: v2Blockers.join('; ') },
   });
   if (zero.count > 0) {
