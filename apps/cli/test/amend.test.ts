@@ -65,15 +65,33 @@ test('amend -o lazy_refcounts=off keeps every other option as it was', async () 
 
 test('demote removes what it can and lists what stays, with why', async () => {
   const { image, original } = makeImage(false, 'refcount_bits=8');
+  // A persistent bitmap: version 3 only, and not removable by demote.
+  expect(run('qemu-img', ['bitmap', '--add', image, 'b0']).code).toBe(0);
   const result = await runIc(['demote', image]);
   expect(result.code, result.stderr).toBe(0);
   expect(result.stdout).toContain('zero clusters expanded: 3');
-  expect(result.stdout).toMatch(/^kept v3: refcount_bits is 8/m);
-  expect(result.stdout).toMatch(/^kept refcount_bits: /m);
-  expect(formatSpecific(image).compat).toBe('1.1');
+  expect(result.stdout).toContain('refcount_bits 8 -> 16');
+  expect(result.stdout).toMatch(/^kept v3: persistent bitmaps/m);
+  expect(result.stdout).toMatch(/^kept bitmaps: /m);
+  expect(formatSpecific(image)).toMatchObject({ compat: '1.1', 'refcount-bits': 16 });
   expect(qemuCompare(image, 'qcow2', original, 'qcow2').code).toBe(0);
   expect(qemuCheck(image, 'qcow2').code).toBe(0);
   expect((await runIc(['info', '--features', image])).stdout).not.toContain('zero_clusters');
+});
+
+test('amend -o compat=1.1,refcount_bits=4 on a version 2 image: what qemu-img amend makes', async () => {
+  const { image, original } = makeImage(true);
+  expect(run('qemu-img', ['amend', '-f', 'qcow2', '-o', 'compat=0.10', image]).code).toBe(0);
+  copyFile(image, original);
+  const theirs = `${original}.qemu`;
+  copyFile(original, theirs);
+  expect(run('qemu-img', ['amend', '-f', 'qcow2', '-o', 'compat=1.1,refcount_bits=4', theirs]).code).toBe(0);
+  const result = await runIc(['amend', '-o', 'compat=1.1,refcount_bits=4', image]);
+  expect(result.code, result.stderr).toBe(0);
+  expect(result.stdout).toBe('compat 0.10 -> 1.1\nrefcount_bits 16 -> 4\n');
+  expect(formatSpecific(image)).toEqual(formatSpecific(theirs));
+  expect(qemuCompare(image, 'qcow2', original, 'qcow2').code).toBe(0);
+  expect(qemuCheck(image, 'qcow2').code).toBe(0);
 });
 
 test('demote of a plain v3 image: version 2, as qemu-img amend -o compat=0.10 makes it', async () => {
@@ -93,6 +111,9 @@ test('bad input: one line, the file byte-identical', async () => {
   for (const args of [
     ['amend', '-o', 'cluster_size=4k', image],
     ['amend', image],
+    ['amend', '-o', 'refcount_bits=3', image],
+    ['amend', '-o', 'refcount_bits=many', image],
+    ['amend', '-o', 'compat=0.10,refcount_bits=8', image],
     ['demote', '--feature', 'no_such_feature', image],
   ]) {
     const result = await runIc(args);

@@ -2,8 +2,9 @@ import { IcError, type AmendReport, type ImageFeature, type OptionDescriptor, ty
 import type { BitmapEntry } from './bitmaps.js';
 import { analyseImage } from './check.js';
 import { FORMAT, invalidOption, unsupportedFeature } from './errors.js';
-import { encodeExtensions, ExtensionType, type RawExtension } from './extensions.js';
-import { AutoclearFeature, CompatibleFeature, encodeHeader, HeaderField, IncompatibleFeature, isExtendedL2, KNOWN_INCOMPATIBLE, V2_HEADER_LENGTH } from './header.js';
+import { encodeExtensions, ExtensionType, featureNameTableExtension, type RawExtension } from './extensions.js';
+import { AutoclearFeature, CompatibleFeature, encodeHeader, HeaderField, IncompatibleFeature, isExtendedL2, KNOWN_INCOMPATIBLE, V2_HEADER_LENGTH, V3_HEADER_LENGTH } from './header.js';
+import { changeRefcountWidth, planRefcountWidth, type RefcountWidthPlan } from './refcount-width.js';
 import { rebuildRefcounts, repairImage } from './repair.js';
 import { loadState, type Qcow2State } from './state.js';
 
@@ -14,6 +15,7 @@ const SECTOR = 512;
 export const QCOW2_AMEND_OPTIONS: readonly OptionDescriptor[] = [
   { name: 'compat', type: 'enum', values: ['0.10', '1.1', 'v2', 'v3'], help: 'compatibility level: 0.10 (version 2; expands zero clusters) or 1.1 (version 3)' },
   { name: 'lazy_refcounts', type: 'boolean', help: 'postpone refcount updates (compat 1.1 only); off on a dirty image rebuilds the refcounts first' },
+  { name: 'refcount_bits', type: 'integer', help: 'refcount width: 1, 2, 4, 8, 16, 32 or 64 bits (other than 16 needs compat 1.1); the refcount table and blocks are rewritten' },
 ];
 
 const has = (word: bigint, bit: bigint): boolean => (word & bit) !== 0n;
@@ -24,14 +26,19 @@ export async function qcow2Features(state: Qcow2State): Promise<ImageFeature[]> 
   const features: ImageFeature[] = [];
   if (header.version === 2) return features;
   const zero = await zeroEntries(state);
-  const v2Blockers = downgradeBlockers(state);
+  // Demote changes the refcount width to 16 on the way.
+  const v2Blockers = downgradeBlockers(state, 16);
   features.push({
     name: 'v3',
     kind: 'incompatible',
     description: 'qcow2 version 3 (compat 1.1): readers of version 2 refuse the image',
     removal:
       v2Blockers.length === 0
-        ? { possible: true, cost: zero.count > 0 ? (zero.needZeros ? 'zeros' : 'metadata') : 'header', how: 'rewrite the header as version 2 (after the features version 2 cannot have)' }
+        ? {
+            possible: true,
+            cost: zero.count > 0 ? (zero.needZeros ? 'zeros' : 'metadata') : state.refcounts.bits !== 16 ? 'metadata' : 'header',
+            how: 'rewrite the header as version 2 (after the features version 2 cannot have; refcounts rewritten at 16 bits first when they are not)',
+          }
         : { possible: false, why: v2Blockers.join('; ') },
   });
   if (zero.count > 0) {
@@ -77,7 +84,12 @@ export async function qcow2Features(state: Qcow2State): Promise<ImageFeature[]> 
     });
   }
   if (state.refcounts.bits !== 16) {
-    features.push({ name: 'refcount_bits', kind: 'compatible', description: `${state.refcounts.bits}-bit refcounts (version 2 has 16)`, removal: { possible: false, why: 'changing the refcount width in place is not implemented' } });
+    features.push({
+      name: 'refcount_bits',
+      kind: 'compatible',
+      description: `${state.refcounts.bits}-bit refcounts (version 2 has 16)`,
+      removal: { possible: true, cost: 'metadata', how: 'refcount table and blocks rewritten at 16 bits past the end of the file, switched by one header write' },
+    });
   }
   if (has(header.autoclearFeatures, AutoclearFeature.bitmaps)) {
     features.push({ name: 'bitmaps', kind: 'autoclear', description: 'persistent dirty bitmaps are in sync with the image', removal: { possible: false, why: 'remove the bitmaps with qemu-img bitmap --remove (clearing the bit would leak their clusters)' } });
@@ -88,11 +100,11 @@ export async function qcow2Features(state: Qcow2State): Promise<ImageFeature[]> 
   return features;
 }
 
-/** Why an image cannot become version 2 in place (empty when it can, after demote's own steps). */
-function downgradeBlockers(state: Qcow2State): string[] {
+/** Why an image cannot become version 2 in place with `bits`-bit refcounts (empty when it can, after demote's own steps). */
+function downgradeBlockers(state: Qcow2State, bits: number): string[] {
   const { header } = state;
   const out: string[] = [];
-  if (state.refcounts.bits !== 16) out.push(`refcount_bits is ${state.refcounts.bits} (version 2 has 16 only)`);
+  if (bits !== 16) out.push(`refcount_bits is ${bits} (version 2 has 16 only: add refcount_bits=16)`);
   if (isExtendedL2(header)) out.push('extended L2 entries');
   if (has(header.incompatibleFeatures, IncompatibleFeature.externalDataFile)) out.push('an external data file');
   if (has(header.incompatibleFeatures, IncompatibleFeature.compressionType)) out.push('zstd compression');
@@ -137,25 +149,44 @@ async function zeroEntries(state: Qcow2State): Promise<{ count: number; needZero
   return { count: entries.length, needZeros, entries };
 }
 
-/** `ic amend` for qcow2. Returns the new state and what changed. */
+/**
+ * `ic amend` for qcow2. Returns the new state and what changed. Everything that can refuse is decided before the
+ * first write (the file is then byte-identical), except on a dirty image, whose refcounts are rebuilt first when
+ * lazy refcounts go or the width changes. The steps run in qemu-img amend's order: upgrade, lazy refcounts,
+ * refcount width, downgrade; each one is crash-safe on its own and a rerun finishes what a kill interrupted.
+ */
 export async function amendImage(state: Qcow2State, bitmaps: readonly BitmapEntry[], options: OptionValues): Promise<{ state: Qcow2State; report: AmendReport }> {
   for (const name of Object.keys(options)) {
-    if (!QCOW2_AMEND_OPTIONS.some((option) => option.name === name)) throw unsupportedFeature(`amend cannot change '${name}' (only compat and lazy_refcounts)`);
+    if (!QCOW2_AMEND_OPTIONS.some((option) => option.name === name)) throw unsupportedFeature(`amend cannot change '${name}' (only compat, lazy_refcounts and refcount_bits)`);
   }
-  const version = options.compat === undefined ? state.header.version : options.compat === '0.10' || options.compat === 'v2' ? 2 : 3;
+  const fromVersion = state.header.version;
+  const version = options.compat === undefined ? fromVersion : options.compat === '0.10' || options.compat === 'v2' ? 2 : 3;
   const lazy = options.lazy_refcounts === undefined ? has(state.header.compatibleFeatures, CompatibleFeature.lazyRefcounts) : options.lazy_refcounts === true || options.lazy_refcounts === 'on';
+  const bits = options.refcount_bits === undefined ? state.refcounts.bits : Number(options.refcount_bits);
+  if (!Number.isInteger(bits) || bits < 1 || bits > 64 || (bits & (bits - 1)) !== 0) throw invalidOption(`refcount_bits must be a power of two from 1 to 64, got ${String(options.refcount_bits)}`);
+  const order = Math.log2(bits);
   if (version === 2 && lazy) throw invalidOption('lazy_refcounts requires compat=1.1 (turn it off with lazy_refcounts=off to go to 0.10)');
-  if (version === 3 && state.header.version === 2) throw unsupportedFeature('amend from compat 0.10 to 1.1 is not implemented (qemu-img amend -o compat=1.1 does it)');
+  if (version === 2 && bits !== 16 && options.refcount_bits !== undefined) throw invalidOption(`refcount widths other than 16 bits require compat=1.1 (refcount_bits=${bits})`);
   if (!state.io.writable) throw new IcError('INVALID', `${FORMAT}: amend needs the image opened for writing`, { format: FORMAT });
-  const changes: string[] = [];
-  let current = state;
-  const lazyNow = has(current.header.compatibleFeatures, CompatibleFeature.lazyRefcounts);
   if (version === 2) {
-    const blockers = downgradeBlockers(current);
+    const blockers = downgradeBlockers(state, bits);
     if (blockers.length > 0) throw unsupportedFeature(`cannot go to compat 0.10 in place: ${blockers.join('; ')}`);
   }
-  if (!lazy && current.dirty) {
-    // The refcounts may be stale: rebuild them (check -r all) before the bit that allowed it goes.
+  const upgrade = version === 3 && fromVersion === 2 ? await planVersion3Header(state, lazy) : undefined;
+  const widthChanges = bits !== state.refcounts.bits;
+  let widthPlan = widthChanges && !state.dirty ? await planWidthChange(state, bitmaps, order) : undefined;
+
+  const changes: string[] = [];
+  let current = state;
+  if (upgrade) {
+    await writeHeaderRegion(current, upgrade);
+    current = await loadState(current.io, current.options);
+    changes.push('compat 0.10 -> 1.1');
+    if (lazy) changes.push('lazy_refcounts off -> on');
+  }
+  const lazyNow = has(current.header.compatibleFeatures, CompatibleFeature.lazyRefcounts);
+  if ((!lazy || widthChanges) && current.dirty) {
+    // The refcounts may be stale: rebuild them (check -r all) before the bit that allowed it goes, or before they are copied.
     const repaired = await repairImage(current, bitmaps, 'all');
     if (repaired.report.corruptions > 0 || repaired.state.dirty) throw new IcError('CORRUPT', `${FORMAT}: the refcounts could not be repaired; nothing more was changed`, { format: FORMAT });
     current = repaired.state;
@@ -165,6 +196,13 @@ export async function amendImage(state: Qcow2State, bitmaps: readonly BitmapEntr
     await writeFeatureWord(current, HeaderField.compatibleFeatures, lazy ? current.header.compatibleFeatures | CompatibleFeature.lazyRefcounts : current.header.compatibleFeatures & ~CompatibleFeature.lazyRefcounts);
     current = await loadState(current.io, current.options);
     changes.push(`lazy_refcounts ${lazyNow ? 'on' : 'off'} -> ${lazy ? 'on' : 'off'}`);
+  }
+  if (widthChanges) {
+    // The plan made before the upgrade still holds: the upgrade rewrites only the header region of cluster 0.
+    widthPlan ??= await planWidthChange(current, bitmaps, order);
+    await changeRefcountWidth(current, widthPlan);
+    changes.push(`refcount_bits ${current.refcounts.bits} -> ${bits}`);
+    current = await loadState(current.io, current.options);
   }
   if (version === 2 && current.header.version === 3) {
     const expanded = await expandZeroClusters(current, bitmaps);
@@ -177,6 +215,13 @@ export async function amendImage(state: Qcow2State, bitmaps: readonly BitmapEntr
   return { state: current, report: { changes } };
 }
 
+/** The read-only part of a width change: the refcounts must agree with the tables (they are copied), then the plan. */
+async function planWidthChange(state: Qcow2State, bitmaps: readonly BitmapEntry[], order: number): Promise<RefcountWidthPlan> {
+  const { findings } = await analyseImage(state, bitmaps);
+  if (findings.unrepairable + findings.structural + findings.low > 0) throw new IcError('CORRUPT', `${FORMAT}: the image has refcount problems; run check -r all first (nothing was written)`, { format: FORMAT });
+  return planRefcountWidth(state, order);
+}
+
 /** `ic demote` for qcow2: the named features removed (amend steps), in the order that makes each possible. */
 export async function demoteImage(state: Qcow2State, bitmaps: readonly BitmapEntry[], names: readonly string[]): Promise<{ state: Qcow2State; report: AmendReport }> {
   const features = await qcow2Features(state);
@@ -187,11 +232,16 @@ export async function demoteImage(state: Qcow2State, bitmaps: readonly BitmapEnt
   }
   const wanted = new Set(names);
   // Version 2 has no zero flag, no dirty bit, no lazy refcounts: removing v3 removes them too.
-  if (wanted.has('v3')) return amendImage(state, bitmaps, { compat: '0.10', lazy_refcounts: false });
+  if (wanted.has('v3')) return amendImage(state, bitmaps, { compat: '0.10', lazy_refcounts: false, refcount_bits: 16 });
   const changes: string[] = [];
   let current = state;
   if (wanted.has('dirty') || wanted.has('lazy_refcounts')) {
     const result = wanted.has('lazy_refcounts') ? await amendImage(current, bitmaps, { lazy_refcounts: false }) : await repairAll(current, bitmaps);
+    current = result.state;
+    changes.push(...result.report.changes);
+  }
+  if (wanted.has('refcount_bits')) {
+    const result = await amendImage(current, bitmaps, { refcount_bits: 16 });
     current = result.state;
     changes.push(...result.report.changes);
   }
@@ -309,5 +359,77 @@ async function writeVersion2Header(state: Qcow2State): Promise<void> {
   sector.set(encoded, V2_HEADER_LENGTH);
   if (inSector) sector.set(name, nameOffset);
   await io.write(0, sector);
+  await io.flush();
+}
+
+/** What an upgrade writes into cluster 0: pieces past sector 0 (first, flushed), then sector 0 (the commit). */
+interface HeaderRegionWrites {
+  beyond: { offset: number; bytes: Uint8Array }[];
+  sector: Uint8Array;
+}
+
+/** Extensions qemu's qcow2_update_header writes before the feature name table; the others follow it. */
+const BEFORE_FEATURE_NAMES: readonly number[] = [ExtensionType.backingFormat, ExtensionType.externalDataFile, ExtensionType.fullDiskEncryption];
+
+/**
+ * The cluster 0 of the version 3 image an upgrade makes, as qemu-img amend lays it out: a 112-byte header (refcount
+ * order 4, no feature bits but lazy refcounts when asked), the extensions (qemu 7.2's feature name table added when
+ * clusters are 8 KiB or more), the end marker, the backing file name right after it. Whatever lies past sector 0
+ * is written before the commit, so it must lie past everything the version 2 header uses; when it would not,
+ * the feature name table (optional) is left out and the name copied past the version 2 area instead. Read-only;
+ * refuses (one line) what fits in neither way.
+ */
+async function planVersion3Header(state: Qcow2State, lazy: boolean): Promise<HeaderRegionWrites> {
+  const { io, header, clusterSize, extensions } = state;
+  const short = state.snapshotTable?.snapshots.find((snapshot) => snapshot.extraDataSize < 16);
+  if (short) throw unsupportedFeature(`snapshot '${short.id}' has ${short.extraDataSize} bytes of extra data, version 3 needs 16 (rewriting the snapshot table is not implemented)`);
+  const name = state.backingName ? await io.read(state.backingName.offset, state.backingName.length) : new Uint8Array(0);
+  const v2End = Math.max(extensions.end, state.backingName ? state.backingName.offset + state.backingName.length : 0);
+  const kept = extensions.all.filter((extension) => extension.type !== ExtensionType.featureNameTable);
+  const first = kept.filter((extension) => BEFORE_FEATURE_NAMES.includes(extension.type));
+  const rest = kept.filter((extension) => !BEFORE_FEATURE_NAMES.includes(extension.type));
+  const candidates = clusterSize >= 8192 ? [[...first, featureNameTableExtension(), ...rest], kept] : [kept];
+  for (const list of candidates) {
+    const encoded = encodeExtensions(list);
+    const extensionsEnd = V3_HEADER_LENGTH + encoded.length;
+    if (extensionsEnd > SECTOR && v2End > SECTOR) continue;
+    let nameOffset = extensionsEnd;
+    if (nameOffset + name.length > SECTOR && v2End > Math.max(nameOffset, SECTOR)) nameOffset = Math.ceil(Math.max(v2End, extensionsEnd) / 8) * 8;
+    const end = Math.max(extensionsEnd, nameOffset + name.length);
+    if (end > clusterSize) continue;
+    const region = new Uint8Array(Math.max(SECTOR, end));
+    region.set(
+      encodeHeader({
+        ...header,
+        version: 3,
+        backingFileOffset: name.length > 0 ? nameOffset : 0,
+        backingFileSize: name.length,
+        incompatibleFeatures: 0n,
+        compatibleFeatures: lazy ? CompatibleFeature.lazyRefcounts : 0n,
+        autoclearFeatures: 0n,
+        refcountOrder: 4,
+        headerLength: V3_HEADER_LENGTH,
+        compressionType: 0,
+      }),
+      0,
+    );
+    region.set(encoded, V3_HEADER_LENGTH);
+    region.set(name, nameOffset);
+    const beyond: { offset: number; bytes: Uint8Array }[] = [];
+    if (extensionsEnd > SECTOR) beyond.push({ offset: SECTOR, bytes: region.slice(SECTOR, end) });
+    else if (nameOffset + name.length > SECTOR) beyond.push({ offset: Math.max(nameOffset, SECTOR), bytes: region.slice(Math.max(nameOffset, SECTOR), end) });
+    return { beyond, sector: region.slice(0, SECTOR) };
+  }
+  throw unsupportedFeature('the version 3 header, its extensions and the backing file name do not fit in cluster 0 next to what the version 2 header uses');
+}
+
+/** Writes an upgrade's cluster 0: the pieces past sector 0 (unused by the old header), flush, sector 0, flush. */
+async function writeHeaderRegion(state: Qcow2State, writes: HeaderRegionWrites): Promise<void> {
+  const { io } = state;
+  if (writes.beyond.length > 0) {
+    for (const piece of writes.beyond) await io.write(piece.offset, piece.bytes);
+    await io.flush();
+  }
+  await io.write(0, writes.sector);
   await io.flush();
 }

@@ -1,5 +1,6 @@
-import { IcError } from '@ic/core/sdk';
-import { FORMAT } from './errors.js';
+import { IcError, type BlockIO } from '@ic/core/sdk';
+import { FORMAT, limitExceeded } from './errors.js';
+import { MAX_REFCOUNT_TABLE_BYTES } from './header.js';
 import { RefcountTableEntry } from './tables.js';
 
 /**
@@ -223,4 +224,68 @@ export function encodeRefcounts(layout: RefcountLayout, runs: readonly ClusterRu
   }
   writes.push({ offset: layout.tableOffset, data: table });
   return writes;
+}
+
+/** Contiguous new refcount blocks are written in pieces of at most this many bytes. */
+const APPEND_WRITE_CHUNK = 4 * 1024 * 1024;
+
+/**
+ * Where a new refcount structure goes when it is appended at cluster `start`: the blocks `used` needs plus those
+ * covering the new blocks and table themselves (at start, start + 1...), the table right after them. Grows until
+ * stable; refuses a table past qemu's 8 MiB.
+ */
+export function appendedLayout(used: Iterable<number>, start: number, geometry: RefcountGeometry, what: string): { blocks: number[]; tableClusters: number } {
+  const { entriesPerBlock, clusterSize } = geometry;
+  let blocks: number[] = [];
+  let blockCount = 0;
+  let tableClusters = 1;
+  for (;;) {
+    const end = start + blockCount + tableClusters;
+    const all = new Set(used);
+    for (let index = Math.floor(start / entriesPerBlock); index <= Math.floor((end - 1) / entriesPerBlock); index++) all.add(index);
+    blocks = [...all].sort((a, b) => a - b);
+    const nextTable = Math.max(1, Math.ceil(((blocks[blocks.length - 1]! + 1) * 8) / clusterSize));
+    if (blocks.length === blockCount && nextTable === tableClusters) break;
+    blockCount = blocks.length;
+    tableClusters = nextTable;
+  }
+  if (tableClusters * clusterSize > MAX_REFCOUNT_TABLE_BYTES) {
+    throw limitExceeded(`${what}: the new refcount table would take ${tableClusters * clusterSize} bytes, more than qemu's ${MAX_REFCOUNT_TABLE_BYTES}`);
+  }
+  return { blocks, tableClusters };
+}
+
+/**
+ * Writes an appended layout: block `blocks[i]` (its bytes from `encode`) at cluster start + i, in large writes,
+ * then the table after them, then flushes. Returns the table's host offset. Nothing points at any of it yet.
+ */
+export async function writeAppendedRefcounts(
+  io: BlockIO,
+  start: number,
+  layout: { blocks: readonly number[]; tableClusters: number },
+  clusterSize: number,
+  encode: (blockIndex: number) => Promise<Uint8Array> | Uint8Array,
+): Promise<number> {
+  const table = new Uint8Array(layout.tableClusters * clusterSize);
+  const tableView = new DataView(table.buffer);
+  let pending: Uint8Array[] = [];
+  let pendingAt = start * clusterSize;
+  const flushPending = async (): Promise<void> => {
+    if (pending.length === 0) return;
+    const bytes = new Uint8Array(pending.length * clusterSize);
+    pending.forEach((block, index) => bytes.set(block, index * clusterSize));
+    await io.write(pendingAt, bytes);
+    pendingAt += bytes.length;
+    pending = [];
+  };
+  for (const [slot, blockIndex] of layout.blocks.entries()) {
+    tableView.setBigUint64(blockIndex * 8, BigInt((start + slot) * clusterSize));
+    pending.push(await encode(blockIndex));
+    if (pending.length * clusterSize >= APPEND_WRITE_CHUNK) await flushPending();
+  }
+  await flushPending();
+  const tableOffset = (start + layout.blocks.length) * clusterSize;
+  await io.write(tableOffset, table);
+  await io.flush();
+  return tableOffset;
 }

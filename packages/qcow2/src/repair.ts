@@ -3,13 +3,11 @@ import type { BitmapEntry } from './bitmaps.js';
 import { analyseImage, checkImage, type CheckFindings, type ClusterCounts } from './check.js';
 import { FORMAT, limitExceeded } from './errors.js';
 import { HeaderField, IncompatibleFeature, MAX_REFCOUNT_TABLE_BYTES } from './header.js';
-import { getRefcountEntry, setRefcountEntry } from './refcount.js';
+import { appendedLayout, getRefcountEntry, setRefcountEntry, writeAppendedRefcounts } from './refcount.js';
 import { loadState, type Qcow2State } from './state.js';
 
 const SECTOR = 512;
 const TWO_32 = 2 ** 32;
-/** Contiguous new refcount blocks are written in pieces of at most this many bytes. */
-const WRITE_CHUNK = 4 * 1024 * 1024;
 
 /**
  * `qemu-img check -r leaks|all` for qcow2, with qemu 7.2's decisions (block/qcow2-refcount.c) and counts:
@@ -174,53 +172,18 @@ export async function rebuildRefcounts(state: Qcow2State, findings: CheckFinding
   if (extra && extra.count > 0) {
     for (let index = Math.floor(extra.first / entriesPerBlock); index <= Math.floor((extra.first + extra.count - 1) / entriesPerBlock); index++) used.push(index);
   }
-  // The new blocks at start.., the table right after them; both need blocks of their own: grow until stable.
-  let blockCount = 0;
-  let tableClusters = 1;
-  let blocks: number[] = [];
-  for (;;) {
-    const end = start + blockCount + tableClusters;
-    const all = new Set(used);
-    for (let index = Math.floor(start / entriesPerBlock); index <= Math.floor((end - 1) / entriesPerBlock); index++) all.add(index);
-    blocks = [...all].sort((a, b) => a - b);
-    const nextTable = Math.max(1, Math.ceil(((blocks[blocks.length - 1]! + 1) * 8) / clusterSize));
-    if (blocks.length === blockCount && nextTable === tableClusters) break;
-    blockCount = blocks.length;
-    tableClusters = nextTable;
-  }
-  if (tableClusters * clusterSize > MAX_REFCOUNT_TABLE_BYTES) {
-    throw limitExceeded(`repair: the new refcount table would take ${tableClusters * clusterSize} bytes, more than qemu's ${MAX_REFCOUNT_TABLE_BYTES}`);
-  }
-  const tableCluster = start + blockCount;
+  const { blocks, tableClusters } = appendedLayout(used, start, state.refcounts, 'repair');
+  const tableCluster = start + blocks.length;
   const newEnd = tableCluster + tableClusters;
   const valueOf = (cluster: number): number => (cluster >= start ? (cluster < newEnd ? 1 : 0) : countOf(cluster));
   for (const [cluster] of refcountStructures) {
     if (valueOf(cluster) > maxValue) throw new IcError('INTERNAL', `${FORMAT}: refcount of cluster ${cluster} overflows`);
   }
 
-  // Blocks, in table order, at start, start + 1...
-  const table = new Uint8Array(tableClusters * clusterSize);
-  const tableView = new DataView(table.buffer);
-  let pending: Uint8Array[] = [];
-  let pendingAt = start * clusterSize;
-  const flushPending = async (): Promise<void> => {
-    if (pending.length === 0) return;
-    const bytes = new Uint8Array(pending.length * clusterSize);
-    pending.forEach((block, index) => bytes.set(block, index * clusterSize));
-    await io.write(pendingAt, bytes);
-    pendingAt += bytes.length;
-    pending = [];
-  };
-  for (const [slot, blockIndex] of blocks.entries()) {
-    const offset = (start + slot) * clusterSize;
-    tableView.setUint32(blockIndex * 8, Math.floor(offset / TWO_32));
-    tableView.setUint32(blockIndex * 8 + 4, offset % TWO_32);
-    pending.push(encodeBlock(blockIndex, entriesPerBlock, order, clusterSize, references, extra ? 0 : counted, valueOf));
-    if (pending.length * clusterSize >= WRITE_CHUNK) await flushPending();
-  }
-  await flushPending();
-  await io.write(tableCluster * clusterSize, table);
-  await io.flush();
+  // Blocks, in table order, at start, start + 1..., then the table.
+  await writeAppendedRefcounts(io, start, { blocks, tableClusters }, clusterSize, (blockIndex) =>
+    encodeBlock(blockIndex, entriesPerBlock, order, clusterSize, references, extra ? 0 : counted, valueOf),
+  );
 
   // The switch: offset and length of the table in one write inside sector 0.
   const field = new Uint8Array(12);

@@ -37,6 +37,8 @@ export interface Snapshot {
   l1Size: number;
   id: string;
   name: string;
+  /** Bytes of extra data (version 3 needs at least 16: the 64-bit VM state size and the disk size). */
+  extraDataSize: number;
   /** Host offset of this entry. */
   entryOffset: number;
 }
@@ -88,6 +90,7 @@ export async function readSnapshotTable(io: BlockIO, offset: number, count: numb
       l1Size,
       id: decoder.decode(bytes.subarray(extraDataSize, extraDataSize + idSize)),
       name: decoder.decode(bytes.subarray(extraDataSize + idSize)),
+      extraDataSize,
       entryOffset: at,
     });
     // The padding of the last entry need not exist in the file (qemu does not write it).

@@ -18,6 +18,16 @@ export async function openQcow2(path: string, options: OpenOptions = {}): Promis
   return (await qcow2Driver.open(io, { inflate, ...options })) as Qcow2Image;
 }
 
+/** Opens a file for writing with our driver, runs `body`, closes the file. */
+export async function withWritable<T>(file: string, body: (image: Qcow2Image) => Promise<T>): Promise<T> {
+  const io = await FileIO.open(file, { writable: true });
+  try {
+    return await body((await qcow2Driver.open(io, { inflate })) as Qcow2Image);
+  } finally {
+    await io.close();
+  }
+}
+
 export async function closeAll(): Promise<void> {
   for (const io of openFiles.splice(0)) await io.close();
 }

@@ -117,6 +117,53 @@ describe('SIGKILL at every write of `ic amend -o compat=0.10`', () => {
   });
 });
 
+describe('SIGKILL at every write of `ic amend -o compat=1.1,refcount_bits=4`', () => {
+  it('a version 2 qcow2 with data over a backing file and an internal snapshot', { timeout: 300_000 }, () => {
+    const dir = scratch.path('amend-up');
+    run('mkdir', ['-p', dir]);
+    qemuCreate(`${dir}/base.raw`, 'raw', '16M');
+    qemuIo(`${dir}/base.raw`, 'raw', ['write -P 0xbb 0 16M']);
+    const pristine = `${dir}/pristine.qcow2`;
+    qemuCreate(pristine, 'qcow2', '16M', { o: 'compat=0.10,cluster_size=4k', backing: 'base.raw', backingFormat: 'raw', cwd: dir });
+    qemuIo(pristine, 'qcow2', ['write -P 1 0 256k', 'write -P 2 5M 1M']);
+    expect(run('qemu-img', ['snapshot', '-c', 's1', pristine]).code).toBe(0);
+    qemuIo(pristine, 'qcow2', ['write -P 3 64k 64k']);
+    const image = `${dir}/image.qcow2`;
+    const options = ['amend', '-o', 'compat=1.1,refcount_bits=4', image];
+    const done = () => {
+      const info = JSON.parse(run('qemu-img', ['info', '--output=json', image]).stdout) as { 'format-specific': { data: Record<string, unknown> } };
+      return info['format-specific'].data.compat === '1.1' && info['format-specific'].data['refcount-bits'] === 4;
+    };
+    const outcomes = { killed: 0, acceptedAsIs: 0, completedByRerun: 0 };
+    for (let killAfter = 1; killAfter < 200; killAfter++) {
+      copyFileSync(pristine, image);
+      const result = ic(options, killAfter);
+      if (result.signal !== 'SIGKILL') {
+        expect(result.status, result.stderr).toBe(0);
+        expect(done()).toBe(true);
+        break;
+      }
+      outcomes.killed++;
+      const where = `killed after ${killAfter} writes`;
+      expect(qemuCompare(image, 'qcow2', pristine, 'qcow2').code, where).toBe(0);
+      // No leak at any point: the new refcount structures are free space until the switch, the old ones after it.
+      expect(qemuCheck(image, 'qcow2').code, where).toBe(0);
+      if (done()) {
+        outcomes.acceptedAsIs++;
+        continue;
+      }
+      const rerun = ic(options);
+      expect(rerun.status, `${where}, rerun: ${rerun.stderr}`).toBe(0);
+      expect(qemuCheck(image, 'qcow2').code, where).toBe(0);
+      expect(qemuCompare(image, 'qcow2', pristine, 'qcow2').code, where).toBe(0);
+      expect(done(), where).toBe(true);
+      outcomes.completedByRerun++;
+    }
+    expect(outcomes.killed).toBeGreaterThan(2);
+    console.log(`amend compat=1.1,refcount_bits=4 killed: ${JSON.stringify(outcomes)}`);
+  });
+});
+
 describe('an in-place conversion killed at every write: ic recover, then check -r leaks', () => {
   it('qcow2 -> qed', { timeout: 300_000 }, () => {
     const pristine = scratch.path('pristine.qcow2');
