@@ -48,6 +48,9 @@ export default defineConfig({
   resolve: { alias },
   test: {
     reporters: ['default', join(root, 'tooling/summary-reporter.ts')],
+    // Two test files at a time even on a 2-core machine (vitest's default there is one): most of a file's time is
+    // spent in qemu-img, qemu-io and ic child processes and in file I/O.
+    maxWorkers: 2,
     // Only tests slower than this are listed by name in the output (a run lists thousands of cases otherwise).
     slowTestThreshold: 15_000,
     // The generated suites (the in-place matrix, the crash campaigns, the kill sweeps) run a covering subset by
