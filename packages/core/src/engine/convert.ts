@@ -69,6 +69,11 @@ interface SourceView {
   options: ConversionOptions;
   hasBacking: boolean;
   holesReadZero: boolean;
+  /**
+   * Whole clusters of the source's zero-reading holes are kept as data clusters where they are (the planner's
+   * holesAsData): chosen for a target that counts unreferenced clusters as leaks when packing would move too much.
+   */
+  holesAsData?: boolean;
   /** With --zero-scan: source clusters found to hold only zeros (filled by the first pass, read by the second). */
   zeroClusters?: ClusterBitmap;
 }
@@ -150,7 +155,15 @@ interface Survey {
   costs: CandidateCost[];
   failures: IcError[];
   spaceStart: number;
+  /**
+   * Granules (HOLE_GRANULE bytes) of host space the source's data touches, when the target may have to pack a
+   * source with zero-reading holes: the holes packing would fill are the rest.
+   */
+  dataGranules?: ClusterBitmap;
 }
+
+/** Granularity of Survey.dataGranules (a bit per 64 KiB: 2 MiB of bitmap for 1 TiB of data). */
+const HOLE_GRANULE = 65536;
 
 /**
  * Pass 1: one walk of the source map and its metadata. Records every host range the source references (and
@@ -179,7 +192,9 @@ async function survey(
     hasBacking: view.hasBacking,
     zeroHostRangesReadAsZero: view.holesReadZero,
     zeroAsUnallocated: !view.hasBacking,
+    holesAsData: view.holesAsData === true,
   };
+  const dataGranules = mayReferenceHoles(request, view) && !view.holesAsData ? new ClusterBitmap() : undefined;
   // The space for relocations and metadata starts past the file and past everything referenced; the survey
   // knows the latter only at its end, so candidates plan with the file's end and the engine re-checks below.
   const provisionalStart = fileSizeBefore;
@@ -197,8 +212,10 @@ async function survey(
     if (extent.kind === 'compressed' || extent.kind === 'encrypted') {
       throw refuse(source.name, target.name, `${extent.kind} clusters (guest offset ${extent.guestOffset}) cannot be reused in place; use qemu-img convert`);
     }
-    if (extent.kind === 'data') occupancy.add(extent.hostOffset, extent.length, 'data');
-    else if (extent.kind === 'zero' && extent.hostOffset !== undefined) occupancy.add(extent.hostOffset, extent.length, 'zero');
+    if (extent.kind === 'data') {
+      occupancy.add(extent.hostOffset, extent.length, 'data');
+      dataGranules?.addRange(Math.floor(extent.hostOffset / HOLE_GRANULE), Math.ceil((extent.hostOffset + extent.length) / HOLE_GRANULE));
+    } else if (extent.kind === 'zero' && extent.hostOffset !== undefined) occupancy.add(extent.hostOffset, extent.length, 'zero');
   };
   for await (const batch of plannedExtents(view, visit)) {
     throwIfAborted(request.signal, 'planning');
@@ -222,7 +239,30 @@ async function survey(
     const metadataBytes = candidate.target.estimate(candidate.summary(view.options.virtualSize)).metadataBytes;
     costs.push({ candidate, stats, metadataBytes, ioBytes: 2 * stats.bytesRelocated + metadataBytes });
   }
-  return { occupancy, costs, failures, spaceStart };
+  return { occupancy, costs, failures, spaceStart, ...(dataGranules ? { dataGranules } : {}) };
+}
+
+/**
+ * Whether the conversion may keep the source's holes as data clusters, if its target counts unreferenced
+ * clusters as leaks (known once a geometry is chosen): 'auto' packing (which may find the moves too costly), a
+ * source whose holes read as zeros where they are, and no backing file (an empty cluster and a zero one read
+ * the same).
+ */
+function mayReferenceHoles(request: ConvertInPlaceRequest, view: SourceView): boolean {
+  return (request.compact ?? 'auto') === 'auto' && view.holesReadZero && !view.hasBacking;
+}
+
+/**
+ * Bytes packing would move after a conversion that leaves the source's holes empty, estimated from the survey:
+ * every hole below the packed end (past the target's header region) takes one unit from above it. Holes are
+ * counted in HOLE_GRANULE pieces the data does not touch (more than the target's clusters when those are larger).
+ */
+function estimatedPackBytes(dataGranules: ClusterBitmap, headerRegionSize: number, keptAndRelocated: number, metadataBytes: number, end: number): number {
+  const packedEnd = Math.min(end, headerRegionSize + keptAndRelocated + metadataBytes);
+  const first = Math.ceil(headerRegionSize / HOLE_GRANULE);
+  const last = Math.floor(packedEnd / HOLE_GRANULE);
+  if (last <= first) return 0;
+  return (last - first - dataGranules.count(first, last)) * HOLE_GRANULE;
 }
 
 /** Writes target metadata after checking it lies in the target's own allocations, merging adjacent writes. */
@@ -282,6 +322,8 @@ class CheckedWriter implements MetadataWriter {
 interface Built {
   build: TargetBuild;
   stats: PlanStats;
+  /** Clusters of the source's holes kept as data (SourceView.holesAsData). */
+  holeClustersKept: number;
   digest: string;
   metadataBytes: number;
   relocatedBytes: number;
@@ -313,7 +355,14 @@ async function build(
   let relocatedBytes = 0;
   let dataEnd = 0;
   const planner = new MappingPlanner(
-    { virtualSize: view.options.virtualSize, layout, hasBacking: view.hasBacking, zeroHostRangesReadAsZero: view.holesReadZero, zeroAsUnallocated: !view.hasBacking },
+    {
+      virtualSize: view.options.virtualSize,
+      layout,
+      hasBacking: view.hasBacking,
+      zeroHostRangesReadAsZero: view.holesReadZero,
+      zeroAsUnallocated: !view.hasBacking,
+      holesAsData: view.holesAsData === true,
+    },
     {
       place: (length, guestOffset) => {
         const placed = placement.place(length, guestOffset);
@@ -361,7 +410,7 @@ async function build(
   const writer = new CheckedWriter(io, space, request.target.name, placement);
   const built = await target.build(mapping(), space, writer);
   await writer.flush();
-  return { build: built, stats: planner.stats, digest: digest.value(), metadataBytes: writer.bytes, relocatedBytes, dataEnd, placement };
+  return { build: built, stats: planner.stats, holeClustersKept: planner.holeClustersKept, digest: digest.value(), metadataBytes: writer.bytes, relocatedBytes, dataEnd, placement };
 }
 
 /**
@@ -495,28 +544,49 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
     // 2. survey and geometry.
     step('plan', 0, options.virtualSize);
     // The planned source map is kept for the build when it is compact (a few million runs at most).
-    const cache = new ExtentCache(EXTENT_CACHE_BUDGET);
-    const surveyed = await survey(io, request, view, fileSizeBefore, step, cache);
-    if (surveyed.costs.length === 0) {
-      const [failure] = surveyed.failures;
-      throw refuse(source.name, target.name, failure?.message ?? `no cluster size in [${factory.clusterSizes.min}, ${factory.clusterSizes.max}] can hold this image`);
-    }
+    let cache = new ExtentCache(EXTENT_CACHE_BUDGET);
+    let surveyed = await survey(io, request, view, fileSizeBefore, step, cache);
     const requested = factory.clusterSizeOption !== undefined && typeof request.targetOptions?.[factory.clusterSizeOption] === 'number';
-    const geometry: GeometryChoice = chooseGeometry(surveyed.costs, options.clusterSize, requested);
-    const chosen = surveyed.costs.find((cost) => cost.candidate.clusterSize === geometry.clusterSize)!;
+    const choose = (surveyed: Survey) => {
+      if (surveyed.costs.length === 0) {
+        const [failure] = surveyed.failures;
+        throw refuse(source.name, target.name, failure?.message ?? `no cluster size in [${factory.clusterSizes.min}, ${factory.clusterSizes.max}] can hold this image`);
+      }
+      const geometry: GeometryChoice = chooseGeometry(surveyed.costs, options.clusterSize, requested);
+      const chosen = surveyed.costs.find((cost) => cost.candidate.clusterSize === geometry.clusterSize)!;
+      const layout = chosen.candidate.target.layout;
+      const C = layout.clusterSize;
+      // The estimate was made with the file's end as the start of free space; the referenced end may lie further.
+      // New space lies past the file, past everything the source references, past the target's header region (a
+      // source smaller than that region must not get relocated clusters inside it) and past the clusters a packed
+      // or identity target places inside the image.
+      const decision = chosen.candidate.decision;
+      const headOffset = layout.headerOffset ?? 0;
+      const placedEnd =
+        layout.placement?.kind === 'packed' && decision ? decision.start + decision.dataClusters * C : layout.placement?.kind === 'identity' ? options.virtualSize : 0;
+      const spaceStart = alignUp(Math.max(surveyed.spaceStart, headOffset + layout.headerRegionSize, placedEnd), C);
+      const estimate = chosen.candidate.target.estimate({ ...chosen.candidate.summary(options.virtualSize), spaceStart });
+      return { geometry, chosen, layout, C, decision, headOffset, spaceStart, estimate };
+    };
+    let choice = choose(surveyed);
+    // A target that counts unreferenced clusters as leaks gets the source's holes packed after the commit; when
+    // that would move more than packing may (mostly data: a sparse raw file), the holes are kept as data clusters
+    // instead (they read as zeros where they are), which moves nothing. Planned again (one more walk of the map).
+    let holesEstimate: { bytes: number; budget: number } | undefined;
+    if (surveyed.dataGranules && choice.layout.unreferencedClustersLeak === true && (choice.layout.placement?.kind ?? 'anywhere') === 'anywhere') {
+      const { chosen, layout, C, estimate, spaceStart } = choice;
+      const bytes = estimatedPackBytes(surveyed.dataGranules, layout.headerRegionSize, (chosen.stats.clustersKept + chosen.stats.clustersRelocated) * C, estimate.metadataBytes, spaceStart);
+      const budget = packBudget(surveyed.occupancy, estimate.metadataBytes, chosen.stats.bytesRelocated);
+      if (bytes > budget) {
+        holesEstimate = { bytes, budget };
+        view.holesAsData = true;
+        cache = new ExtentCache(EXTENT_CACHE_BUDGET);
+        surveyed = await survey(io, request, view, fileSizeBefore, step, cache);
+        choice = choose(surveyed);
+      }
+    }
+    const { geometry, chosen, layout, C, decision, headOffset, spaceStart, estimate } = choice;
     const targetImage = chosen.candidate.target;
-    const layout = targetImage.layout;
-    const C = layout.clusterSize;
-    // The estimate was made with the file's end as the start of free space; the referenced end may lie further.
-    // New space lies past the file, past everything the source references, past the target's header region (a
-    // source smaller than that region must not get relocated clusters inside it) and past the clusters a packed
-    // or identity target places inside the image.
-    const decision = chosen.candidate.decision;
-    const headOffset = layout.headerOffset ?? 0;
-    const placedEnd =
-      layout.placement?.kind === 'packed' && decision ? decision.start + decision.dataClusters * C : layout.placement?.kind === 'identity' ? options.virtualSize : 0;
-    const spaceStart = alignUp(Math.max(surveyed.spaceStart, headOffset + layout.headerRegionSize, placedEnd), C);
-    const estimate = targetImage.estimate({ ...chosen.candidate.summary(options.virtualSize), spaceStart });
     // Relocations take whole clusters; one table block of sector alignment (VMDK) may leave up to a cluster of padding.
     const packs = layout.unreferencedClustersLeak === true && (request.compact ?? 'auto') !== 'never';
     // Packing may move one table through the space past the image's end: as much again as the metadata (a hole
@@ -682,6 +752,12 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
           onProgress: (done, total) => step('pack', done, total),
         });
         compaction = packReportOf(result);
+        if (holesEstimate) {
+          compaction.holesKept = built.holeClustersKept;
+          compaction.reason =
+            `kept ${built.holeClustersKept} clusters of the source's holes as data clusters where they are (they read as zeros; ` +
+            `packing them away would have moved about ${holesEstimate.bytes} bytes, more than the ${holesEstimate.budget} allowed); ${result.reason}`;
+        }
         if (!result.done) {
           await io.truncate(Math.max(fileSize, result.referencedEnd));
           await io.flush();
