@@ -78,7 +78,9 @@ describe('a sparse raw file with holes between data runs, converted in place to 
         makeRaw(image, shape.writes);
         const io = await FileIO.open(image, { writable: true, lock: true });
         let report;
+        let plan;
         try {
+          plan = await convertInPlace({ io, source: raw, target, dryRun: true });
           report = await convertInPlace({ io, source: raw, target });
         } finally {
           await io.close();
@@ -91,6 +93,8 @@ describe('a sparse raw file with holes between data runs, converted in place to 
           if (shape.holesKept) {
             expect(report.compaction.holesKept ?? 0, report.compaction.reason).toBeGreaterThan(0);
             expect(report.compaction.bytesMoved).toBe(0);
+            // The dry run says so beforehand.
+            expect(plan.compaction?.holesKept).toBe(report.compaction.holesKept);
           } else expect(report.compaction.holesKept).toBeUndefined();
         }
         // The file stays sparse: what it allocates is the source's data, what was relocated and metadata, not the disk.

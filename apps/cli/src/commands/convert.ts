@@ -39,9 +39,11 @@ export function conversionSummary(filename: string, report: ConversionReport): s
   if (packing) {
     row(
       'packing',
-      packing.done
-        ? `${packing.unitsMoved} clusters moved (${bytes(packing.bytesMoved)}), ${packing.leaksLeft} unreferenced left: ${packing.reason}`
-        : `not done, ${packing.leaksLeft} unreferenced clusters left (qemu-img check counts them as leaks): ${packing.reason}`,
+      report.dryRun
+        ? `planned: ${packing.reason}`
+        : packing.done
+          ? `${packing.unitsMoved} clusters moved (${bytes(packing.bytesMoved)}), ${packing.leaksLeft} unreferenced left: ${packing.reason}`
+          : `not done, ${packing.leaksLeft} unreferenced clusters left (qemu-img check counts them as leaks): ${packing.reason}`,
     );
   }
   row('time', `${report.durationMs} ms`);

@@ -629,9 +629,17 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
       verified,
     });
 
+    /** Why the source's holes are kept as data clusters (holesEstimate set). */
+    const holesReason = (kept: number, estimated: { bytes: number; budget: number }, verb = 'kept') =>
+      `${verb} ${kept} clusters of the source's holes as data clusters where they are (they read as zeros; ` +
+      `packing them away would have moved about ${estimated.bytes} bytes, more than the ${estimated.budget} allowed)`;
+
     if (request.dryRun) {
       await closeSource();
-      return report(true, false, Math.max(fileSizeBefore, limit), chosen.stats, estimate.metadataBytes, SECTOR_SIZE, 'none');
+      const planned = report(true, false, Math.max(fileSizeBefore, limit), chosen.stats, estimate.metadataBytes, SECTOR_SIZE, 'none');
+      if (!holesEstimate) return planned;
+      const kept = chosen.candidate.planner?.holeClustersKept ?? 0;
+      return { ...planned, compaction: { done: false, unitsMoved: 0, bytesMoved: 0, bytesPlanned: 0, leaksLeft: 0, holesKept: kept, reason: holesReason(kept, holesEstimate, 'would keep') } };
     }
 
     // 3. the record block, durably, before anything else is written.
@@ -754,9 +762,7 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
         compaction = packReportOf(result);
         if (holesEstimate) {
           compaction.holesKept = built.holeClustersKept;
-          compaction.reason =
-            `kept ${built.holeClustersKept} clusters of the source's holes as data clusters where they are (they read as zeros; ` +
-            `packing them away would have moved about ${holesEstimate.bytes} bytes, more than the ${holesEstimate.budget} allowed); ${result.reason}`;
+          compaction.reason = `${holesReason(built.holeClustersKept, holesEstimate)}; ${result.reason}`;
         }
         if (!result.done) {
           await io.truncate(Math.max(fileSize, result.referencedEnd));
