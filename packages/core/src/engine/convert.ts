@@ -156,14 +156,17 @@ interface Survey {
   failures: IcError[];
   spaceStart: number;
   /**
-   * Granules (HOLE_GRANULE bytes) of host space the source's data touches, when the target may have to pack a
-   * source with zero-reading holes: the holes packing would fill are the rest.
+   * Granules of host space the source's data touches, when the target may have to pack a source with
+   * zero-reading holes: the holes packing would fill are the rest.
    */
-  dataGranules?: ClusterBitmap;
+  dataGranules?: { bits: ClusterBitmap; size: number };
 }
 
-/** Granularity of Survey.dataGranules (a bit per 64 KiB: 2 MiB of bitmap for 1 TiB of data). */
-const HOLE_GRANULE = 65536;
+/**
+ * Granule of Survey.dataGranules: the smallest candidate cluster size, within [4 KiB, 64 KiB] (a bit per 64 KiB
+ * is 2 MiB of bitmap for 1 TiB of data).
+ */
+const holeGranule = (sizes: readonly number[]): number => Math.max(4096, Math.min(65536, ...sizes));
 
 /**
  * Pass 1: one walk of the source map and its metadata. Records every host range the source references (and
@@ -194,7 +197,7 @@ async function survey(
     zeroAsUnallocated: !view.hasBacking,
     holesAsData: view.holesAsData === true,
   };
-  const dataGranules = mayReferenceHoles(request, view) && !view.holesAsData ? new ClusterBitmap() : undefined;
+  const dataGranules = mayReferenceHoles(request, view) && !view.holesAsData ? { bits: new ClusterBitmap(), size: holeGranule(sizes) } : undefined;
   // The space for relocations and metadata starts past the file and past everything referenced; the survey
   // knows the latter only at its end, so candidates plan with the file's end and the engine re-checks below.
   const provisionalStart = fileSizeBefore;
@@ -214,7 +217,7 @@ async function survey(
     }
     if (extent.kind === 'data') {
       occupancy.add(extent.hostOffset, extent.length, 'data');
-      dataGranules?.addRange(Math.floor(extent.hostOffset / HOLE_GRANULE), Math.ceil((extent.hostOffset + extent.length) / HOLE_GRANULE));
+      if (dataGranules) dataGranules.bits.addRange(Math.floor(extent.hostOffset / dataGranules.size), Math.ceil((extent.hostOffset + extent.length) / dataGranules.size));
     } else if (extent.kind === 'zero' && extent.hostOffset !== undefined) occupancy.add(extent.hostOffset, extent.length, 'zero');
   };
   for await (const batch of plannedExtents(view, visit)) {
@@ -255,14 +258,14 @@ function mayReferenceHoles(request: ConvertInPlaceRequest, view: SourceView): bo
 /**
  * Bytes packing would move after a conversion that leaves the source's holes empty, estimated from the survey:
  * every hole below the packed end (past the target's header region) takes one unit from above it. Holes are
- * counted in HOLE_GRANULE pieces the data does not touch (more than the target's clusters when those are larger).
+ * counted in granules the data does not touch (more than the target's clusters when those are larger).
  */
-function estimatedPackBytes(dataGranules: ClusterBitmap, headerRegionSize: number, keptAndRelocated: number, metadataBytes: number, end: number): number {
+function estimatedPackBytes(granules: { bits: ClusterBitmap; size: number }, headerRegionSize: number, keptAndRelocated: number, metadataBytes: number, end: number): number {
   const packedEnd = Math.min(end, headerRegionSize + keptAndRelocated + metadataBytes);
-  const first = Math.ceil(headerRegionSize / HOLE_GRANULE);
-  const last = Math.floor(packedEnd / HOLE_GRANULE);
+  const first = Math.ceil(headerRegionSize / granules.size);
+  const last = Math.floor(packedEnd / granules.size);
   if (last <= first) return 0;
-  return (last - first - dataGranules.count(first, last)) * HOLE_GRANULE;
+  return (last - first - granules.bits.count(first, last)) * granules.size;
 }
 
 /** Writes target metadata after checking it lies in the target's own allocations, merging adjacent writes. */
