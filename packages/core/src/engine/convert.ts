@@ -163,10 +163,10 @@ interface Survey {
 }
 
 /**
- * Granule of Survey.dataGranules: the smallest candidate cluster size, within [4 KiB, 64 KiB] (a bit per 64 KiB
- * is 2 MiB of bitmap for 1 TiB of data).
+ * Granule of Survey.dataGranules: the requested cluster size, else the source's (the usual choice), within
+ * [4 KiB, 64 KiB] (a bit per 64 KiB is 2 MiB of bitmap for 1 TiB of data).
  */
-const holeGranule = (sizes: readonly number[]): number => Math.max(4096, Math.min(65536, ...sizes));
+const holeGranule = (sizes: readonly number[], sourceClusterSize: number): number => Math.max(4096, Math.min(65536, sizes.length === 1 ? sizes[0]! : sourceClusterSize));
 
 /**
  * Pass 1: one walk of the source map and its metadata. Records every host range the source references (and
@@ -197,7 +197,7 @@ async function survey(
     zeroAsUnallocated: !view.hasBacking,
     holesAsData: view.holesAsData === true,
   };
-  const dataGranules = mayReferenceHoles(request, view) && !view.holesAsData ? { bits: new ClusterBitmap(), size: holeGranule(sizes) } : undefined;
+  const dataGranules = mayReferenceHoles(request, view) && !view.holesAsData ? { bits: new ClusterBitmap(), size: holeGranule(sizes, view.options.clusterSize) } : undefined;
   // The space for relocations and metadata starts past the file and past everything referenced; the survey
   // knows the latter only at its end, so candidates plan with the file's end and the engine re-checks below.
   const provisionalStart = fileSizeBefore;
