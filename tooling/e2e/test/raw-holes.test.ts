@@ -11,8 +11,10 @@
  * divides by cluster_size - 1), so a file below 4 GiB is judged by exit 0 alone.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { convertInPlace } from '@ic/core';
 import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCompare, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
@@ -50,6 +52,8 @@ const shapes: Shape[] = [
 ];
 
 /** qemu-io writes after the conversion: into a former hole, over data, and into part of a hole cluster. */
+const raw = () => registry.get('raw');
+
 const later = ['write -P 0xa1 600M 64k', `write -P 0xa2 ${256 * MiB + 4096} 4k`, `write -P 0xa3 ${800 * MiB + 512} 512`];
 
 function makeRaw(path: string, writes: readonly string[]): void {
@@ -62,7 +66,6 @@ describe('a sparse raw file with holes between data runs, converted in place to 
   beforeAll(() => requireQemu());
   afterAll(() => scratch.cleanup());
   const targets = registry.with('inPlaceTarget');
-  const raw = registry.get('raw');
 
   it('has in-place targets to convert to', () => {
     expect(targets.length).toBeGreaterThan(0);
@@ -80,8 +83,8 @@ describe('a sparse raw file with holes between data runs, converted in place to 
         let report;
         let plan;
         try {
-          plan = await convertInPlace({ io, source: raw, target, dryRun: true });
-          report = await convertInPlace({ io, source: raw, target });
+          plan = await convertInPlace({ io, source: raw(), target, dryRun: true });
+          report = await convertInPlace({ io, source: raw(), target });
         } finally {
           await io.close();
         }
@@ -115,5 +118,66 @@ describe('a sparse raw file with holes between data runs, converted in place to 
         judge(expected, 'after qemu-io wrote');
       });
     }
+  }
+});
+
+describe('the holes kept as data: SIGKILL at every write of a real `ic` process, then `ic recover`', () => {
+  const scratch = tempDir('ic-raw-holes-kill-');
+  const repoRoot = fileURLToPath(new URL('../../..', import.meta.url));
+  const icBin = join(repoRoot, 'apps/cli/bin/ic.js');
+  const ic = (args: string[], killAfter?: number) => {
+    const env = { ...process.env };
+    if (killAfter === undefined) delete env.IC_TEST_KILL_AFTER_WRITES;
+    else env.IC_TEST_KILL_AFTER_WRITES = String(killAfter);
+    return spawnSync(process.execPath, [icBin, ...args], { encoding: 'utf8', env });
+  };
+  beforeAll(() => {
+    requireQemu();
+    if (!existsSync(join(repoRoot, 'apps/cli/dist/cli.js'))) throw new Error('build ic first (pnpm turbo run build)');
+  });
+  afterAll(() => scratch.cleanup());
+  const shape = shapes.find((candidate) => candidate.holesKept)!;
+  const pristine = scratch.path('pristine.raw');
+  beforeAll(() => makeRaw(pristine, shape.writes));
+
+  for (const target of registry.with('inPlaceTarget')) {
+    it(`raw -> ${target.name}`, { timeout: 600_000 }, async (context) => {
+      const image = scratch.path(`image-${target.name}.raw`);
+      makeRaw(image, shape.writes);
+      const io = await FileIO.open(image);
+      const plan = await convertInPlace({ io, source: raw(), target, dryRun: true }).finally(() => io.close());
+      // Only the targets that keep holes take this path.
+      if (!plan.compaction?.holesKept) return context.skip();
+      const outcomes = { killed: 0, rolledBack: 0, rolledForward: 0 };
+      let finished = false;
+      for (let killAfter = 1; !finished && killAfter < 100; killAfter++) {
+        // A fresh sparse file each time (a copy would fill the holes on some file systems).
+        makeRaw(image, shape.writes);
+        const run = ic(['convert-inplace', '-f', 'raw', image, target.name], killAfter);
+        if (run.status === 0) finished = true;
+        else {
+          expect(run.signal, run.stderr).toBe('SIGKILL');
+          outcomes.killed++;
+          const recovered = ic(['recover', image]);
+          expect(recovered.status, recovered.stderr).toBe(0);
+        }
+        const info = ic(['info', '--output=json', image]);
+        const format = (JSON.parse(info.stdout) as { format: string }).format;
+        expect(['raw', target.name]).toContain(format);
+        if (!finished) {
+          if (format === 'raw') outcomes.rolledBack++;
+          else outcomes.rolledForward++;
+        }
+        if (format !== 'raw') {
+          const check = qemuCheck(image, format);
+          expect(check.code, `kill after ${killAfter} writes: ${check.text}`).toBe(0);
+        }
+        expect(qemuCompare(image, format, pristine, 'raw').code, `kill after ${killAfter} writes`).toBe(0);
+      }
+      expect(finished).toBe(true);
+      expect(outcomes.killed).toBeGreaterThan(2);
+      expect(outcomes.rolledBack).toBeGreaterThan(0);
+      expect(outcomes.rolledForward).toBeGreaterThan(0);
+    });
   }
 });
