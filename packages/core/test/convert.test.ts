@@ -80,6 +80,37 @@ describe('planMapping', () => {
     expect(moved.relocations.map((r) => r.reason)).toEqual(['mixed-content']);
   });
 
+  it('with holesAsData keeps the whole clusters of zero-reading holes as data in place, except under the header and where misaligned', () => {
+    const extents: Extent[] = [
+      // A hole from 0: its first cluster is under the header region and becomes empty, the next two stay.
+      { kind: 'zero', guestOffset: 0, length: 3 * 8192, hostOffset: 0 },
+      { kind: 'data', guestOffset: 3 * 8192, length: 8192, hostOffset: 3 * 8192 },
+      // A hole whose host range is not cluster-aligned (not a raw hole at its own offset): empty.
+      { kind: 'zero', guestOffset: 4 * 8192, length: 8192, hostOffset: 4 * 8192 + 512 },
+      // A zero run without a host range (a zero cluster, not a hole of the file): empty.
+      { kind: 'zero', guestOffset: 5 * 8192, length: 8192 },
+      // Two hole pieces that share a cluster and one host run: kept whole.
+      { kind: 'zero', guestOffset: 6 * 8192, length: 4096, hostOffset: 6 * 8192 },
+      { kind: 'zero', guestOffset: 6 * 8192 + 4096, length: 4096, hostOffset: 6 * 8192 + 4096 },
+    ];
+    const input = { extents, virtualSize: 7 * 8192, layout: layout(8192), hasBacking: false, space: space(), zeroHostRangesReadAsZero: true, zeroAsUnallocated: true };
+    const plan = planMapping({ ...input, holesAsData: true });
+    expect(plan.mapping).toEqual([
+      { kind: 'unallocated', guestOffset: 0, length: 8192 },
+      { kind: 'data', guestOffset: 8192, length: 3 * 8192, hostOffset: 8192 },
+      { kind: 'unallocated', guestOffset: 4 * 8192, length: 2 * 8192 },
+      { kind: 'data', guestOffset: 6 * 8192, length: 8192, hostOffset: 6 * 8192 },
+    ]);
+    expect(plan.relocations).toEqual([]);
+    expect(plan.stats).toMatchObject({ clustersKept: 4, clustersRelocated: 0, unallocatedClusters: 3 });
+    // Without it the holes are empty.
+    const plain = planMapping(input);
+    expect(plain.mapping.filter((extent) => extent.kind === 'data')).toEqual([{ kind: 'data', guestOffset: 3 * 8192, length: 8192, hostOffset: 3 * 8192 }]);
+    // Only where holes read as zeros.
+    const unknown = planMapping({ ...input, zeroHostRangesReadAsZero: false, holesAsData: true });
+    expect(unknown.mapping.filter((extent) => extent.kind === 'data')).toHaveLength(1);
+  });
+
   it('covers a partial last cluster and long empty runs in one step', () => {
     const extents: Extent[] = [
       { kind: 'unallocated', guestOffset: 0, length: 1 << 30 },

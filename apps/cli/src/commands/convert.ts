@@ -35,6 +35,17 @@ export function conversionSummary(filename: string, report: ConversionReport): s
   row('metadata', `${bytes(report.metadataBytes)} of tables, ${report.headerBytes}-byte header${report.dryRun ? '' : ` (commit: ${report.commit})`}`);
   row('file size', `${bytes(report.fileSizeBefore)} -> ${bytes(report.fileSizeAfter)}${report.dryRun ? ' (planned)' : ''}`);
   row('I/O', `${bytes(report.io.bytesRead)} read, ${bytes(report.io.bytesWritten)} written, ${report.io.flushes} flushes`);
+  const packing = report.compaction;
+  if (packing) {
+    row(
+      'packing',
+      report.dryRun
+        ? `planned: ${packing.reason}`
+        : packing.done
+          ? `${packing.unitsMoved} clusters moved (${bytes(packing.bytesMoved)}), ${packing.leaksLeft} unreferenced left: ${packing.reason}`
+          : `not done, ${packing.leaksLeft} unreferenced clusters left (qemu-img check counts them as leaks): ${packing.reason}`,
+    );
+  }
   row('time', `${report.durationMs} ms`);
   if (!report.dryRun) row('verified', report.verified ? 'yes (reopened: the new map matches the plan)' : 'no');
   return lines.join('');

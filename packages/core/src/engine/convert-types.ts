@@ -91,6 +91,12 @@ export interface ConversionReport {
     bytesPlanned: number;
     /** Unreferenced clusters left in the file (qemu-img check's leaks); 0 when done. */
     leaksLeft: number;
+    /**
+     * Clusters of the source's holes (a sparse raw file's: they read as zeros where they are) that the new image
+     * references as data clusters, in place, because packing them away would have moved too much data. They
+     * read as zeros; `qemu-img map` shows them as data that reads as zeros instead of holes. Absent otherwise.
+     */
+    holesKept?: number;
     reason: string;
   };
   /** Bytes the engine reserved past the source's end before building (relocations + the target's estimate). */

@@ -69,6 +69,11 @@ interface SourceView {
   options: ConversionOptions;
   hasBacking: boolean;
   holesReadZero: boolean;
+  /**
+   * Whole clusters of the source's zero-reading holes are kept as data clusters where they are (the planner's
+   * holesAsData): chosen for a target that counts unreferenced clusters as leaks when packing would move too much.
+   */
+  holesAsData?: boolean;
   /** With --zero-scan: source clusters found to hold only zeros (filled by the first pass, read by the second). */
   zeroClusters?: ClusterBitmap;
 }
@@ -150,7 +155,18 @@ interface Survey {
   costs: CandidateCost[];
   failures: IcError[];
   spaceStart: number;
+  /**
+   * Granules of host space the source's data touches, when the target may have to pack a source with
+   * zero-reading holes: the holes packing would fill are the rest.
+   */
+  dataGranules?: { bits: ClusterBitmap; size: number };
 }
+
+/**
+ * Granule of Survey.dataGranules: the requested cluster size, else the source's (the usual choice), within
+ * [4 KiB, 64 KiB] (a bit per 64 KiB is 2 MiB of bitmap for 1 TiB of data).
+ */
+const holeGranule = (sizes: readonly number[], sourceClusterSize: number): number => Math.max(4096, Math.min(65536, sizes.length === 1 ? sizes[0]! : sourceClusterSize));
 
 /**
  * Pass 1: one walk of the source map and its metadata. Records every host range the source references (and
@@ -179,7 +195,9 @@ async function survey(
     hasBacking: view.hasBacking,
     zeroHostRangesReadAsZero: view.holesReadZero,
     zeroAsUnallocated: !view.hasBacking,
+    holesAsData: view.holesAsData === true,
   };
+  const dataGranules = mayReferenceHoles(request, view) && !view.holesAsData ? { bits: new ClusterBitmap(), size: holeGranule(sizes, view.options.clusterSize) } : undefined;
   // The space for relocations and metadata starts past the file and past everything referenced; the survey
   // knows the latter only at its end, so candidates plan with the file's end and the engine re-checks below.
   const provisionalStart = fileSizeBefore;
@@ -197,8 +215,10 @@ async function survey(
     if (extent.kind === 'compressed' || extent.kind === 'encrypted') {
       throw refuse(source.name, target.name, `${extent.kind} clusters (guest offset ${extent.guestOffset}) cannot be reused in place; use qemu-img convert`);
     }
-    if (extent.kind === 'data') occupancy.add(extent.hostOffset, extent.length, 'data');
-    else if (extent.kind === 'zero' && extent.hostOffset !== undefined) occupancy.add(extent.hostOffset, extent.length, 'zero');
+    if (extent.kind === 'data') {
+      occupancy.add(extent.hostOffset, extent.length, 'data');
+      if (dataGranules) dataGranules.bits.addRange(Math.floor(extent.hostOffset / dataGranules.size), Math.ceil((extent.hostOffset + extent.length) / dataGranules.size));
+    } else if (extent.kind === 'zero' && extent.hostOffset !== undefined) occupancy.add(extent.hostOffset, extent.length, 'zero');
   };
   for await (const batch of plannedExtents(view, visit)) {
     throwIfAborted(request.signal, 'planning');
@@ -222,7 +242,30 @@ async function survey(
     const metadataBytes = candidate.target.estimate(candidate.summary(view.options.virtualSize)).metadataBytes;
     costs.push({ candidate, stats, metadataBytes, ioBytes: 2 * stats.bytesRelocated + metadataBytes });
   }
-  return { occupancy, costs, failures, spaceStart };
+  return { occupancy, costs, failures, spaceStart, ...(dataGranules ? { dataGranules } : {}) };
+}
+
+/**
+ * Whether the conversion may keep the source's holes as data clusters, if its target counts unreferenced
+ * clusters as leaks (known once a geometry is chosen): 'auto' packing (which may find the moves too costly), a
+ * source whose holes read as zeros where they are, and no backing file (an empty cluster and a zero one read
+ * the same).
+ */
+function mayReferenceHoles(request: ConvertInPlaceRequest, view: SourceView): boolean {
+  return (request.compact ?? 'auto') === 'auto' && view.holesReadZero && !view.hasBacking;
+}
+
+/**
+ * Bytes packing would move after a conversion that leaves the source's holes empty, estimated from the survey:
+ * every hole below the packed end (past the target's header region) takes one unit from above it. Holes are
+ * counted in granules the data does not touch (more than the target's clusters when those are larger).
+ */
+function estimatedPackBytes(granules: { bits: ClusterBitmap; size: number }, headerRegionSize: number, keptAndRelocated: number, metadataBytes: number, end: number): number {
+  const packedEnd = Math.min(end, headerRegionSize + keptAndRelocated + metadataBytes);
+  const first = Math.ceil(headerRegionSize / granules.size);
+  const last = Math.floor(packedEnd / granules.size);
+  if (last <= first) return 0;
+  return (last - first - granules.bits.count(first, last)) * granules.size;
 }
 
 /** Writes target metadata after checking it lies in the target's own allocations, merging adjacent writes. */
@@ -282,6 +325,8 @@ class CheckedWriter implements MetadataWriter {
 interface Built {
   build: TargetBuild;
   stats: PlanStats;
+  /** Clusters of the source's holes kept as data (SourceView.holesAsData). */
+  holeClustersKept: number;
   digest: string;
   metadataBytes: number;
   relocatedBytes: number;
@@ -313,7 +358,14 @@ async function build(
   let relocatedBytes = 0;
   let dataEnd = 0;
   const planner = new MappingPlanner(
-    { virtualSize: view.options.virtualSize, layout, hasBacking: view.hasBacking, zeroHostRangesReadAsZero: view.holesReadZero, zeroAsUnallocated: !view.hasBacking },
+    {
+      virtualSize: view.options.virtualSize,
+      layout,
+      hasBacking: view.hasBacking,
+      zeroHostRangesReadAsZero: view.holesReadZero,
+      zeroAsUnallocated: !view.hasBacking,
+      holesAsData: view.holesAsData === true,
+    },
     {
       place: (length, guestOffset) => {
         const placed = placement.place(length, guestOffset);
@@ -361,7 +413,7 @@ async function build(
   const writer = new CheckedWriter(io, space, request.target.name, placement);
   const built = await target.build(mapping(), space, writer);
   await writer.flush();
-  return { build: built, stats: planner.stats, digest: digest.value(), metadataBytes: writer.bytes, relocatedBytes, dataEnd, placement };
+  return { build: built, stats: planner.stats, holeClustersKept: planner.holeClustersKept, digest: digest.value(), metadataBytes: writer.bytes, relocatedBytes, dataEnd, placement };
 }
 
 /**
@@ -495,28 +547,49 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
     // 2. survey and geometry.
     step('plan', 0, options.virtualSize);
     // The planned source map is kept for the build when it is compact (a few million runs at most).
-    const cache = new ExtentCache(EXTENT_CACHE_BUDGET);
-    const surveyed = await survey(io, request, view, fileSizeBefore, step, cache);
-    if (surveyed.costs.length === 0) {
-      const [failure] = surveyed.failures;
-      throw refuse(source.name, target.name, failure?.message ?? `no cluster size in [${factory.clusterSizes.min}, ${factory.clusterSizes.max}] can hold this image`);
-    }
+    let cache = new ExtentCache(EXTENT_CACHE_BUDGET);
+    let surveyed = await survey(io, request, view, fileSizeBefore, step, cache);
     const requested = factory.clusterSizeOption !== undefined && typeof request.targetOptions?.[factory.clusterSizeOption] === 'number';
-    const geometry: GeometryChoice = chooseGeometry(surveyed.costs, options.clusterSize, requested);
-    const chosen = surveyed.costs.find((cost) => cost.candidate.clusterSize === geometry.clusterSize)!;
+    const choose = (surveyed: Survey) => {
+      if (surveyed.costs.length === 0) {
+        const [failure] = surveyed.failures;
+        throw refuse(source.name, target.name, failure?.message ?? `no cluster size in [${factory.clusterSizes.min}, ${factory.clusterSizes.max}] can hold this image`);
+      }
+      const geometry: GeometryChoice = chooseGeometry(surveyed.costs, options.clusterSize, requested);
+      const chosen = surveyed.costs.find((cost) => cost.candidate.clusterSize === geometry.clusterSize)!;
+      const layout = chosen.candidate.target.layout;
+      const C = layout.clusterSize;
+      // The estimate was made with the file's end as the start of free space; the referenced end may lie further.
+      // New space lies past the file, past everything the source references, past the target's header region (a
+      // source smaller than that region must not get relocated clusters inside it) and past the clusters a packed
+      // or identity target places inside the image.
+      const decision = chosen.candidate.decision;
+      const headOffset = layout.headerOffset ?? 0;
+      const placedEnd =
+        layout.placement?.kind === 'packed' && decision ? decision.start + decision.dataClusters * C : layout.placement?.kind === 'identity' ? options.virtualSize : 0;
+      const spaceStart = alignUp(Math.max(surveyed.spaceStart, headOffset + layout.headerRegionSize, placedEnd), C);
+      const estimate = chosen.candidate.target.estimate({ ...chosen.candidate.summary(options.virtualSize), spaceStart });
+      return { geometry, chosen, layout, C, decision, headOffset, spaceStart, estimate };
+    };
+    let choice = choose(surveyed);
+    // A target that counts unreferenced clusters as leaks gets the source's holes packed after the commit; when
+    // that would move more than packing may (mostly data: a sparse raw file), the holes are kept as data clusters
+    // instead (they read as zeros where they are), which moves nothing. Planned again (one more walk of the map).
+    let holesEstimate: { bytes: number; budget: number } | undefined;
+    if (surveyed.dataGranules && choice.layout.unreferencedClustersLeak === true && (choice.layout.placement?.kind ?? 'anywhere') === 'anywhere') {
+      const { chosen, layout, C, estimate, spaceStart } = choice;
+      const bytes = estimatedPackBytes(surveyed.dataGranules, layout.headerRegionSize, (chosen.stats.clustersKept + chosen.stats.clustersRelocated) * C, estimate.metadataBytes, spaceStart);
+      const budget = packBudget(surveyed.occupancy, estimate.metadataBytes, chosen.stats.bytesRelocated);
+      if (bytes > budget) {
+        holesEstimate = { bytes, budget };
+        view.holesAsData = true;
+        cache = new ExtentCache(EXTENT_CACHE_BUDGET);
+        surveyed = await survey(io, request, view, fileSizeBefore, step, cache);
+        choice = choose(surveyed);
+      }
+    }
+    const { geometry, chosen, layout, C, decision, headOffset, spaceStart, estimate } = choice;
     const targetImage = chosen.candidate.target;
-    const layout = targetImage.layout;
-    const C = layout.clusterSize;
-    // The estimate was made with the file's end as the start of free space; the referenced end may lie further.
-    // New space lies past the file, past everything the source references, past the target's header region (a
-    // source smaller than that region must not get relocated clusters inside it) and past the clusters a packed
-    // or identity target places inside the image.
-    const decision = chosen.candidate.decision;
-    const headOffset = layout.headerOffset ?? 0;
-    const placedEnd =
-      layout.placement?.kind === 'packed' && decision ? decision.start + decision.dataClusters * C : layout.placement?.kind === 'identity' ? options.virtualSize : 0;
-    const spaceStart = alignUp(Math.max(surveyed.spaceStart, headOffset + layout.headerRegionSize, placedEnd), C);
-    const estimate = targetImage.estimate({ ...chosen.candidate.summary(options.virtualSize), spaceStart });
     // Relocations take whole clusters; one table block of sector alignment (VMDK) may leave up to a cluster of padding.
     const packs = layout.unreferencedClustersLeak === true && (request.compact ?? 'auto') !== 'never';
     // Packing may move one table through the space past the image's end: as much again as the metadata (a hole
@@ -559,9 +632,17 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
       verified,
     });
 
+    /** Why the source's holes are kept as data clusters (holesEstimate set). */
+    const holesReason = (kept: number, estimated: { bytes: number; budget: number }, verb = 'kept') =>
+      `${verb} ${kept} clusters of the source's holes as data clusters where they are (they read as zeros; ` +
+      `packing them away would have moved about ${estimated.bytes} bytes, more than the ${estimated.budget} allowed)`;
+
     if (request.dryRun) {
       await closeSource();
-      return report(true, false, Math.max(fileSizeBefore, limit), chosen.stats, estimate.metadataBytes, SECTOR_SIZE, 'none');
+      const planned = report(true, false, Math.max(fileSizeBefore, limit), chosen.stats, estimate.metadataBytes, SECTOR_SIZE, 'none');
+      if (!holesEstimate) return planned;
+      const kept = chosen.candidate.planner?.holeClustersKept ?? 0;
+      return { ...planned, compaction: { done: false, unitsMoved: 0, bytesMoved: 0, bytesPlanned: 0, leaksLeft: 0, holesKept: kept, reason: holesReason(kept, holesEstimate, 'would keep') } };
     }
 
     // 3. the record block, durably, before anything else is written.
@@ -682,6 +763,10 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
           onProgress: (done, total) => step('pack', done, total),
         });
         compaction = packReportOf(result);
+        if (holesEstimate) {
+          compaction.holesKept = built.holeClustersKept;
+          compaction.reason = `${holesReason(built.holeClustersKept, holesEstimate)}; ${result.reason}`;
+        }
         if (!result.done) {
           await io.truncate(Math.max(fileSize, result.referencedEnd));
           await io.flush();

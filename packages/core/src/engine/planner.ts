@@ -73,6 +73,13 @@ export interface PlannerOptions {
   zeroHostRangesReadAsZero?: boolean;
   /** Zero runs become unallocated (without a backing file both read as zeros; the default then). */
   zeroAsUnallocated?: boolean;
+  /**
+   * With zeroHostRangesReadAsZero, placement 'anywhere': whole clusters of a zero run that can stay at their
+   * host range are kept as data clusters there (they read as zeros), instead of becoming empty. A target that
+   * counts every unreferenced cluster as a leak (QED) then references the source's holes without moving
+   * anything; clusters that could not stay (under the header, misaligned) still become empty.
+   */
+  holesAsData?: boolean;
 }
 
 const emptyStats = (): PlanStats => ({ clustersKept: 0, clustersRelocated: 0, bytesRelocated: 0, zeroClusters: 0, unallocatedClusters: 0 });
@@ -86,6 +93,8 @@ const emptyStats = (): PlanStats => ({ clustersKept: 0, clustersRelocated: 0, by
  */
 export class MappingPlanner {
   readonly stats: PlanStats = emptyStats();
+  /** Clusters of zero-reading holes kept as data (holesAsData); counted in stats.clustersKept too. */
+  holeClustersKept = 0;
   private readonly clusterSize: number;
   private readonly alignment: number;
   /** Source extents not yet fully planned, in guest order; the first may be partly planned. */
@@ -168,6 +177,10 @@ export class MappingPlanner {
     switch (extent.kind) {
       case 'unallocated':
       case 'zero':
+        if (this.keepsHoles() && this.readsZeroAtHost(extent)) {
+          this.keepHoleRun(extent, from, to);
+          return;
+        }
         if (this.placement === 'identity' && !this.readsZeroInPlace(extent, from)) this.sink.zeroInPlace?.(from, to - from);
         this.emitEmpty(extent.kind, from, to - from);
         return;
@@ -211,6 +224,40 @@ export class MappingPlanner {
       default:
         throw new IcError('UNSUPPORTED', `${extent.kind} data at guest offset ${from} cannot be kept in place`);
     }
+  }
+
+  private keepsHoles(): boolean {
+    return this.options.holesAsData === true && this.options.zeroHostRangesReadAsZero === true && this.placement === 'anywhere';
+  }
+
+  /** A zero run whose host range reads as zeros (a hole of the source file). */
+  private readsZeroAtHost(extent: Extent): extent is Extent & { kind: 'zero'; hostOffset: number } {
+    return extent.kind === 'zero' && this.options.zeroHostRangesReadAsZero === true && extent.hostOffset !== undefined;
+  }
+
+  /**
+   * holesAsData: the whole clusters of a hole run that can stay (aligned, past the header region, addressable) are
+   * kept as data; the clusters before and after that stretch become empty.
+   */
+  private keepHoleRun(extent: Extent & { hostOffset: number }, from: number, to: number): void {
+    const C = this.clusterSize;
+    const { maxHostOffset } = this.options.layout;
+    const hostFrom = extent.hostOffset + (from - extent.guestOffset);
+    if (hostFrom % this.alignment !== 0) {
+      this.emitEmpty('zero', from, to - from);
+      return;
+    }
+    const clusters = this.clustersIn(to - from);
+    const skip = Math.min(clusters, Math.max(0, Math.ceil((this.minHost - hostFrom) / C)));
+    const fits = Math.max(skip, Math.min(clusters, Math.floor((maxHostOffset - hostFrom) / C)));
+    const keepFrom = Math.min(to, from + skip * C);
+    const keepTo = Math.min(to, from + fits * C);
+    if (keepFrom > from) this.emitEmpty('zero', from, keepFrom - from);
+    if (keepTo > keepFrom) {
+      this.keep(keepFrom, keepTo - keepFrom, hostFrom + (keepFrom - from));
+      this.holeClustersKept += this.clustersIn(keepTo - keepFrom);
+    }
+    if (to > keepTo) this.emitEmpty('zero', keepTo, to - keepTo);
   }
 
   /** A zero run that is a hole of the source at its own guest offset (a raw file's): it reads as zeros there already. */
@@ -306,6 +353,10 @@ export class MappingPlanner {
       );
     }
     if (hasData && this.options.zeroHostRangesReadAsZero && this.keepMixed(inCluster, guest, clusterEnd)) return;
+    if (!hasData && hasZero && this.keepsHoles() && this.keepMixed(inCluster, guest, clusterEnd)) {
+      this.holeClustersKept++;
+      return;
+    }
     if (!hasData) {
       if (this.placement === 'identity') {
         for (const extent of inCluster) {
