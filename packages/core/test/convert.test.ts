@@ -52,6 +52,28 @@ describe('planMapping', () => {
     expect(withBacking.relocations.map((r) => [r.reason, r.length])).toEqual([['zero-fill', 8192]]);
   });
 
+  it('stores the last cluster as zeros for a target that needs a data cluster, only when nothing holds data', () => {
+    const needs = { ...layout(4096, 3 * 4096, false), needsDataCluster: true };
+    const empty = planMapping({ extents: [{ kind: 'zero', guestOffset: 0, length: 20000 }], virtualSize: 20000, layout: needs, hasBacking: false, space: space() });
+    // The last cluster is partial: its 3616 guest bytes get a whole cluster of zeros.
+    expect(empty.mapping).toEqual([
+      { kind: 'unallocated', guestOffset: 0, length: 16384 },
+      { kind: 'data', guestOffset: 16384, length: 3616, hostOffset: 1 << 20 },
+    ]);
+    expect(empty.relocations.map((r) => [r.reason, r.source.kind, r.guestOffset])).toEqual([['zero-fill', 'zero', 16384]]);
+    expect(empty.stats).toEqual({ clustersKept: 0, clustersRelocated: 1, bytesRelocated: 3616, zeroClusters: 0, unallocatedClusters: 4 });
+    const withData: Extent[] = [
+      { kind: 'data', guestOffset: 0, length: 4096, hostOffset: 16384 },
+      { kind: 'unallocated', guestOffset: 4096, length: 12288 },
+    ];
+    const kept = planMapping({ extents: withData, virtualSize: 16384, layout: needs, hasBacking: false, space: space() });
+    expect(kept.relocations).toEqual([]);
+    expect(kept.mapping).toEqual([
+      { kind: 'data', guestOffset: 0, length: 4096, hostOffset: 16384 },
+      { kind: 'unallocated', guestOffset: 4096, length: 12288 },
+    ]);
+  });
+
   it('relocates a larger target cluster that mixes data and holes, and refuses to mix in backing content', () => {
     const extents: Extent[] = [
       { kind: 'data', guestOffset: 0, length: 512, hostOffset: 65536 },

@@ -59,6 +59,9 @@ export class ParallelsInPlaceTarget implements InPlaceTarget {
       zeroExtents: false,
       // qemu-img check counts the file past the last data cluster as leaked: the engine packs the file.
       unreferencedClustersLeak: true,
+      // qemu 7.2 measures the image's end from the highest data cluster (from 0 with none): an image without data
+      // whose header region spans more than one cluster (a BAT past 4 KiB - 64 bytes) would show the rest leaked.
+      needsDataCluster: header.dataOff * SECTOR_SIZE > clusterSize,
     };
     const problems: string[] = [];
     if (backing) problems.push(`a Parallels image cannot name a backing file ("${backing.name}")`);

@@ -121,6 +121,23 @@ describe('Parallels in place, through ic, judged by qemu-img', () => {
     expect(qemuCompare(image, 'parallels', expected, 'qcow2').code).toBe(0);
   });
 
+  it('an empty image whose BAT spans three clusters gets one cluster of zeros (qemu 7.2 counts the BAT as leaked without one)', () => {
+    const image = tmp.path('empty-4k.qcow2');
+    const expected = tmp.path('empty-4k.raw');
+    qemuCreate(image, 'qcow2', 8 * 1024 * 1024, { o: 'cluster_size=4k' });
+    qemuConvert(image, 'qcow2', expected, 'raw');
+    const { report } = convert(image, 'parallels');
+    expect(report).toMatchObject({ targetClusterSize: 4096, clustersKept: 0, clustersRelocated: 1, bytesRelocated: 4096, unallocatedClusters: 2047 });
+    // Header and BAT (64 + 4 * 2048 bytes) padded to three clusters, then the zero cluster (packed down to them).
+    expect(report['fileSizeAfter']).toBe(4 * 4096);
+    expectSame(image, 'parallels', expected);
+    qemuIo(image, 'parallels', ['write -P 0xe5 1M 8k']);
+    qemuIo(expected, 'raw', ['write -P 0xe5 1M 8k']);
+    expectSame(image, 'parallels', expected);
+    convert(image, 'qcow2');
+    expectSame(image, 'qcow2', expected);
+  });
+
   it('a target whose header and BAT would not fit the engine is refused in one line, the file untouched', () => {
     const image = tmp.path('big.qcow2');
     // 2 TiB at 64 KiB clusters: a BAT of 128 MiB, more than the 64 MiB header region the engine commits.

@@ -52,6 +52,8 @@ export async function writeImage(io: BlockIO, driver: Driver, content: ImageCont
       at += take;
     }
   }
+  // A target that needs a data cluster (TargetLayout.needsDataCluster) gets its last cluster as zeros, as in place.
+  if (target.layout.needsDataCluster && clusters.size === 0 && virtualSize > 0) clusters.set(Math.ceil(virtualSize / clusterSize) - 1, new Uint8Array(clusterSize));
   const zeroClusters = new Set<number>();
   if ((content.zero?.length ?? 0) > 0 && !target.layout.zeroExtents && content.backing) {
     throw new IcError('UNSUPPORTED', `${driver.name}: this image cannot record zero clusters over a backing file`);

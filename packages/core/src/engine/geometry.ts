@@ -214,7 +214,10 @@ export const GEOMETRY_CHANGE_MIN_SAVING = 1024 * 1024;
  * cluster but those under the new header region in place; otherwise the candidate with the fewest bytes of I/O
  * (relocations count twice, metadata once), ties going to the size nearest the source's. A cluster size other
  * than the source's changes the image for its whole life (metadata overhead, the guest's I/O pattern), so even
- * then it is chosen only when it saves at least half the I/O and at least GEOMETRY_CHANGE_MIN_SAVING bytes.
+ * then it is chosen only when it moves fewer bytes than the source's size does, saves at least half the I/O and
+ * at least GEOMETRY_CHANGE_MIN_SAVING bytes. Metadata alone never changes the geometry: the target's tables cost
+ * more at a large cluster size on a small disk, but that is the overhead the source's cluster size already
+ * chose, and a round trip through a target that had to move a block must still come back at the source's size.
  */
 export function chooseGeometry(costs: readonly CandidateCost[], sourceClusterSize: number, requested: boolean): GeometryChoice {
   if (costs.length === 0) throw new IcError('INTERNAL', 'no geometry was planned');
@@ -223,10 +226,16 @@ export function chooseGeometry(costs: readonly CandidateCost[], sourceClusterSiz
   if (requested) return { clusterSize: costs[0]!.candidate.clusterSize, reason: `requested with -o (${describe(costs[0]!)})` };
   const own = costs.find((cost) => cost.candidate.clusterSize === sourceClusterSize);
   const distance = (size: number) => Math.abs(Math.log2(size / sourceClusterSize));
-  const cheapest = [...costs].sort((a, b) => a.ioBytes - b.ioBytes || distance(a.candidate.clusterSize) - distance(b.candidate.clusterSize))[0]!;
   const worthChanging = (cost: CandidateCost) =>
-    !own || (own.candidate.relocatedElsewhere > 0 && cost.ioBytes * 2 <= own.ioBytes && own.ioBytes - cost.ioBytes >= GEOMETRY_CHANGE_MIN_SAVING);
-  const best = worthChanging(cheapest) ? cheapest : own!;
+    !own ||
+    (own.candidate.relocatedElsewhere > 0 &&
+      cost.stats.bytesRelocated < own.stats.bytesRelocated &&
+      cost.ioBytes * 2 <= own.ioBytes &&
+      own.ioBytes - cost.ioBytes >= GEOMETRY_CHANGE_MIN_SAVING);
+  const cheapest = costs
+    .filter((cost) => cost !== own && worthChanging(cost))
+    .sort((a, b) => a.ioBytes - b.ioBytes || distance(a.candidate.clusterSize) - distance(b.candidate.clusterSize))[0];
+  const best = cheapest ?? own!;
   if (own && best === own && own.candidate.relocatedElsewhere === 0) {
     const moved = own.stats.bytesRelocated > 0 ? `only the ${own.stats.bytesRelocated} bytes under the new header move` : 'every data cluster stays in place';
     return { clusterSize: sourceClusterSize, reason: `the source's cluster size; ${moved} (${own.metadataBytes} bytes of metadata)` };

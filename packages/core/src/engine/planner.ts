@@ -105,6 +105,8 @@ export class MappingPlanner {
   private readonly placement: 'anywhere' | 'packed' | 'prefixed' | 'identity';
   /** Lowest host offset a kept cluster may start at. */
   private readonly minHost: number;
+  /** Some target cluster holds data (kept or relocated). */
+  private dataPlanned = false;
 
   constructor(
     private readonly options: PlannerOptions,
@@ -215,6 +217,7 @@ export class MappingPlanner {
         if (addressable > underHeader) {
           const end = Math.min(to, from + addressable * C);
           this.sink.extent({ kind: 'data', guestOffset: at, length: end - at, hostOffset: hostAt(at) });
+          this.dataPlanned = true;
           this.stats.clustersKept += addressable - underHeader;
           at = end;
         }
@@ -267,6 +270,7 @@ export class MappingPlanner {
 
   private keep(guestOffset: number, length: number, hostOffset: number): void {
     this.sink.extent({ kind: 'data', guestOffset, length, hostOffset });
+    this.dataPlanned = true;
     this.stats.clustersKept += this.clustersIn(length);
   }
 
@@ -310,6 +314,7 @@ export class MappingPlanner {
       if (placed.copyTo !== undefined) piece.copyTo = placed.copyTo;
       this.sink.relocation?.(piece);
       this.sink.extent({ kind: 'data', guestOffset: piece.guestOffset, length: granted, hostOffset: placed.hostOffset });
+      this.dataPlanned = true;
       done += granted;
     }
     this.stats.clustersRelocated += this.clustersIn(length);
@@ -317,6 +322,14 @@ export class MappingPlanner {
   }
 
   private emitEmpty(kind: 'zero' | 'unallocated', guestOffset: number, length: number): void {
+    const { virtualSize, layout } = this.options;
+    if (layout.needsDataCluster && !this.dataPlanned && length > 0 && guestOffset + length === virtualSize) {
+      // Nothing holds data and the target's check needs a data cluster: the disk's last cluster is stored as zeros.
+      const last = Math.floor((virtualSize - 1) / this.clusterSize) * this.clusterSize;
+      if (last > guestOffset) this.emitEmpty(kind, guestOffset, last - guestOffset);
+      this.relocate(last, virtualSize - last, 'zero-fill', { kind: 'zero' });
+      return;
+    }
     if (this.options.zeroAsUnallocated) kind = 'unallocated';
     if (kind === 'zero' && !this.options.layout.zeroExtents) {
       if (this.options.hasBacking) {

@@ -326,6 +326,14 @@ export interface TargetLayout {
    */
   unreferencedClustersLeak?: boolean;
   /**
+   * The format's check measures the image's end from its highest data cluster, and from offset 0 when there is
+   * none (qemu 7.2's Parallels check: image end = highest cluster + one cluster), so an image without data shows
+   * every cluster of its header region past the first as leaked. The planner then stores the disk's last cluster
+   * as zeros (a 'zero-fill' relocation, counted as relocated) when no cluster holds data, and writeImage does the
+   * same. Default false.
+   */
+  needsDataCluster?: boolean;
+  /**
    * Guest bytes one second-level table covers (qcow2/QED L2 table, VMDK grain table), when the target's
    * metadata grows with the number of tables holding something: the plan summary counts those tables.
    */
