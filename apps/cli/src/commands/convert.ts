@@ -79,6 +79,11 @@ async function identityFile(context: Context, filename: string, target: Driver, 
       activity.phase = 'recover';
       const recovery = await recover(io, { drivers: context.registry });
       if (recovery.action !== 'none') context.err(`ic: ${printable(filename)}: ${recovery.detail}\n`);
+      // An interrupted conversion to this very format that the recovery finished: the job is done.
+      if (recovery.action === 'rolled-forward' && recovery.format === target.name) {
+        context.out(`'${filename}' is ${target.name} now: the recovery finished the interrupted conversion\n`);
+        return EXIT.OK;
+      }
     }
     activity.phase = 'probe';
     const source = named ?? (await probeDriver(context, io, 'write'));

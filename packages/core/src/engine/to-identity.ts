@@ -1,4 +1,4 @@
-import { alignUp, bytesEqual, hasCapability, IcError, type BlockIO, type Driver, type Image, type OpenOptions } from '../sdk/index.js';
+import { alignUp, bytesEqual, hasCapability, IcError, isAllZero, isIcError, itemBatches, type BlockIO, type Driver, type Image, type OpenOptions } from '../sdk/index.js';
 import { COPY_CHUNK } from './copy.js';
 import { applyDeferred, DeferredOverlay, DeferredWrites, deferredCapacity } from './deferred.js';
 import { encodeRecordStart, identityDigest, inspectInterrupted, logOffsetOf, recordBlock, transitionalSector, writeNextSlot, type FoundIntent, type IntentRecord } from './intent.js';
@@ -158,15 +158,41 @@ async function staleRuns(io: BlockIO, layout: Layout, units: UnitTable, limit: n
   return out;
 }
 
-/** Whether the prospective image reads exactly the source's guest bytes. */
-async function sameGuest(source: Image, prospect: BlockIO, virtualSize: number): Promise<number | undefined> {
-  for (let at = 0; at < virtualSize; at += COPY_CHUNK) {
-    const length = Math.min(COPY_CHUNK, virtualSize - at);
-    const [a, b] = [await source.read(at, length), await prospect.read(at, length)];
-    if (!bytesEqual(a, b)) {
-      let i = 0;
-      while (a[i] === b[i]) i++;
-      return at + i;
+/**
+ * Where the prospective image (the file as the commit leaves it) first differs from the source's guest bytes, or
+ * undefined. Data extents are compared byte for byte; elsewhere the prospect must read zeros, which only the
+ * parts of the file that may hold data need reading for (file holes read as zeros).
+ */
+async function firstDifference(source: Image, file: BlockIO, prospect: BlockIO, virtualSize: number): Promise<number | undefined> {
+  const compare = async (at: number, length: number, expected: ((at: number, length: number) => Promise<Uint8Array>) | undefined): Promise<number | undefined> => {
+    for (let done = 0; done < length; done += COPY_CHUNK) {
+      const take = Math.min(COPY_CHUNK, length - done);
+      const actual = await prospect.read(at + done, take);
+      const wanted = expected ? await expected(at + done, take) : undefined;
+      if (wanted ? !bytesEqual(actual, wanted) : !isAllZero(actual)) {
+        let i = 0;
+        while (wanted ? actual[i] === wanted[i] : actual[i] === 0) i++;
+        return at + done + i;
+      }
+    }
+    return undefined;
+  };
+  const head = await compare(0, Math.min(512, virtualSize), (at, length) => source.read(at, length));
+  if (head !== undefined) return head;
+  for await (const batch of itemBatches(source.map())) {
+    for (const extent of batch) {
+      if (extent.kind === 'data') {
+        const found = await compare(extent.guestOffset, extent.length, (at, length) => source.read(at, length));
+        if (found !== undefined) return found;
+        continue;
+      }
+      const ranges = file.dataRanges ? await file.dataRanges(extent.guestOffset, extent.length) : [{ offset: extent.guestOffset, length: extent.length }];
+      for (const range of ranges) {
+        const from = Math.max(range.offset, extent.guestOffset);
+        const to = Math.min(range.offset + range.length, extent.guestOffset + extent.length);
+        const found = to > from ? await compare(from, to - from, undefined) : undefined;
+        if (found !== undefined) return found;
+      }
     }
   }
   return undefined;
@@ -232,119 +258,130 @@ export async function convertToIdentity(io: BlockIO, source: Driver, target: Dri
     return { ...base, dryRun: true, unitsMoved: moved, bytesMoved: movedClusters * C, waves, clustersZeroed: zeroed, fileSizeAfter: virtualSize, extraBytes, flushes: 0 };
   }
 
-  // 1. moves.
-  let moved = 0;
-  let bytes = 0;
-  let waves = 0;
-  let flushes = 0;
-  let highest = fileSizeBefore;
-  if (outOfPlace > 0) {
-    const session = await Session.begin(io, source, imageEndCluster * C, spare * C, C, reach * C);
-    const locator = new PointerLocator(units, C);
-    for (let wave = planner.next(Number.POSITIVE_INFINITY); wave.length > 0; wave = planner.next(Number.POSITIVE_INFINITY)) {
-      throwIfAborted(options.signal, io.name, `${moved} of the moves`);
-      bytes += await performWave(session, units, locator, C, wave);
-      planner.apply(wave);
-      moved += wave.length;
-      waves++;
-      options.onProgress?.('move', moved, outOfPlace);
+  // From the first write on, a failure leaves a record that `recover` acts on: the error says which way it goes.
+  let switching = false;
+  try {
+    // 1. moves.
+    let moved = 0;
+    let bytes = 0;
+    let waves = 0;
+    let flushes = 0;
+    let highest = fileSizeBefore;
+    if (outOfPlace > 0) {
+      const session = await Session.begin(io, source, imageEndCluster * C, spare * C, C, reach * C);
+      const locator = new PointerLocator(units, C);
+      for (let wave = planner.next(Number.POSITIVE_INFINITY); wave.length > 0; wave = planner.next(Number.POSITIVE_INFINITY)) {
+        throwIfAborted(options.signal, io.name, `${moved} of the moves`);
+        bytes += await performWave(session, units, locator, C, wave);
+        planner.apply(wave);
+        moved += wave.length;
+        waves++;
+        options.onProgress?.('move', moved, outOfPlace);
+      }
+      flushes += session.counters.flushes;
+      highest = session.blockOffset + session.blockLength;
     }
-    flushes += session.counters.flushes;
-    highest = session.blockOffset + session.blockLength;
-  }
-  for (let u = 0; u < units.count; u++) {
-    if (units.pos[u] !== layout.goal[u]) throw new IcError('INTERNAL', `${io.name}: unit ${u} did not reach its goal (at cluster ${units.pos[u]}, goal ${layout.goal[u]})`);
-  }
-
-  // 2. zero-fill what nothing references below the disk's end.
-  const stale = await staleRuns(io, layout, units, zeroLimit, C);
-  let zeroed = 0;
-  const zeros = new Uint8Array(Math.min(COPY_CHUNK, Math.max(C, 1)));
-  for (const [a, b] of stale) {
-    for (let at = a * C; at < b * C; ) {
-      const take = Math.min(zeros.length, b * C - at);
-      await io.write(at, zeros.subarray(0, take));
-      at += take;
+    for (let u = 0; u < units.count; u++) {
+      if (units.pos[u] !== layout.goal[u]) throw new IcError('INTERNAL', `${io.name}: unit ${u} did not reach its goal (at cluster ${units.pos[u]}, goal ${layout.goal[u]})`);
     }
-    zeroed += b - a;
-    options.onProgress?.('zero', zeroed, zeroed);
-  }
-  if (stale.length > 0) {
-    await io.flush();
-    flushes++;
-  }
-  throwIfAborted(options.signal, io.name, 'the moves (the image is the source format still)');
 
-  // 3. the commit: the reserved clusters' guest content as deferred writes, then the raw sector 0.
-  const deferred = new DeferredWrites(deferredCapacity(reservedClusters + 1, 0));
-  for (let c = 0; c < N; c++) {
-    if (!layout.reserved[c]) continue;
-    const start = Math.max(c * C, 512);
-    const end = Math.min((c + 1) * C, virtualSize);
-    if (end <= start) continue;
-    const u = layout.reservedUnit[c]!;
-    if (u >= 0) deferred.copy(start, units.pos[u]! * C + (start - c * C), end - start);
-    else deferred.zero(start, end - start);
-  }
-  const oldHead = await io.read(0, 512);
-  const newHead = layout.firstUnit >= 0 ? await io.read(units.pos[layout.firstUnit]! * C, 512) : new Uint8Array(512);
-  if (bytesEqual(oldHead, newHead)) {
-    throw refuse(source, target, `the guest's first sector holds exactly the image's own first sector, so the two sides of the switch could not be told apart`);
-  }
-  const fileSize = await io.size();
-  const block = recordBlock(alignUp(Math.max(fileSize, N * C), C), 512, Math.max(512, deferred.encodedLength), C);
-  const overlay = new DeferredOverlay(io, deferred.ops());
-  // Verify before anything is switched: the file as the commit leaves it reads the source's guest bytes.
-  const mismatch = await opened(io, source, fileSize, openOptions, (image) => sameGuest(image, new ReadView(io, virtualSize, newHead, 0, overlay), virtualSize));
-  if (mismatch !== undefined) throw new IcError('INTERNAL', `${io.name}: the ${target.name} image would differ from the guest at byte ${mismatch}; nothing was switched`);
-  throwIfAborted(options.signal, io.name, 'the moves (the image is the source format still)');
-  options.onProgress?.('commit', 0, 1);
-  const record: IntentRecord = {
-    state: 'growing',
-    identityDigest: await identityDigest(io),
-    fileSizeBefore: fileSize,
-    targetFileSize: 0,
-    headerRegionSize: 512,
-    sourceFormat: source.name,
-    targetFormat: target.name,
-    pack: 'never',
-    packBudget: 0,
-    headOffset: 0,
-    deferred: false,
-    oldHead,
-    newHead: oldHead,
-  };
-  const start = encodeRecordStart(block, record);
-  await io.write(start.offset, start.bytes);
-  await io.flush();
-  const found: FoundIntent = { record, block, slot: 0, sequence: 1 };
-  const hasDeferred = deferred.count > 0;
-  if (hasDeferred) await io.write(logOffsetOf(block), deferred.encode());
-  await writeNextSlot(io, found, { ...record, state: 'committing', targetFileSize: virtualSize, deferred: hasDeferred, newHead });
-  await io.flush();
-  if (hasDeferred) {
-    // From the marker on, the source is gone: recovery finishes the commit.
-    await io.write(0, transitionalSector(block.offset));
+    // 2. zero-fill what nothing references below the disk's end.
+    const stale = await staleRuns(io, layout, units, zeroLimit, C);
+    let zeroed = 0;
+    const zeros = new Uint8Array(Math.min(COPY_CHUNK, Math.max(C, 1)));
+    for (const [a, b] of stale) {
+      for (let at = a * C; at < b * C; ) {
+        const take = Math.min(zeros.length, b * C - at);
+        await io.write(at, zeros.subarray(0, take));
+        at += take;
+      }
+      zeroed += b - a;
+      options.onProgress?.('zero', zeroed, zeroed);
+    }
+    if (stale.length > 0) {
+      await io.flush();
+      flushes++;
+    }
+    throwIfAborted(options.signal, io.name, 'the moves (the image is the source format still)');
+
+    // 3. the commit: the reserved clusters' guest content as deferred writes, then the raw sector 0.
+    const deferred = new DeferredWrites(deferredCapacity(reservedClusters + 1, 0));
+    for (let c = 0; c < N; c++) {
+      if (!layout.reserved[c]) continue;
+      const start = Math.max(c * C, 512);
+      const end = Math.min((c + 1) * C, virtualSize);
+      if (end <= start) continue;
+      const u = layout.reservedUnit[c]!;
+      if (u >= 0) deferred.copy(start, units.pos[u]! * C + (start - c * C), end - start);
+      else deferred.zero(start, end - start);
+    }
+    const oldHead = await io.read(0, 512);
+    const newHead = layout.firstUnit >= 0 ? await io.read(units.pos[layout.firstUnit]! * C, 512) : new Uint8Array(512);
+    if (bytesEqual(oldHead, newHead)) {
+      throw refuse(source, target, `the guest's first sector holds exactly the image's own first sector, so the two sides of the switch could not be told apart`);
+    }
+    const fileSize = await io.size();
+    const block = recordBlock(alignUp(Math.max(fileSize, N * C), C), 512, Math.max(512, deferred.encodedLength), C);
+    const overlay = new DeferredOverlay(io, deferred.ops());
+    // Verify before anything is switched: the file as the commit leaves it reads the source's guest bytes.
+    const mismatch = await opened(io, source, fileSize, openOptions, (image) => firstDifference(image, io, new ReadView(io, virtualSize, newHead, 0, overlay), virtualSize));
+    if (mismatch !== undefined) throw new IcError('INTERNAL', `${io.name}: the ${target.name} image would differ from the guest at byte ${mismatch}; nothing was switched`);
+    throwIfAborted(options.signal, io.name, 'the moves (the image is the source format still)');
+    options.onProgress?.('commit', 0, 1);
+    const record: IntentRecord = {
+      state: 'growing',
+      identityDigest: await identityDigest(io),
+      fileSizeBefore: fileSize,
+      targetFileSize: 0,
+      headerRegionSize: 512,
+      sourceFormat: source.name,
+      targetFormat: target.name,
+      pack: 'never',
+      packBudget: 0,
+      headOffset: 0,
+      deferred: false,
+      oldHead,
+      newHead: oldHead,
+    };
+    const start = encodeRecordStart(block, record);
+    await io.write(start.offset, start.bytes);
     await io.flush();
-    await applyDeferred(io, deferred.ops());
+    const found: FoundIntent = { record, block, slot: 0, sequence: 1 };
+    const hasDeferred = deferred.count > 0;
+    if (hasDeferred) await io.write(logOffsetOf(block), deferred.encode());
+    await writeNextSlot(io, found, { ...record, state: 'committing', targetFileSize: virtualSize, deferred: hasDeferred, newHead });
     await io.flush();
+    switching = true;
+    if (hasDeferred) {
+      // From the marker on, the source is gone: recovery finishes the commit.
+      await io.write(0, transitionalSector(block.offset));
+      await io.flush();
+      await applyDeferred(io, deferred.ops());
+      await io.flush();
+    }
+    await io.write(0, newHead);
+    await io.flush();
+    await io.truncate(virtualSize);
+    await io.flush();
+    flushes += hasDeferred ? 6 : 4;
+    highest = Math.max(highest, block.offset + block.length);
+    options.onProgress?.('commit', 1, 1);
+    return {
+      ...base,
+      dryRun: false,
+      unitsMoved: moved,
+      bytesMoved: bytes,
+      waves,
+      clustersZeroed: zeroed,
+      fileSizeAfter: await io.size(),
+      extraBytes: Math.max(0, highest - Math.max(fileSizeBefore, virtualSize)),
+      flushes,
+    };
+  } catch (error) {
+    if (!isIcError(error) || error.code === 'INTERRUPTED') throw error;
+    const next = switching
+      ? `the commit to ${target.name} had begun: \`ic recover ${io.name}\` finishes it`
+      : `the image is still ${source.name}, its data intact: \`ic recover ${io.name}\` tidies up what was moved, then run the conversion again`;
+    throw new IcError(error.code, `${error.message}; ${next}`, { path: io.name, cause: error, ...(switching ? { imageFormat: target.name } : {}) });
   }
-  await io.write(0, newHead);
-  await io.flush();
-  await io.truncate(virtualSize);
-  await io.flush();
-  flushes += hasDeferred ? 6 : 4;
-  highest = Math.max(highest, block.offset + block.length);
-  options.onProgress?.('commit', 1, 1);
-  return {
-    ...base,
-    dryRun: false,
-    unitsMoved: moved,
-    bytesMoved: bytes,
-    waves,
-    clustersZeroed: zeroed,
-    fileSizeAfter: await io.size(),
-    extraBytes: Math.max(0, highest - Math.max(fileSizeBefore, virtualSize)),
-    flushes,
-  };
 }
