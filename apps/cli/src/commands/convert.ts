@@ -50,7 +50,8 @@ export function identitySummary(filename: string, report: IdentityReport): strin
   row('cluster size', `${report.clusterSize}`);
   row('clusters', `${report.dataUnits} data clusters, ${report.unitsOutOfPlace} units out of place (data off its guest offset, tables)`);
   row(report.dryRun ? 'moves' : 'moved', `${report.unitsMoved} units${report.dryRun ? ' to move' : ''}, ${bytes(report.bytesMoved)}, in ${report.waves} waves`);
-  row('zero-filled', `${report.clustersZeroed} clusters${report.dryRun ? ' at most' : ''} (left by moved data and old metadata)`);
+  row('zero-filled', `${report.clustersZeroed} clusters (left by moved data and old metadata)`);
+  if (!report.dryRun) row('holes punched', `${report.clustersPunched} clusters given back to the file system (old places of moved data, zero-filled clusters)`);
   row('at the commit', `${report.reservedClusters} clusters under the old header and fixed metadata: ${report.reservedData} get their data, the rest zeros`);
   row('file size', `${bytes(report.fileSizeBefore)} -> ${bytes(report.fileSizeAfter)}${report.dryRun ? ' (planned)' : ''}`);
   row('extra space', `${bytes(report.extraBytes)} past the larger of the old file and the disk, at most`);

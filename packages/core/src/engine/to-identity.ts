@@ -2,7 +2,7 @@ import { alignUp, bytesEqual, hasCapability, IcError, isAllZero, isIcError, item
 import { COPY_CHUNK } from './copy.js';
 import { applyDeferred, DeferredOverlay, DeferredWrites, deferredCapacity } from './deferred.js';
 import { encodeRecordStart, identityDigest, inspectInterrupted, logOffsetOf, recordBlock, transitionalSector, writeNextSlot, type FoundIntent, type IntentRecord } from './intent.js';
-import { DefragPlanner, guestClusters, listUnits, opened, performWave, placeInOrder, PointerLocator, Session, spareFor, surveyed, throwIfAborted, type UnitTable } from './mover.js';
+import { DefragPlanner, guestClusters, listUnits, opened, performWave, placeInOrder, PointerLocator, Session, spareFor, surveyed, throwIfAborted, type Move, type UnitTable } from './mover.js';
 import type { Survey } from './pack.js';
 import { ReadView } from './view.js';
 
@@ -18,8 +18,8 @@ import { ReadView } from './view.js';
  *    the disk's end (and past the current units, where cycles of moves go through spare space). A kill re-applies
  *    a torn switch and packs the image (clean, source format); running the command again starts over.
  * 2. zero-fill: clusters below the disk's end that nothing references any more (old places of moved units, old
- *    tables) are written with zeros (file-system holes are skipped). Nothing references them: the source format
- *    is unchanged.
+ *    tables) become file-system holes where the store can punch them, else are written with zeros (holes already
+ *    there are skipped). Nothing references them: the source format is unchanged.
  * 3. commit (intent.ts's transitional commit with deferred writes, a second record block past the first): slot B
  *    holds the source's sector 0, the raw sector 0 (guest bytes 0..511) and, in the log area, the deferred writes
  *    that fill the reserved clusters below the disk's end (copies from the tail zone, or zeros). Then the
@@ -58,8 +58,10 @@ export interface IdentityReport {
   unitsMoved: number;
   bytesMoved: number;
   waves: number;
-  /** Clusters below the disk's end written with zeros before the commit (a dry run: at most that many). */
+  /** Clusters below the disk's end made to read as zeros before the commit (file holes skipped). */
   clustersZeroed: number;
+  /** Clusters made file-system holes (BlockIO.punchHole): old places of moved units, and the zero-fill's where it could. */
+  clustersPunched: number;
   /** Clusters the source's header and fixed structures occupy below the disk's end: the commit fills them. */
   reservedClusters: number;
   /** Of those, clusters filled with guest data copied from the tail zone (the rest become zeros). */
@@ -158,6 +160,44 @@ async function staleRuns(io: BlockIO, layout: Layout, units: UnitTable, limit: n
   return out;
 }
 
+/** The most bytes one wave copies: every copy lies beside its original until the wave's switch (extra disk space). */
+export const IDENTITY_WAVE_BYTES = 64 * 1024 * 1024;
+
+/** The planner's next wave, cut to IDENTITY_WAVE_BYTES (at least one move): any part of a wave is a wave. */
+function nextWave(planner: DefragPlanner, units: UnitTable, C: number): Move[] {
+  const wave = planner.next(Number.POSITIVE_INFINITY);
+  let bytes = 0;
+  let take = 0;
+  while (take < wave.length && (take === 0 || bytes + units.clusters[wave[take]!.unit]! * C <= IDENTITY_WAVE_BYTES)) bytes += units.clusters[wave[take++]!.unit]! * C;
+  return wave.slice(0, take);
+}
+
+/**
+ * After a wave, the old places of its units that nothing took (the switch is durable: nothing references them)
+ * become file-system holes where the store can punch them, so the copies do not add up on disk. Returns the
+ * clusters punched.
+ */
+async function punchVacated(io: BlockIO, planner: DefragPlanner, units: UnitTable, wave: readonly Move[], from: readonly number[], C: number): Promise<number> {
+  if (!io.punchHole) return 0;
+  let punched = 0;
+  for (let i = 0; i < wave.length; i++) {
+    const start = from[i]!;
+    const end = start + units.clusters[wave[i]!.unit]!;
+    for (let c = start; c < end; ) {
+      if (planner.occ[c] !== -1) {
+        c++;
+        continue;
+      }
+      let stop = c + 1;
+      while (stop < end && planner.occ[stop] === -1) stop++;
+      if (!(await io.punchHole(c * C, (stop - c) * C))) return punched;
+      punched += stop - c;
+      c = stop;
+    }
+  }
+  return punched;
+}
+
 /**
  * Where the prospective image (the file as the commit leaves it) first differs from the source's guest bytes, or
  * undefined. Data extents are compared byte for byte; elsewhere the prospect must read zeros, which only the
@@ -243,7 +283,7 @@ export async function convertToIdentity(io: BlockIO, source: Driver, target: Dri
     let movedClusters = 0;
     let waves = 0;
     let highest = reach;
-    for (let wave = planner.next(Number.POSITIVE_INFINITY); wave.length > 0; wave = planner.next(Number.POSITIVE_INFINITY)) {
+    for (let wave = nextWave(planner, units, C); wave.length > 0; wave = nextWave(planner, units, C)) {
       planner.apply(wave);
       moved += wave.length;
       waves++;
@@ -255,7 +295,7 @@ export async function convertToIdentity(io: BlockIO, source: Driver, target: Dri
     let zeroed = 0;
     for (const [a, b] of await staleRuns(io, layout, units, zeroLimit, C)) zeroed += b - a;
     const extraBytes = Math.max(0, highest * C - Math.max(fileSizeBefore, virtualSize));
-    return { ...base, dryRun: true, unitsMoved: moved, bytesMoved: movedClusters * C, waves, clustersZeroed: zeroed, fileSizeAfter: virtualSize, extraBytes, flushes: 0 };
+    return { ...base, dryRun: true, unitsMoved: moved, bytesMoved: movedClusters * C, waves, clustersZeroed: zeroed, clustersPunched: 0, fileSizeAfter: virtualSize, extraBytes, flushes: 0 };
   }
 
   // From the first write on, a failure leaves a record that `recover` acts on: the error says which way it goes.
@@ -263,6 +303,7 @@ export async function convertToIdentity(io: BlockIO, source: Driver, target: Dri
   try {
     // 1. moves.
     let moved = 0;
+    let punched = 0;
     let bytes = 0;
     let waves = 0;
     let flushes = 0;
@@ -270,10 +311,12 @@ export async function convertToIdentity(io: BlockIO, source: Driver, target: Dri
     if (outOfPlace > 0) {
       const session = await Session.begin(io, source, imageEndCluster * C, spare * C, C, reach * C);
       const locator = new PointerLocator(units, C);
-      for (let wave = planner.next(Number.POSITIVE_INFINITY); wave.length > 0; wave = planner.next(Number.POSITIVE_INFINITY)) {
+      for (let wave = nextWave(planner, units, C); wave.length > 0; wave = nextWave(planner, units, C)) {
         throwIfAborted(options.signal, io.name, `${moved} of the moves`);
+        const from = wave.map((m) => units.pos[m.unit]!);
         bytes += await performWave(session, units, locator, C, wave);
         planner.apply(wave);
+        punched += await punchVacated(io, planner, units, wave, from, C);
         moved += wave.length;
         waves++;
         options.onProgress?.('move', moved, outOfPlace);
@@ -290,6 +333,12 @@ export async function convertToIdentity(io: BlockIO, source: Driver, target: Dri
     let zeroed = 0;
     const zeros = new Uint8Array(Math.min(COPY_CHUNK, Math.max(C, 1)));
     for (const [a, b] of stale) {
+      // A file-system hole where the store can make one (no disk space), else zeros written.
+      if (io.punchHole && (await io.punchHole(a * C, (b - a) * C))) {
+        punched += b - a;
+        zeroed += b - a;
+        continue;
+      }
       for (let at = a * C; at < b * C; ) {
         const take = Math.min(zeros.length, b * C - at);
         await io.write(at, zeros.subarray(0, take));
@@ -373,6 +422,7 @@ export async function convertToIdentity(io: BlockIO, source: Driver, target: Dri
       bytesMoved: bytes,
       waves,
       clustersZeroed: zeroed,
+      clustersPunched: punched,
       fileSizeAfter: await io.size(),
       extraBytes: Math.max(0, highest - Math.max(fileSizeBefore, virtualSize)),
       flushes,
