@@ -179,21 +179,20 @@ function nextWave(planner: DefragPlanner, units: UnitTable, C: number): Move[] {
  */
 async function punchVacated(io: BlockIO, planner: DefragPlanner, units: UnitTable, wave: readonly Move[], from: readonly number[], C: number): Promise<number> {
   if (!io.punchHole) return 0;
-  let punched = 0;
+  const free: number[] = [];
   for (let i = 0; i < wave.length; i++) {
-    const start = from[i]!;
-    const end = start + units.clusters[wave[i]!.unit]!;
-    for (let c = start; c < end; ) {
-      if (planner.occ[c] !== -1) {
-        c++;
-        continue;
-      }
-      let stop = c + 1;
-      while (stop < end && planner.occ[stop] === -1) stop++;
-      if (!(await io.punchHole(c * C, (stop - c) * C))) return punched;
-      punched += stop - c;
-      c = stop;
-    }
+    const end = from[i]! + units.clusters[wave[i]!.unit]!;
+    for (let c = from[i]!; c < end; c++) if (planner.occ[c] === -1) free.push(c);
+  }
+  free.sort((a, b) => a - b);
+  // Runs of neighbouring clusters go in one call.
+  let punched = 0;
+  for (let i = 0; i < free.length; ) {
+    let j = i + 1;
+    while (j < free.length && free[j] === free[j - 1]! + 1) j++;
+    if (!(await io.punchHole(free[i]! * C, (j - i) * C))) return punched;
+    punched += j - i;
+    i = j;
   }
   return punched;
 }
