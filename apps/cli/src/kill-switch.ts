@@ -32,6 +32,13 @@ export function withKillSwitch<T extends BlockIO>(io: T): T {
           tick();
         };
       }
+      if (property === 'punchHole' && typeof value === 'function') {
+        return async (offset: number, length: number) => {
+          const done = await (value as (offset: number, length: number) => Promise<boolean>).call(target, offset, length);
+          tick();
+          return done;
+        };
+      }
       if (property === 'truncate') {
         return async (size: number) => {
           await target.truncate(size);
@@ -40,5 +47,5 @@ export function withKillSwitch<T extends BlockIO>(io: T): T {
       }
       return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
     },
-  }) as T & { dataRanges?: (offset: number, length: number) => Promise<ByteRange[]> };
+  }) as T & { dataRanges?: (offset: number, length: number) => Promise<ByteRange[]>; punchHole?: (offset: number, length: number) => Promise<boolean> };
 }

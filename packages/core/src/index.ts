@@ -45,4 +45,5 @@ export {
 } from './engine/mover.js';
 export { MappingPlanner, planMapping, type Relocation, type RelocationReason, type PlanStats, type Plan, type PlanInput } from './engine/planner.js';
 export { recover, type RecoveryResult, type RecoverOptions } from './engine/recover.js';
+export { convertToIdentity, type IdentityOptions, type IdentityReport } from './engine/to-identity.js';
 export { PROBE_LENGTH, Registry, type ProbeResult } from './engine/registry.js';

@@ -85,7 +85,7 @@ export const rawDriver: Driver = {
   description: 'raw disk image: guest byte N is file byte N',
   version: '0.1.0',
   apiVersion: DRIVER_API_VERSION,
-  capabilities: { read: true, create: true, inPlaceSource: true },
+  capabilities: { read: true, create: true, inPlaceSource: true, identityTarget: true },
   options: [],
   // Any file is a valid raw image, so raw only wins when no other driver recognises the bytes.
   probe: () => 1,

@@ -1,4 +1,4 @@
-import { IcError, convertInPlace, isIcError, parseOptions, recover, type ConversionReport, type Driver, type Image, type OptionValues } from '@ic/core';
+import { IcError, convertInPlace, convertToIdentity, hasCapability, isIcError, parseOptions, recover, type ConversionReport, type Driver, type IdentityReport, type Image, type OptionValues } from '@ic/core';
 import { withKillSwitch } from '../kill-switch.js';
 import { EXIT, UsageError, errorLine, printable, usage, type Context } from '../context.js';
 import { BackingChain, namedDriver, openFile, probeDriver } from '../images.js';
@@ -51,6 +51,68 @@ export function conversionSummary(filename: string, report: ConversionReport): s
   return lines.join('');
 }
 
+/** The human summary of a conversion to an identity format (raw), or of its plan. */
+export function identitySummary(filename: string, report: IdentityReport): string {
+  const lines: string[] = [];
+  const pair = `${report.sourceFormat} to ${report.targetFormat}`;
+  lines.push(report.dryRun ? `Plan for converting '${filename}' from ${pair} in place (dry run: nothing was written)\n` : `Converted '${filename}' from ${pair} in place\n`);
+  const row = (label: string, text: string) => lines.push(`  ${`${label}:`.padEnd(15)} ${text}\n`);
+  row('virtual size', `${sizeToString(report.virtualSize)} (${report.virtualSize} bytes)`);
+  row('cluster size', `${report.clusterSize}`);
+  row('clusters', `${report.dataUnits} data clusters, ${report.unitsOutOfPlace} units out of place (data off its guest offset, tables)`);
+  row(report.dryRun ? 'moves' : 'moved', `${report.unitsMoved} units${report.dryRun ? ' to move' : ''}, ${bytes(report.bytesMoved)}, in ${report.waves} waves`);
+  row('zero-filled', `${report.clustersZeroed} clusters (left by moved data and old metadata)`);
+  if (!report.dryRun) row('holes punched', `${report.clustersPunched} clusters given back to the file system (old places of moved data, zero-filled clusters)`);
+  row('at the commit', `${report.reservedClusters} clusters under the old header and fixed metadata: ${report.reservedData} get their data, the rest zeros`);
+  row('file size', `${bytes(report.fileSizeBefore)} -> ${bytes(report.fileSizeAfter)}${report.dryRun ? ' (planned)' : ''}`);
+  row('extra space', `${bytes(report.extraBytes)} past the larger of the old file and the disk, at most`);
+  return lines.join('');
+}
+
+/** Prints the report; a signal that arrived while the engine found no safe point to stop is said and counted. */
+function finished(context: Context, filename: string, text: string, targetFormat: string, signal: AbortSignal | undefined): number {
+  context.out(text);
+  if (signal?.aborted) {
+    // The engine did not stop (it found no safe point before the end): the conversion is complete and valid.
+    context.err(errorLine(`${filename}: ${context.interrupts.cause} arrived, but the conversion could not be stopped before it completed: the image is now ${targetFormat}`, 'INTERRUPTED'));
+    return context.interrupts.exitStatus();
+  }
+  return EXIT.OK;
+}
+
+/** `ic convert-inplace IMAGE raw`: the data permuted into guest order, the metadata dropped (see @ic/core convertToIdentity). */
+async function identityFile(context: Context, filename: string, target: Driver, options: ConvertOptions, signal: AbortSignal | undefined, named: Driver | undefined): Promise<number> {
+  const { activity, interrupts } = context;
+  activity.phase = 'open';
+  const io = withKillSwitch(await openFile(context, filename, options.dryRun ? 'read' : 'write'));
+  try {
+    if (signal) interrupts.throwIfStopped(filename, 'before anything was written; the image is unchanged');
+    if (!options.dryRun) {
+      activity.phase = 'recover';
+      const recovery = await recover(io, { drivers: context.registry });
+      if (recovery.action !== 'none') context.err(`ic: ${printable(filename)}: ${recovery.detail}\n`);
+      // An interrupted conversion to this very format that the recovery finished: the job is done.
+      if (recovery.action === 'rolled-forward' && recovery.format === target.name) {
+        context.out(`'${filename}' is ${target.name} now: the recovery finished the interrupted conversion\n`);
+        return EXIT.OK;
+      }
+    }
+    activity.phase = 'probe';
+    const source = named ?? (await probeDriver(context, io, 'write'));
+    if (source === target) throw new IcError('UNSUPPORTED', `${filename}: the image is ${target.name} already`, { path: filename });
+    const report = await convertToIdentity(io, source, target, {
+      dryRun: options.dryRun,
+      allowUnlocked: !context.lock,
+      openOptions: { untrusted: context.untrusted },
+      onProgress: (phase, done, total) => Object.assign(activity, { phase, done, total }),
+      ...(signal ? { signal } : {}),
+    });
+    return finished(context, filename, options.output === 'json' ? `${JSON.stringify(report, null, 4)}\n` : identitySummary(filename, report), report.targetFormat, signal);
+  } finally {
+    await io.close().catch(() => undefined);
+  }
+}
+
 /** `ic convert-inplace`: rewrites the metadata around the data already in the file (see @ic/core convertInPlace). */
 export async function convertCommand(context: Context, filename: string, targetName: string, options: ConvertOptions): Promise<number> {
   const named = namedDriver(context, options.format);
@@ -64,6 +126,11 @@ export async function convertCommand(context: Context, filename: string, targetN
     if (!Number.isSafeInteger(requested) || requested < min || requested > max || (requested & (requested - 1)) !== 0) {
       throw new UsageError(`${target.name}: ${clusterSizeOption}=${requested} must be a power of two from ${min} to ${max} for an in-place conversion`);
     }
+  }
+  if (hasCapability(target, 'identityTarget')) {
+    if (options.o.length > 0 || options.zeroScan || (options.compact ?? 'auto') !== 'auto') throw new UsageError(`${target.name}: -o, --zero-scan and --compact do not apply to a conversion to ${target.name}`);
+    const body = (signal: AbortSignal | undefined) => identityFile(context, filename, target, options, signal, named);
+    return options.dryRun ? body(undefined) : context.interrupts.during(body);
   }
   const compact = options.compact ?? 'auto';
   if (compact !== 'auto' && compact !== 'always' && compact !== 'never') throw new UsageError(`--compact takes auto, always or never, not '${compact}'`);
@@ -155,13 +222,7 @@ async function convertFile(
       progress.finish();
       await chain?.close();
     }
-    context.out(options.output === 'json' ? `${JSON.stringify(report, null, 4)}\n` : conversionSummary(filename, report));
-    if (signal?.aborted) {
-      // The engine did not stop (it found no safe point before the end): the conversion is complete and valid.
-      context.err(errorLine(`${filename}: ${interrupts.cause} arrived, but the conversion could not be stopped before it completed: the image is now ${report.targetFormat}`, 'INTERRUPTED'));
-      return interrupts.exitStatus();
-    }
-    return EXIT.OK;
+    return finished(context, filename, options.output === 'json' ? `${JSON.stringify(report, null, 4)}\n` : conversionSummary(filename, report), report.targetFormat, signal);
   } finally {
     await io.close().catch(() => undefined);
   }

@@ -62,7 +62,7 @@ export function fragmentationLine(f: Fragmentation): string {
 }
 
 /** Every unit, one row each (typed arrays): where it is, how long, its pointer(s), what orders it. */
-interface UnitTable {
+export interface UnitTable {
   count: number;
   /** Current first cluster. */
   pos: Float64Array;
@@ -78,7 +78,7 @@ interface UnitTable {
   formats: Formats;
 }
 
-async function listUnits(image: Image, surveyed: Survey): Promise<UnitTable> {
+export async function listUnits(image: Image, surveyed: Survey): Promise<UnitTable> {
   const C = surveyed.clusterSize;
   const runs: UnitRun[] = [];
   let count = 0;
@@ -118,7 +118,7 @@ async function listUnits(image: Image, surveyed: Survey): Promise<UnitTable> {
 }
 
 /** Finds, for a pointer's original file offset, where it lives now: inside a table that may have moved. */
-class PointerLocator {
+export class PointerLocator {
   private readonly starts: Float64Array;
   private readonly index: Int32Array;
   constructor(
@@ -150,7 +150,7 @@ class PointerLocator {
 }
 
 /** An open mover session: the record block past the spare space, and the wave counters. */
-class Session {
+export class Session {
   readonly sequence = { value: 0 };
   readonly counters = { flushes: 0 };
   constructor(
@@ -160,8 +160,9 @@ class Session {
     readonly blockLength: number,
   ) {}
 
-  static async begin(io: BlockIO, driver: Driver, imageEnd: number, spareBytes: number, C: number): Promise<Session> {
-    const blockOffset = alignUp(imageEnd + spareBytes, C);
+  /** `reach`: the highest offset units may be moved to besides the spare space (default imageEnd). */
+  static async begin(io: BlockIO, driver: Driver, imageEnd: number, spareBytes: number, C: number, reach = imageEnd): Promise<Session> {
+    const blockOffset = alignUp(Math.max(imageEnd, reach) + spareBytes, C);
     const block = recordBlock(blockOffset, 0, logCapacityFor(MOVER_LOG_ENTRIES), C);
     const sector0 = await io.read(0, 512);
     const record: IntentRecord = {
@@ -203,7 +204,7 @@ class Session {
   }
 }
 
-async function opened<T>(io: BlockIO, driver: Driver, limit: number, openOptions: OpenOptions, work: (image: Image) => Promise<T>): Promise<T> {
+export async function opened<T>(io: BlockIO, driver: Driver, limit: number, openOptions: OpenOptions, work: (image: Image) => Promise<T>): Promise<T> {
   const image = await driver.open(new ReadView(io, limit), openOptions);
   try {
     return await work(image);
@@ -220,7 +221,7 @@ function refuse(driver: Driver, what: string): IcError {
   );
 }
 
-async function surveyed(driver: Driver, image: Image, what: string): Promise<Survey> {
+export async function surveyed(driver: Driver, image: Image, what: string): Promise<Survey> {
   if (!image.units) throw refuse(driver, what);
   const description = await image.conversionSource?.();
   if (description && description.blockers.length > 0) {
@@ -229,7 +230,7 @@ async function surveyed(driver: Driver, image: Image, what: string): Promise<Sur
   return survey(driver, image);
 }
 
-function throwIfAborted(signal: AbortSignal | undefined, name: string, done: string): void {
+export function throwIfAborted(signal: AbortSignal | undefined, name: string, done: string): void {
   if (signal?.aborted) throw new IcError('INTERRUPTED', `${name}: stopped after ${done}; the image is valid; run \`ic recover\` to tidy it up`);
 }
 
@@ -275,9 +276,24 @@ export interface DefragReport {
   clusterSize: number;
 }
 
-interface Move {
+export interface Move {
   unit: number;
   to: number;
+}
+
+/** The guest cluster each data cluster of the host holds (host cluster -> guest cluster), from the map. */
+export async function guestClusters(image: Image, C: number): Promise<Map<number, number>> {
+  const guestOf = new Map<number, number>();
+  for await (const batch of itemBatches(image.map())) {
+    for (const extent of batch) {
+      if (extent.kind !== 'data') continue;
+      for (let at = 0; at < extent.length; at += C) {
+        const host = extent.hostOffset + at;
+        if (host % C === 0) guestOf.set(host / C, Math.floor((extent.guestOffset + at) / C));
+      }
+    }
+  }
+  return guestOf;
 }
 
 /**
@@ -286,17 +302,7 @@ interface Move {
  * the first position past the previous one that clears the fixed ranges.
  */
 async function defragGoal(image: Image, s: Survey, units: UnitTable): Promise<{ goal: Float64Array; goalEnd: number }> {
-  const C = s.clusterSize;
-  const guestOf = new Map<number, number>();
-  for await (const batch of itemBatches(image.map())) {
-    for (const extent of batch) {
-      if (extent.kind !== 'data') continue;
-      for (let at = 0; at < extent.length; at += C) {
-        const host = extent.hostOffset + at;
-        if (host % C === 0) guestOf.set(host / C, (extent.guestOffset + at) / C);
-      }
-    }
-  }
+  const guestOf = await guestClusters(image, s.clusterSize);
   const order = Array.from({ length: units.count }, (_, i) => i);
   const key = new Float64Array(units.count);
   for (let i = 0; i < units.count; i++) {
@@ -304,10 +310,19 @@ async function defragGoal(image: Image, s: Survey, units: UnitTable): Promise<{ 
     else key[i] = guestOf.get(units.pos[i]!) ?? 1e15 + units.pos[i]!;
   }
   order.sort((a, b) => key[a]! - key[b]!);
-  const fixed = new Uint8Array(s.fixedEnd);
-  for (const [start, end] of s.fixed) fixed.fill(1, start, end);
   const goal = new Float64Array(units.count);
-  let cursor = s.headerClusters;
+  const cursor = placeInOrder(order, units, s, s.headerClusters, goal);
+  return { goal, goalEnd: Math.max(cursor, s.fixedEnd, s.headerClusters) };
+}
+
+/**
+ * Gives the units of `order` goals one after the other from cluster `start`, each at the first position past the
+ * previous one that clears the survey's fixed ranges. Returns the end of the last.
+ */
+export function placeInOrder(order: readonly number[], units: UnitTable, s: Survey, start: number, goal: Float64Array): number {
+  const fixed = new Uint8Array(s.fixedEnd);
+  for (const [a, b] of s.fixed) fixed.fill(1, a, b);
+  let cursor = start;
   for (const u of order) {
     const n = units.clusters[u]!;
     for (let c = cursor; c < cursor + n && c < fixed.length; c++) {
@@ -319,7 +334,7 @@ async function defragGoal(image: Image, s: Survey, units: UnitTable): Promise<{ 
     goal[u] = cursor;
     cursor += n;
   }
-  return { goal, goalEnd: Math.max(cursor, s.fixedEnd, s.headerClusters) };
+  return cursor;
 }
 
 /**
@@ -328,7 +343,7 @@ async function defragGoal(image: Image, s: Survey, units: UnitTable): Promise<{ 
  * (spread over the cycles, so they progress in parallel). With a budget, parking stops in time for every parked
  * unit to be settled into a hole below the goal's end before the budget runs out.
  */
-class DefragPlanner {
+export class DefragPlanner {
   readonly occ: Int32Array;
   private readonly stamp: Int32Array;
   private waveNo = 0;
@@ -590,7 +605,31 @@ class DefragPlanner {
   }
 }
 
-function spareFor(options: DefragOptions, units: UnitTable, C: number): number {
+/**
+ * Carries out one planned wave (copies into free space, logged pointer switches; see Session.wave): a table that
+ * moves in the same wave gets the pointers inside it written at its new place. Returns the bytes copied; the
+ * caller then applies the wave to its planner.
+ */
+export async function performWave(session: Session, units: UnitTable, locator: PointerLocator, C: number, wave: readonly Move[]): Promise<number> {
+  const destination = new Map<number, number>();
+  for (const m of wave) if (units.isTable[m.unit]) destination.set(m.unit, m.to);
+  const moving = (unit: number) => destination.get(unit);
+  const copies: CopyRun[] = [];
+  const switches: PointerSwitch[] = [];
+  let bytes = 0;
+  for (const { unit, to } of wave) {
+    const length = units.clusters[unit]! * C;
+    copies.push({ from: units.pos[unit]! * C, to: to * C, length });
+    const format = units.formats.list[units.format[unit]!]!;
+    switches.push({ at: locator.locate(units.pointer[unit]!, moving), format, target: to * C });
+    if (units.mirror[unit]! >= 0) switches.push({ at: locator.locate(units.mirror[unit]!, moving), format, target: to * C });
+    bytes += length;
+  }
+  await session.wave(copies, switches);
+  return bytes;
+}
+
+export function spareFor(options: Pick<DefragOptions, 'spareBytes'>, units: UnitTable, C: number): number {
   let largest = 1;
   let total = 0;
   for (let u = 0; u < units.count; u++) {
@@ -673,20 +712,7 @@ export async function defragImage(io: BlockIO, driver: Driver, options: DefragOp
       done = planner.pending.every((u) => units.pos[u] === goal[u]);
       break;
     }
-    const destination = new Map<number, number>();
-    for (const m of wave) if (units.isTable[m.unit]) destination.set(m.unit, m.to);
-    const moving = (unit: number) => destination.get(unit);
-    const copies: CopyRun[] = [];
-    const switches: PointerSwitch[] = [];
-    for (const { unit, to } of wave) {
-      const length = units.clusters[unit]! * C;
-      copies.push({ from: units.pos[unit]! * C, to: to * C, length });
-      const format = units.formats.list[units.format[unit]!]!;
-      switches.push({ at: locator.locate(units.pointer[unit]!, moving), format, target: to * C });
-      if (units.mirror[unit]! >= 0) switches.push({ at: locator.locate(units.mirror[unit]!, moving), format, target: to * C });
-      bytes += length;
-    }
-    await session.wave(copies, switches);
+    bytes += await performWave(session, units, locator, C, wave);
     planner.apply(wave);
     planner.firstStep = false;
     moved += wave.length;

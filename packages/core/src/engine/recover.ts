@@ -58,8 +58,18 @@ async function checkProspect(
  * Finishes or undoes an interrupted operation (see intent.ts). Touches nothing when there is nothing to recover.
  * A transitional sector 0 without a readable record cannot be undone: NEEDS_RECOVERY stays, and the error
  * says so.
+ *
+ * Operations may nest: a conversion to raw commits with its own record past the mover's (to-identity.ts), so
+ * undoing that commit leaves the mover's record at the end of the file, which is recovered next, in the same call.
  */
 export async function recover(io: BlockIO, options: RecoverOptions = {}): Promise<RecoveryResult> {
+  const outer = await recoverOnce(io, options);
+  if (outer.action !== 'rolled-back' || !(await readIntent(io))) return outer;
+  const inner = await recoverOnce(io, options);
+  return { ...inner, detail: `${outer.detail}; then ${inner.detail}` };
+}
+
+async function recoverOnce(io: BlockIO, options: RecoverOptions): Promise<RecoveryResult> {
   const found = await readIntent(io);
   const sector0 = await io.read(0, 512);
   if (!found) {

@@ -368,6 +368,20 @@ export class FileIO implements BlockIO {
     return `file:${stat.dev}:${stat.ino}:${stat.birthtimeNs}`;
   }
 
+  /** A file-system hole over the range (fallocate PUNCH_HOLE, the size kept); false without koffi or where the file system has none. */
+  async punchHole(offset: number, length: number): Promise<boolean> {
+    this.guard();
+    checkRange(offset, length, 'hole punch');
+    if (!this.writable) throw new IcError('IO', `${this.name} is open read-only`, { path: this.name });
+    const native = posix();
+    if (!native?.punchHole || length === 0) return false;
+    try {
+      return native.punchHole(this.handle.fd, offset, length);
+    } catch (error) {
+      throw systemError(error, this.name, `hole punch at ${offset}`);
+    }
+  }
+
   /** Where the file system has data, from lseek(SEEK_DATA/SEEK_HOLE); everything counts as data without it. */
   async dataRanges(offset: number, length: number): Promise<ByteRange[]> {
     this.guard();

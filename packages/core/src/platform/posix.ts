@@ -18,6 +18,11 @@ export interface Posix {
   ofdSetLock(fd: number, type: 'read' | 'write' | 'unlock', start: number, length: number): boolean;
   /** F_OFD_GETLK: the type of a conflicting lock on the range, or 'none'. Throws a PosixError on failure. */
   ofdTestLock(fd: number, type: 'read' | 'write', start: number, length: number): 'none' | 'read' | 'write';
+  /**
+   * fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length): true when done, false when the file
+   * system cannot (EOPNOTSUPP, ENOSYS). Any other failure throws a PosixError carrying errno.
+   */
+  punchHole?(fd: number, offset: number, length: number): boolean;
 }
 
 /** A failed system call, with the errno the kernel gave. */
@@ -62,6 +67,10 @@ const F_UNLCK = 2;
 const ENXIO = 6;
 const EAGAIN = 11;
 const EACCES = 13;
+const ENOSYS = 38;
+const EOPNOTSUPP = 95;
+const FALLOC_FL_KEEP_SIZE = 1;
+const FALLOC_FL_PUNCH_HOLE = 2;
 
 interface Flock {
   l_type: number;
@@ -133,6 +142,7 @@ function load(): Posix | null {
       if (errno === ENXIO) return -1;
       throw new PosixError('lseek', errno);
     };
+    const fallocate = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as (fd: number, mode: number, offset: number, length: number) => number;
     const lockType = { read: F_RDLCK, write: F_WRLCK, unlock: F_UNLCK } as const;
     return {
       seekData: (fd, offset) => seek(fd, offset, SEEK_DATA),
@@ -143,6 +153,12 @@ function load(): Posix | null {
         const errno = koffi.errno();
         if (errno === EAGAIN || errno === EACCES) return false; // held by someone else
         throw new PosixError('fcntl(F_OFD_SETLK)', errno);
+      },
+      punchHole(fd, offset, length) {
+        if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) === 0) return true;
+        const errno = koffi.errno();
+        if (errno === EOPNOTSUPP || errno === ENOSYS) return false;
+        throw new PosixError('fallocate(PUNCH_HOLE)', errno);
       },
       ofdTestLock(fd, type, start, length) {
         const lock: Flock = { l_type: lockType[type], l_whence: 0, l_start: start, l_len: length, l_pid: 0 };

@@ -34,6 +34,13 @@ export interface Capabilities {
   inPlaceTarget: boolean;
   /** Image.check({ repair }) repairs what `qemu-img check -r leaks|all` repairs (needs the image opened for writing). */
   repair?: boolean;
+  /**
+   * An image of this format is the guest's bytes and nothing else (guest byte g at file byte g, the file as long as
+   * the disk): an in-place conversion to it (`ic convert-inplace IMAGE raw`) moves every data unit of the source
+   * to its guest offset, zero-fills the rest and drops the source's metadata (engine/to-identity.ts). Needs
+   * nothing from the driver beyond open() (recovery opens the result with it).
+   */
+  identityTarget?: boolean;
 }
 
 export const CAPABILITY_HELP: Readonly<Record<keyof Capabilities, string>> = {
@@ -45,6 +52,7 @@ export const CAPABILITY_HELP: Readonly<Record<keyof Capabilities, string>> = {
   inPlaceSource: 'can be converted in place to another format',
   inPlaceTarget: 'can be produced in place from another format',
   repair: 'check -r leaks|all repairs the image in place',
+  identityTarget: 'images are the guest bytes alone: sources with movable units convert to it in place',
 };
 
 /** A creation or conversion option, described as data so that the CLI can list, parse and validate it. */

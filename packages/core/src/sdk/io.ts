@@ -28,6 +28,11 @@ export interface BlockIO {
    */
   dataRanges?(offset: number, length: number): Promise<ByteRange[]>;
   /**
+   * Optional: makes [offset, offset+length) read as zeros and gives its space back (a file-system hole; the size
+   * stays). False when the store cannot (nothing changed: the caller writes zeros instead). Durable after flush().
+   */
+  punchHole?(offset: number, length: number): Promise<boolean>;
+  /**
    * Optional: a string naming this very file and no copy of it (device, inode, birth time). Intent records
    * are bound to it, so a record forged by a guest inside its own disk, or found in a copied file, is refused.
    */
