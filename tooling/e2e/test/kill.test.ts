@@ -9,7 +9,9 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
+import { qemuKnowsFormat } from '@ic/conformance/qemu';
 import { qemuCheck, qemuCompare, qemuCreate, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
+import { registry } from '../src/registry.js';
 
 const repoRoot = fileURLToPath(new URL('../../..', import.meta.url));
 const icBin = join(repoRoot, 'apps/cli/bin/ic.js');
@@ -42,6 +44,21 @@ const pairs: Pair[] = [
   // The VMDK header is 10.5 KiB and overwrites raw guest data: the transitional commit.
   { from: 'raw', to: 'vmdk', writes: ['write -P 0x61 0 64k', 'write -P 0x62 10M 128k'] },
 ];
+
+// Every other in-place target of the registry that qemu can make images of, killed on the way in and on the way out:
+// the targets in a ring (each converted into from the one before it and out of into the one after it), so adding a
+// driver grows this suite with no edit here.
+const listed = new Set(pairs.flatMap((pair) => [pair.from, pair.to]));
+const ring = registry.with('inPlaceTarget').map((driver) => driver.name).filter(qemuKnowsFormat);
+ring.forEach((name, i) => {
+  if (listed.has(name)) return;
+  const before = ring[(i + ring.length - 1) % ring.length]!;
+  const after = ring[(i + 1) % ring.length]!;
+  const writes = ['write -P 0x71 0 1M', 'write -P 0x72 20M 64k', 'write -P 0x73 40M 4k'];
+  for (const pair of [{ from: before, to: name, writes }, { from: name, to: after, writes }]) {
+    if (!pairs.some((known) => known.from === pair.from && known.to === pair.to)) pairs.push(pair);
+  }
+});
 
 describe('SIGKILL at every write of a real `ic` process, then `ic recover`', () => {
   const scratch = tempDir('ic-kill-');
@@ -87,8 +104,8 @@ describe('SIGKILL at every write of a real `ic` process, then `ic recover`', () 
         }
         const check = qemuCheck(image, format);
         // Clean every time, leaks included: recovery finishes an interrupted packing step too. qemu-img cannot
-        // check raw images at all (exit 63).
-        expect(check.code, `kill after ${killAfter} writes: ${check.text}`).toBe(format === 'raw' ? 63 : 0);
+        // check some formats at all (exit 63: raw, VHD).
+        expect(check.code, `kill after ${killAfter} writes: ${check.text}`).toBe(check.code === 63 && /does not support checks/.test(check.text) ? 63 : 0);
         expect(qemuCompare(image, format, pristine, pair.from).code, `kill after ${killAfter} writes`).toBe(0);
       }
       expect(finished).toBe(true);
