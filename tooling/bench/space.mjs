@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-// Disk space and time of `ic convert-inplace IMAGE raw`: a qemu-made image (FORMAT, VIRTUAL size, DATA clusters
-// of 64 KiB written by qemu-io in random guest order) is converted while ic is stopped after every write
+// Disk space and time of `ic convert-inplace IMAGE TARGET` (default raw): a qemu-made image (FORMAT, VIRTUAL size,
+// DATA clusters of 64 KiB written by qemu-io in random guest order) is converted while ic is stopped after every write
 // (IC_TEST_STOP_AFTER_WRITES=1,...,20000: SIGSTOP, the file's du and length sampled, SIGCONT): the peak disk usage and
-// apparent length, against the image before and the raw file after; then an unstopped run timed against cp + sync
-// of the same image on the same file system. qemu-img compare checks both results.
+// apparent length, against the image before and the result after, and the bytes the conversion says it relocated
+// and wrote; then an unstopped run timed against cp + sync of the same image on the same file system. qemu-img
+// compare checks both results.
 //
-//   node tooling/bench/to-raw-space.mjs [--format qed|vmdk] [--size 512M] [--clusters 3200] [--dir DIR]
+//   node tooling/bench/space.mjs [--format qed|vmdk|vdi|vpc|...] [--to raw|qcow2|...] [--size 512M] [--clusters 3200] [--dir DIR]
 import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -18,9 +19,10 @@ const option = (name, fallback) => {
   return at >= 0 ? args[at + 1] : fallback;
 };
 const format = option('format', 'qed');
+const to = option('to', 'raw');
 const size = option('size', '512M');
 const clusters = Number(option('clusters', '3200'));
-const dir = mkdtempSync(join(option('dir', tmpdir()), 'ic-to-raw-space-'));
+const dir = mkdtempSync(join(option('dir', tmpdir()), 'ic-space-'));
 const ic = join(dirname(fileURLToPath(import.meta.url)), '../../apps/cli/bin/ic.js');
 const C = 65536;
 
@@ -47,7 +49,7 @@ function stoppedRun() {
   copyFileSync(pristine, file);
   const before = { disk: disk(file), size: statSync(file).size };
   const list = Array.from({ length: 20_000 }, (_, i) => i + 1).join(',');
-  const child = spawn(process.execPath, [ic, 'convert-inplace', file, 'raw'], { env: { ...process.env, IC_TEST_STOP_AFTER_WRITES: list }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [ic, 'convert-inplace', '--output=json', file, to], { env: { ...process.env, IC_TEST_STOP_AFTER_WRITES: list }, stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout.on('data', (d) => (out += d));
   const peak = { disk: before.disk, size: before.size, samples: 0 };
@@ -72,13 +74,13 @@ function stoppedRun() {
   );
 }
 
-const compare = () => execFileSync('qemu-img', ['compare', '-q', '-f', format, pristine, '-F', 'raw', file], { stdio: 'inherit' });
+const compare = () => execFileSync('qemu-img', ['compare', '-q', '-f', format, pristine, '-F', to, file], { stdio: 'inherit' });
 const stopped = await stoppedRun();
 compare();
 copyFileSync(pristine, file);
 execFileSync('sync');
 let started = performance.now();
-execFileSync(process.execPath, [ic, 'convert-inplace', file, 'raw'], { stdio: 'ignore' });
+execFileSync(process.execPath, [ic, 'convert-inplace', file, to], { stdio: 'ignore' });
 const icSeconds = (performance.now() - started) / 1000;
 compare();
 const copy = join(dir, 'copy');
@@ -88,11 +90,15 @@ execFileSync('cp', [pristine, copy]);
 execFileSync('sync');
 const cpSeconds = (performance.now() - started) / 1000;
 const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
-console.log(stopped.out.trim());
+const report = JSON.parse(stopped.out);
 console.log(
   JSON.stringify(
     {
       format,
+      to,
+      // The report's own counts: a conversion between formats says what it relocated and wrote; one to raw what it moved.
+      bytesRelocated: mib(report.bytesRelocated ?? report.bytesMoved ?? 0),
+      ...(report.io ? { bytesWritten: mib(report.io.bytesWritten), metadataBytes: mib(report.metadataBytes) } : {}),
       virtualSize: size,
       dataClusters: writes.length,
       writesSampled: stopped.peak.samples,
