@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { convertToIdentity, MemoryIO, type BlockIO } from '@ic/core';
-import { runCrashCampaign, summariseCampaign, type CampaignResult, type GeneratorName } from '@ic/conformance';
+import { coverageOf, runCrashCampaign, summariseCampaign, type CampaignResult, type GeneratorName } from '@ic/conformance';
 import { requireQemu, tempDir } from '@ic/test-utils';
 import { registry } from '../src/registry.js';
 import { makeFragmented, shuffled } from './mover-images.js';
@@ -52,7 +52,8 @@ describe('crash campaigns: convert-inplace to raw', () => {
         buildSource: async () => new MemoryIO(bytes.slice(), image.label),
         generators: GENERATORS,
         samples: 30,
-        recoveryCrashes: 3,
+        // Covering (npm test's default): one interrupted recovery crashed per campaign; full: three.
+        recoveryCrashes: coverageOf(undefined) === 'full' ? 3 : 1,
         seed: 21 + n,
         operation: async (io: BlockIO) => {
           const report = await convertToIdentity(io, source, raw);
