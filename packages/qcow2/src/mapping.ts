@@ -174,6 +174,8 @@ export async function* walkMapping(state: Qcow2State, start: number, end: number
           pieceHost = -1;
         }
       } else {
+        // Bits 53..55 of the offset field: no file is that large, and the number would not be exact (as checkHostOffset).
+        if (host >= MAX_HOST_OFFSET || !Number.isSafeInteger(host)) throw corruptAt(`L2 entry ${l2Index} of table ${hex(tableAt)} points to an impossible host offset`, tableAt + at);
         if (host % clusterSize !== 0) {
           throw corruptAt(`data cluster offset ${hex(host)} is not cluster-aligned (L2 table ${hex(tableAt)}, index ${l2Index})`, tableAt + at);
         }

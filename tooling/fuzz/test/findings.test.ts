@@ -96,15 +96,9 @@ describe('issue #7 regressions', () => {
   });
 });
 
-/**
- * Findings whose fix lies in code this package's owner may not change; each is marked `.fails` (it passes while the
- * bug is there) and listed in KNOWN_FINDINGS so that the CI fuzz run tolerates exactly it. Fixing the bug makes the
- * test fail: then drop `.fails` and its KNOWN_FINDINGS entry.
- */
-describe('known findings (owned elsewhere)', () => {
-  it.fails('qcow2 map: an L2 entry whose host offset is past 2^53 comes out as an unsafe number (mapping.ts fast path; seed qcow2-4k-refcount1#2)', async () => {
-    // Bit 54 of an L2 entry: the general path (checkHostOffset) refuses it, the inline fast path of walkMapping does
-    // not, so map() yields hostOffset 2^54 (reads of it then fail with OUT_OF_BOUNDS, typed).
+describe('fixed findings', () => {
+  it('qcow2 map: an L2 entry whose host offset is past 2^53 is refused as corrupt (it came out as an unsafe number from the fast path of walkMapping; seed qcow2-4k-refcount1#2)', async () => {
+    // Bit 54 of an L2 entry: the general path (checkHostOffset) refused it, the inline fast path did not.
     const result = await replay('qcow2-4k-refcount1', [{ op: 'flip', offset: 286969, bit: 6 }]);
     expect(result.found).toEqual([]);
   });
