@@ -1,7 +1,8 @@
 /**
  * The in-place matrix: a driver's images converted to another driver's format and back, judged by the content they
  * read as, both drivers' check(), and — where qemu knows the format — by qemu itself after it wrote to the result
- * (expectUsableWithQemu). Generated from a list of drivers, so adding a driver grows it with no edit.
+ * (expectUsableWithQemu). An identity target (raw) joins it as a target: each driver's shapes converted to it with
+ * convertToIdentity and back (identityPairCases). Generated from a list of drivers, so adding a driver grows it with no edit.
  */
 import { describe, expect, it } from 'vitest';
 import {
