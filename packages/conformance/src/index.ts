@@ -14,6 +14,8 @@ export {
   describeMatrix,
   matrixCases,
   shapePairCases,
+  identityPairCases,
+  isIdentityTarget,
   samplePairCase,
   registerCases,
   KIT_CASE_TIMEOUT,

@@ -1,7 +1,8 @@
 /**
  * The in-place matrix: a driver's images converted to another driver's format and back, judged by the content they
  * read as, both drivers' check(), and — where qemu knows the format — by qemu itself after it wrote to the result
- * (expectUsableWithQemu). Generated from a list of drivers, so adding a driver grows it with no edit.
+ * (expectUsableWithQemu). An identity target (raw) joins it as a target: each driver's shapes converted to it with
+ * convertToIdentity and back (identityPairCases). Generated from a list of drivers, so adding a driver grows it with no edit.
  */
 import { describe, expect, it } from 'vitest';
 import {
@@ -9,6 +10,7 @@ import {
   assertCoverage,
   collectExtents,
   convertInPlace,
+  convertToIdentity,
   hasCapability,
   isIcError,
   MemoryIO,
@@ -17,6 +19,8 @@ import {
   type ConversionReport,
   type Driver,
   type Extent,
+  type Image,
+  type ImageContent,
   type OpenOptions,
 } from '@ic/core';
 import { compareGuestBytes, contentFromImageContent, type GuestContent } from './crash/content.js';
@@ -96,6 +100,15 @@ export function canBuildAndConvert(driver: Driver): boolean {
   return hasCapability(driver, 'inPlaceSource') && hasCapability(driver, 'inPlaceTarget') && driver.inPlace !== undefined;
 }
 
+/**
+ * Whether `driver` is a target whose images are the guest's bytes alone (capability identityTarget, e.g. raw):
+ * other drivers' images are turned into it by the engine's convertToIdentity, the call `ic convert-inplace IMAGE
+ * raw` makes, rather than by convertInPlace. The matrix pairs every driver that can build and convert with it.
+ */
+export function isIdentityTarget(driver: Driver): boolean {
+  return hasCapability(driver, 'identityTarget');
+}
+
 /** The unreferenced clusters a conversion says it left (packing not done, with its reason in the report). */
 function leaksLeft(report: ConversionReport): number {
   return report.compaction?.leaksLeft ?? 0;
@@ -103,15 +116,26 @@ function leaksLeft(report: ConversionReport): number {
 
 /**
  * Data clusters an 'anywhere' target must move: those that lie (partly) below `limit` in the file (the target's
- * header region) and those whose host offset is not a multiple of the target's host alignment.
+ * header region) and those whose host offset is not a multiple of the target's host alignment. A source whose
+ * zero host ranges read as zeros (ConversionSource.zeroHostRangesReadAsZero: a raw file's holes) has data extents
+ * that start and end anywhere while the cluster around them stays where it is: there the clusters are counted
+ * once each, at the host offset of their start.
  */
-function clustersMoving(map: readonly Extent[], limit: number, clusterSize: number, alignment = clusterSize): number {
+function clustersMoving(map: readonly Extent[], limit: number, clusterSize: number, alignment = clusterSize, holesReadAsZero = false): number {
   let count = 0;
+  const counted = new Set<number>();
   for (const extent of map) {
     if (extent.kind !== 'data') continue;
-    for (let at = 0; at < extent.length; at += clusterSize) if (extent.hostOffset + at < limit || (extent.hostOffset + at) % alignment !== 0) count++;
+    if (!holesReadAsZero) {
+      for (let at = 0; at < extent.length; at += clusterSize) if (extent.hostOffset + at < limit || (extent.hostOffset + at) % alignment !== 0) count++;
+      continue;
+    }
+    for (let guest = Math.floor(extent.guestOffset / clusterSize) * clusterSize; guest < extent.guestOffset + extent.length; guest += clusterSize) {
+      const host = extent.hostOffset + (guest - extent.guestOffset);
+      if (host < limit || host % alignment !== 0) counted.add(guest);
+    }
   }
-  return count;
+  return count + counted.size;
 }
 
 /** Guest clusters (of `clusterSize`) whose data lies at the same host offset in both maps: what stayed in place. */
@@ -143,6 +167,7 @@ function expectRelocations(
   before: readonly Extent[],
   after: readonly Extent[],
   what: string,
+  holesReadAsZero = false,
 ): void {
   const layout = target.inPlace!.create({ ...request, clusterSize: report.targetClusterSize }).layout;
   const kind = layout.placement?.kind ?? 'anywhere';
@@ -156,7 +181,7 @@ function expectRelocations(
     // A target that needs a data cluster (TargetLayout.needsDataCluster) gets one of zeros when the image has none.
     const zeroFilled = layout.needsDataCluster === true && !before.some((extent) => extent.kind === 'data') ? 1 : 0;
     expect(report.clustersRelocated, `${what}: only data clusters under the header region or off the host alignment move`).toBe(
-      clustersMoving(before, layout.headerRegionSize, request.clusterSize, layout.hostAlignment ?? request.clusterSize) + zeroFilled,
+      clustersMoving(before, layout.headerRegionSize, request.clusterSize, layout.hostAlignment ?? request.clusterSize, holesReadAsZero) + zeroFilled,
     );
     return;
   }
@@ -281,6 +306,20 @@ async function sameBytes(a: BlockIO, b: BlockIO): Promise<boolean> {
   return true;
 }
 
+/** A shape built as a `source` image for a matrix case, with what the judges need to know about it. */
+async function builtForMatrix(source: Driver, shape: Shape, clusterSize: number, options: MatrixOptions): Promise<{ io: MemoryIO; content: ImageContent; backing: Image | undefined; state: Converted }> {
+  const { io, content, backing, backingIo } = await buildShape(source, shape, clusterSize);
+  const state: Converted = {
+    io,
+    expected: contentFromImageContent(content),
+    openOptions: backing ? { backing } : undefined,
+    files: backingIo && content.backing ? [{ name: content.backing.name, io: backingIo }] : [],
+    backingFormat: content.backing ? source.name : undefined,
+    qemu: options.qemu !== false,
+  };
+  return { io, content, backing, state };
+}
+
 /**
  * Every shape built as a `source` image, converted in place to `target` and back, at each cluster size both
  * support: the data clusters under the target's header region (and nothing else) move, the result probes as the
@@ -300,17 +339,8 @@ export function shapePairCases(source: Driver, target: Driver, options: MatrixOp
       cases.push({
         name: `${source.name} -> ${target.name} -> ${source.name}: ${shape.name}, ${clusterSize}-byte clusters`,
         run: async () => {
-          const { io, content, backing, backingIo } = await buildShape(source, shape, clusterSize);
-          const openOptions = backing ? { backing } : undefined;
-          const expected = contentFromImageContent(content);
-          const state: Converted = {
-            io,
-            expected,
-            openOptions,
-            files: backingIo && content.backing ? [{ name: content.backing.name, io: backingIo }] : [],
-            backingFormat: content.backing ? source.name : undefined,
-            qemu: options.qemu !== false,
-          };
+          const { io, content, backing, state } = await builtForMatrix(source, shape, clusterSize, options);
+          const { openOptions, expected } = state;
           const sourceMap = await collectExtents((await source.open(io)).map());
           const description = await (await source.open(io)).conversionSource!();
           const request = { source: description.options, clusterSize, options: {}, ...(backing ? { backingInfo: backing.info() } : {}) };
@@ -347,13 +377,91 @@ export function shapePairCases(source: Driver, target: Driver, options: MatrixOp
   return cases;
 }
 
-/** Every ordered pair of distinct drivers that can both build and convert images, as shape cases. */
+/**
+ * Every shape built as a `source` image and converted in place to the identity target `target` (raw) with the
+ * engine's convertToIdentity, as the CLI does, at the cluster sizes the source supports (under the same coverage
+ * rules as shapePairCases): the file then probes as the target, is exactly as long as the disk, reads the shape's
+ * content and is usable by qemu (qemu-io writes, qemu-img compare with the expected bytes); then, when the target
+ * can be a source, back to `source` with convertInPlace and the ordinary expectations. A source the engine cannot
+ * turn into the target (no movable units, a backing file the target cannot name) must be refused UNSUPPORTED
+ * before anything is written: such a case resolves as skipped with the engine's reason. A shape with a backing
+ * file and a target without the backing capability must be refused.
+ */
+export function identityPairCases(source: Driver, target: Driver, options: MatrixOptions = {}): KitCase[] {
+  const registry = new Registry([source, target]);
+  const cases: KitCase[] = [];
+  const sizes = (options.clusterSizes ?? [4096, 65536]).filter((size) => supportsClusterSize(source, size));
+  const coverage = coverageOf(options.coverage);
+  const back = hasCapability(target, 'inPlaceSource');
+  const pairName = back ? `${source.name} -> ${target.name} -> ${source.name}` : `${source.name} -> ${target.name}`;
+  // Shapes with a backing file run wherever the source can build them: the target must refuse those it cannot name.
+  const pairShapes = (options.shapes ?? allShapes).filter((s) => !s.needsBacking || hasCapability(source, 'backing'));
+  for (const [slot, clusterSize] of sizes.entries()) {
+    for (const [index, shape] of pairShapes.entries()) {
+      if (!covers(coverage, pairName, index, slot, sizes.length)) continue;
+      cases.push({
+        name: `${pairName}: ${shape.name}, ${clusterSize}-byte clusters`,
+        run: async () => {
+          const { io, content, state } = await builtForMatrix(source, shape, clusterSize, options);
+          const { openOptions, expected } = state;
+          const sourceImage = await source.open(io, openOptions);
+          const virtualSize = sourceImage.info().virtualSize;
+          await sourceImage.close();
+          const pristine = await copyToMemory(io);
+          const mustRefuse = content.backing !== undefined && !hasCapability(target, 'backing');
+
+          // The call the CLI makes for an identity target (apps/cli: convert-inplace IMAGE raw).
+          const forward = await convertToIdentity(io, source, target, { allowUnlocked: true, ...(openOptions ? { openOptions } : {}) }).catch((error: unknown) => error);
+          if (isIcError(forward) && forward.code === 'UNSUPPORTED') {
+            // The engine cannot turn this image into the target: refused up front, and the file is as it was.
+            expect(await sameBytes(io, pristine), `${shape.name}: a refused conversion to ${target.name} wrote nothing`).toBe(true);
+            return { skipped: `the engine refuses to convert this ${source.name} image to ${target.name} up front (nothing written): ${forward.message}` };
+          }
+          if (forward instanceof Error) throw forward;
+          if (mustRefuse) throw new Error(`${shape.name}: converted to ${target.name}, which cannot name a backing file, instead of refusing`);
+          const report = forward as Awaited<ReturnType<typeof convertToIdentity>>;
+          expect(report.dryRun).toBe(false);
+          expect(await io.size(), `${shape.name} as ${target.name}: the file is as long as the disk`).toBe(virtualSize);
+          expect(report.fileSizeAfter, `${shape.name} as ${target.name}: the reported file size`).toBe(virtualSize);
+          const head = await io.read(0, Math.min(65536, await io.size()));
+          expect(registry.probeBytes(head, await io.size())[0]?.driver, 'probes as the target').toBe(target);
+          const targetMap = await expectConvertedImage(target, io, expected, undefined, `${shape.name} as ${target.name}`);
+          await expectUsable(target, targetMap, { ...state, openOptions: undefined, files: [] }, `${shape.name} as ${target.name}`, 0);
+          if (!back) return;
+
+          // The way back is an ordinary in-place conversion from the target (a source like any other).
+          const description = await (await target.open(io)).conversionSource!();
+          const backRequest = { source: description.options, clusterSize: description.options.clusterSize, options: {} };
+          const returned = await convertInPlace({ io, source: target, target: source, compact: 'always' });
+          expect(returned.verified).toBe(true);
+          const sourceMapAfter = await expectConvertedImage(source, io, expected, undefined, `${shape.name} back as ${source.name}`, leaksLeft(returned));
+          expectRelocations(source, backRequest, returned, targetMap, sourceMapAfter, `${shape.name} back as ${source.name}`, description.zeroHostRangesReadAsZero === true);
+          await expectUsable(source, sourceMapAfter, { ...state, openOptions: undefined, files: [] }, `${shape.name} back as ${source.name}`, leaksLeft(returned));
+        },
+      });
+    }
+  }
+  return cases;
+}
+
+/**
+ * Every ordered pair of distinct drivers that can both build and convert images, as shape cases; then, for each
+ * of those drivers and each identity target among `drivers` (isIdentityTarget), the identity cases
+ * (identityPairCases), after the ordinary pairs so that the parts of the ordinary ones do not shift.
+ */
 export function matrixCases(drivers: readonly Driver[], options: MatrixOptions = {}): { pair: string; cases: KitCase[] }[] {
   const eligible = drivers.filter(canBuildAndConvert);
   const out: { pair: string; cases: KitCase[] }[] = [];
   for (const source of eligible) {
     for (const target of eligible) {
       if (source !== target) out.push({ pair: `${source.name} -> ${target.name} -> ${source.name}`, cases: shapePairCases(source, target, options) });
+    }
+  }
+  for (const source of eligible) {
+    for (const target of drivers.filter(isIdentityTarget)) {
+      if (source === target) continue;
+      const pair = hasCapability(target, 'inPlaceSource') ? `${source.name} -> ${target.name} -> ${source.name}` : `${source.name} -> ${target.name}`;
+      out.push({ pair, cases: identityPairCases(source, target, options) });
     }
   }
   return out;

@@ -5,9 +5,24 @@
  */
 import { describe, expect, it } from 'vitest';
 import { collectExtents, DRIVER_API_VERSION, MemoryIO, writeImage, type Driver, type Image } from '@ic/core';
-import { conformanceSuite, contentFromImageContent, describeDriver, driverMemberProblems, installedPartners, kitClusterSizes, pattern, shapePairCases, shapes, type KitGroup, type Sample } from '../src/index.js';
+import {
+  conformanceSuite,
+  contentFromImageContent,
+  describeDriver,
+  driverMemberProblems,
+  identityPairCases,
+  installedPartners,
+  kitClusterSizes,
+  matrixCases,
+  pattern,
+  shapePairCases,
+  shapes,
+  type KitGroup,
+  type Sample,
+} from '../src/index.js';
 import { expectUsableWithQemu } from '../src/qemu/index.js';
 import { makeToyFormat, makeToyRaw } from '../src/crash/toy-formats.js';
+import { installedDrivers } from './installed-drivers.js';
 
 const MiB = 1024 * 1024;
 
@@ -239,5 +254,49 @@ describe("the matrix's covering subset", () => {
       if (saved === undefined) delete process.env.IC_KIT_COVERAGE;
       else process.env.IC_KIT_COVERAGE = saved;
     }
+  });
+});
+
+describe('the matrix with an identity target (raw)', () => {
+  const toy = makeToyFormat({ name: 'idsrc', magic: 'IDSR', headerClusters: 1, clusterSizes: { min: 4096, max: 1 << 20 } });
+  const other = makeToyFormat({ name: 'idoth', magic: 'IDOT', headerClusters: 2, clusterSizes: { min: 4096, max: 1 << 20 } });
+  const toyRaw = makeToyRaw('idraw');
+  const identity = { ...toyRaw, capabilities: { ...toyRaw.capabilities, identityTarget: true } };
+  const sizes = [4096, 65536, 1 << 20];
+  const parse = (name: string) => /: (.+), (\d+)-byte clusters$/.exec(name)!.slice(1) as [string, string];
+
+  it('pairs every driver that builds and converts with each identity target, after the ordinary pairs, under the coverage rules', () => {
+    const pairs = matrixCases([toy, other, identity], { clusterSizes: sizes, coverage: 'covering' }).map((p) => p.pair);
+    expect(pairs).toEqual(['idsrc -> idoth -> idsrc', 'idoth -> idsrc -> idoth', 'idsrc -> idraw -> idsrc', 'idoth -> idraw -> idoth']);
+    const full = identityPairCases(toy, identity, { clusterSizes: sizes, coverage: 'full' }).map((c) => parse(c.name));
+    const covering = identityPairCases(toy, identity, { clusterSizes: sizes, coverage: 'covering' }).map((c) => parse(c.name));
+    expect(full.length).toBe(shapes.length * sizes.length - sizes.length * shapes.filter((s) => s.needsBacking).length);
+    expect(covering.map(([shape]) => shape).sort()).toEqual([...new Set(full.map(([shape]) => shape))].sort());
+    expect(new Set(covering.map(([, size]) => Number(size)))).toEqual(new Set(sizes));
+    // A target that cannot be a source is met one way only.
+    const oneWay = { ...identity, name: 'idsink', capabilities: { read: true, identityTarget: true } };
+    expect(matrixCases([toy, oneWay], { clusterSizes: sizes }).map((p) => p.pair)).toEqual(['idsrc -> idsink']);
+  });
+
+  it('registers a source the engine cannot turn into the target as skipped, with the reason, its file unchanged', async () => {
+    // The toy format lists no movable units: the engine refuses it up front.
+    const cases = identityPairCases(toy, identity, { clusterSizes: [4096], shapes: shapes.filter((s) => s.name === 'checkerboard'), qemu: false });
+    expect(cases).toHaveLength(1);
+    const result = await cases[0]!.run();
+    expect(result && 'skipped' in result ? result.skipped : result).toMatch(/refuses to convert this idsrc image to idraw up front \(nothing written\):.*movable units/);
+  });
+
+  it('converts a real source to raw and back, and refuses its image with a backing file', async () => {
+    const drivers = await installedDrivers();
+    const qed = drivers.find((d) => d.name === 'qed');
+    const raw = drivers.find((d) => d.name === 'raw');
+    if (!qed || !raw) throw new Error('@ic/qed and @ic/raw must be installed for this test');
+    const pick = (name: string) => shapes.filter((s) => s.name === name);
+    const [converted] = identityPairCases(qed, raw, { clusterSizes: [65536], shapes: pick('unaligned writes and the last byte'), qemu: false });
+    expect(converted!.name).toBe('qed -> raw -> qed: unaligned writes and the last byte, 65536-byte clusters');
+    expect(await converted!.run()).toBeUndefined();
+    const [backed] = identityPairCases(qed, raw, { clusterSizes: [65536], shapes: pick('backing reference'), qemu: false });
+    const result = await backed!.run();
+    expect(result && 'skipped' in result ? result.skipped : result).toMatch(/up front \(nothing written\):.*backing file/);
   });
 });
