@@ -54,7 +54,7 @@ export default defineConfig({
     // Only tests slower than this are listed by name in the output (a run lists thousands of cases otherwise).
     slowTestThreshold: 15_000,
     // The generated suites (the in-place matrix, the crash campaigns, the kill sweeps) run a covering subset by
-    // default; IC_KIT_COVERAGE=full runs every case (packages/conformance/src/coverage.ts; several times as long).
+    // default; IC_KIT_COVERAGE=full runs every case (packages/conformance/src/coverage.ts).
     env: { IC_KIT_COVERAGE: process.env.IC_KIT_COVERAGE ?? 'covering' },
     testTimeout: 60_000,
     hookTimeout: 120_000,

@@ -54,4 +54,4 @@ export {
 export { describeFault, FaultyIO, runFaultSweep, type Fault, type FaultRun, type FaultSweepOptions, type FaultSweepResult } from './faulty-io.js';
 export { buildCrashSource, canBeCrashSource, crashShapes, writeImageInHostOrder, type CrashShape, type CrashSource } from './sources.js';
 export { formatCampaignTable, formatTotals, generatorLegend, OUTCOME_COLUMNS, summariseCampaign, totalOutcomes, type ReportRow } from './report.js';
-export { describeCrashCampaigns, expectCrashSafe, type CrashSuiteOptions } from './suite.js';
+export { describeCrashCampaigns, expectCrashSafe, expectNoBadStates, type CrashSuiteOptions } from './suite.js';
