@@ -25,6 +25,8 @@ export interface Field {
   width: 1 | 2 | 4 | 8;
   endian: 'le' | 'be';
   role: FieldRole;
+  /** Values that mean something to this field in its format (a state, a sentinel, a limit), tried besides the generic ones. */
+  values?: readonly bigint[];
 }
 
 /** A byte range worth flipping bits in (a header, a table). */
@@ -56,6 +58,29 @@ export interface FieldMap {
   pointers: number[];
   /** The allocation unit (cluster or grain), for offset arithmetic. */
   unit: number;
+  /**
+   * Checksums over parts of the file (a VHD footer, a VHDX header or region table). A mutation inside one is
+   * sometimes followed by a fix-up of the checksum, so that the mutant gets past the checksum gate too.
+   */
+  checksums?: Checksum[];
+  /** Byte strings that mean something at a place (another magic, a GUID the file uses elsewhere), written whole. */
+  splices?: Splice[];
+}
+
+/** A checksum stored at `at`, over `length` bytes from `offset` (the checksum field counted as zero). */
+export interface Checksum {
+  name: string;
+  offset: number;
+  length: number;
+  at: number;
+  /** 'vhd': one's complement of the byte sum, big-endian; 'crc32c': CRC-32C, little-endian. */
+  kind: 'vhd' | 'crc32c';
+}
+
+export interface Splice {
+  name: string;
+  offset: number;
+  hex: string;
 }
 
 /** Field maps of the main file and of every companion that has structure of its own. */
@@ -64,7 +89,7 @@ export interface SeedLayout {
   companions: Record<string, FieldMap>;
 }
 
-class Reader {
+export class Reader {
   constructor(
     readonly bytes: Uint8Array,
     readonly endian: 'le' | 'be',
@@ -90,7 +115,7 @@ class Reader {
   }
 }
 
-class MapBuilder {
+export class MapBuilder {
   readonly map: FieldMap;
   constructor(
     private readonly reader: Reader,
@@ -98,8 +123,19 @@ class MapBuilder {
   ) {
     this.map = { fields: [], regions: [], texts: [], pointers: [], unit };
   }
-  field(name: string, offset: number, width: Field['width'], role: FieldRole): void {
-    if (this.reader.has(offset, width)) this.map.fields.push({ name, offset, width, endian: this.reader.endian, role });
+  field(name: string, offset: number, width: Field['width'], role: FieldRole, values?: readonly (bigint | number)[]): void {
+    if (!this.reader.has(offset, width)) return;
+    const field: Field = { name, offset, width, endian: this.reader.endian, role };
+    const mask = (1n << BigInt(width * 8)) - 1n;
+    const known = (values ?? []).filter((value) => typeof value === 'bigint' || Number.isFinite(value));
+    if (known.length > 0) field.values = [...new Set(known.map((value) => (typeof value === 'bigint' ? value : BigInt(Math.floor(value))) & mask))];
+    this.map.fields.push(field);
+  }
+  checksum(checksum: Checksum): void {
+    if (checksum.offset >= 0 && checksum.offset + checksum.length <= this.reader.bytes.length) (this.map.checksums ??= []).push(checksum);
+  }
+  splice(name: string, offset: number, bytes: Uint8Array): void {
+    if (offset >= 0 && offset + bytes.length <= this.reader.bytes.length) (this.map.splices ??= []).push({ name, offset, hex: Buffer.from(bytes).toString('hex') });
   }
   region(name: string, offset: number, length: number): void {
     const end = Math.min(offset + length, this.reader.bytes.length);
@@ -109,16 +145,27 @@ class MapBuilder {
     if (offset > 0 && !this.map.pointers.includes(offset)) this.map.pointers.push(offset);
   }
   /**
-   * Entries of a table: the first `first` entries and up to `nonZero` further entries that hold something, so
-   * that both empty slots and live pointers are mutated.
+   * Entries of a table: the first `first` entries and up to `nonZero` further entries that hold something (a
+   * value other than `extra.empty`, 0 by default), so that both empty slots and live pointers are mutated.
+   * Returns the indexes of the entries in use.
    */
-  tableEntries(name: string, offset: number, count: number, stride: number, width: Field['width'], first = 4, nonZero = 24): number[] {
+  tableEntries(
+    name: string,
+    offset: number,
+    count: number,
+    stride: number,
+    width: Field['width'],
+    first = 4,
+    nonZero = 24,
+    extra: { values?: readonly (bigint | number)[]; empty?: number } = {},
+  ): number[] {
     const live: number[] = [];
     for (let index = 0; index < count && this.reader.has(offset + index * stride, width); index++) {
       const at = offset + index * stride;
       const value = width === 8 ? this.reader.u64(at) : width === 4 ? this.reader.u32(at) : width === 2 ? this.reader.u16(at) : this.reader.u8(at);
-      if (value !== 0) live.push(index);
-      if (index < first || (value !== 0 && live.length <= nonZero)) this.field(`${name}[${index}]`, at, width, 'entry');
+      const used = value !== (extra.empty ?? 0);
+      if (used) live.push(index);
+      if (index < first || (used && live.length <= nonZero)) this.field(`${name}[${index}]`, at, width, 'entry', extra.values);
     }
     return live;
   }
@@ -394,16 +441,5 @@ function vmdkLayout(bytes: Uint8Array): FieldMap {
   return map;
 }
 
-const LAYOUTS: Record<string, (bytes: Uint8Array) => FieldMap> = { qcow2: qcow2Layout, qed: qedLayout, vmdk: vmdkLayout };
-
-/** The field map of a seed and of those companions that are images of their own (sparse extent files). */
-export function seedLayout(seed: Seed): SeedLayout {
-  const layout = LAYOUTS[seed.format];
-  if (!layout) throw new Error(`no field layout for format ${seed.format}`);
-  const companions: Record<string, FieldMap> = {};
-  for (const [name, bytes] of Object.entries(seed.companions)) {
-    const map = layout(bytes);
-    if (map.fields.length > 0) companions[name] = map;
-  }
-  return { main: layout(seed.bytes), companions };
-}
+/** The layouts of this file, by format (layouts.ts adds the others and picks one per seed). */
+export const CLASSIC_LAYOUTS: Record<string, (bytes: Uint8Array) => FieldMap> = { qcow2: qcow2Layout, qed: qedLayout, vmdk: vmdkLayout };

@@ -7,6 +7,7 @@
  */
 export * from './seeds.js';
 export * from './fields.js';
+export * from './layouts.js';
 export * from './mutate.js';
 export * from './guards.js';
 export * from './harness.js';

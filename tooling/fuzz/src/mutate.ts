@@ -1,5 +1,6 @@
 import { Random, deriveSeed } from '../../../packages/conformance/src/crash/random.js';
-import type { Field, FieldMap, SeedLayout, TextRegion } from './fields.js';
+import { crc32c } from '@ic/core';
+import type { Checksum, Field, FieldMap, SeedLayout, TextRegion } from './fields.js';
 import type { Seed } from './seeds.js';
 
 /**
@@ -136,6 +137,9 @@ function pick<T>(random: Random, items: readonly T[]): T {
 /** A value for a field: a boundary, the current value nudged, a structure's offset, or a flag flipped. */
 function fieldValue(random: Random, field: Field, current: bigint, map: FieldMap, fileSize: number): bigint {
   const mask = (1n << BigInt(field.width * 8)) - 1n;
+  // Fields with values of their own (states, sentinels, limits) get one of those a third of the time; the others
+  // draw nothing here, so their mutant streams stay what they were.
+  if (field.values && random.chance(0.35)) return pick(random, field.values) & mask;
   const unit = BigInt(Math.max(1, map.unit));
   const size = BigInt(fileSize);
   const roll = random.below(100);
@@ -266,6 +270,11 @@ function textMutations(random: Random, bytes: Uint8Array, region: TextRegion, fi
 /** Mutation weights: field values first, then bit flips, text, truncation, growth, copies. */
 function oneMutation(random: Random, bytes: Uint8Array, map: FieldMap, file: string | undefined): Mutation[] {
   const withFile = <T extends Mutation>(mutation: T): T => (file === undefined ? mutation : { ...mutation, file });
+  // Splices (another magic, a GUID from elsewhere in the file): only maps that have them draw for them.
+  if (map.splices && map.splices.length > 0 && random.chance(0.08)) {
+    const splice = pick(random, map.splices);
+    return [withFile({ op: 'write', offset: splice.offset, hex: splice.hex, what: splice.name })];
+  }
   const roll = random.below(100);
   if (roll < 50 && map.fields.length > 0) {
     const field = pick(random, map.fields);
@@ -298,6 +307,38 @@ function oneMutation(random: Random, bytes: Uint8Array, map: FieldMap, file: str
   return [withFile({ op: 'write', offset: to.offset, hex: toHex(bytes.subarray(from.offset, from.offset + from.width)), what: `${from.name} -> ${to.name}` })];
 }
 
+/** The checksum `checksum` describes, computed over `bytes` (its own field taken as zero). */
+export function computeChecksum(bytes: Uint8Array, checksum: Checksum): number {
+  const covered = bytes.slice(checksum.offset, checksum.offset + checksum.length);
+  covered.fill(0, checksum.at - checksum.offset, checksum.at - checksum.offset + 4);
+  if (checksum.kind === 'crc32c') return crc32c(covered);
+  let sum = 0;
+  for (const byte of covered) sum += byte;
+  return ~sum >>> 0;
+}
+
+function storedChecksum(bytes: Uint8Array, checksum: Checksum): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(checksum.at, checksum.kind === 'crc32c');
+}
+
+/**
+ * For every checksum that held before a mutation and does not after it: most of the time a `set` that stores the
+ * right value again (the mutant gets past the checksum gate), else nothing (the gate itself is tested).
+ */
+function checksumFixups(random: Random, map: FieldMap, before: Uint8Array, after: Uint8Array, file: string | undefined): Mutation[] {
+  const out: Mutation[] = [];
+  for (const checksum of map.checksums ?? []) {
+    const end = checksum.offset + checksum.length;
+    if (end > before.length || end > after.length) continue;
+    if (storedChecksum(before, checksum) !== computeChecksum(before, checksum)) continue;
+    const value = computeChecksum(after, checksum);
+    if (storedChecksum(after, checksum) === value || !random.chance(0.6)) continue;
+    const fix: Mutation = { op: 'set', offset: checksum.at, width: 4, endian: checksum.kind === 'crc32c' ? 'le' : 'be', value: String(value), field: `${checksum.name} checksum (fixed up)` };
+    out.push(file === undefined ? fix : { ...fix, file });
+  }
+  return out;
+}
+
 /**
  * The mutant `index` of a seed: 1 to 4 mutations (mostly 1), each on the main file or, for seeds with
  * structured companions (sparse extent files), sometimes on one of those. Deterministic: the same
@@ -314,8 +355,14 @@ export function generateMutant(seed: Seed, layout: SeedLayout, index: number, ca
     const map = file === undefined ? layout.main : layout.companions[file]!;
     const bytes = file === undefined ? files.main : files.companions[file]!;
     const next = oneMutation(random, bytes, map, file);
-    mutations.push(...next);
     files = applyMutations({ bytes: files.main, companions: files.companions }, next);
+    if (map.checksums) {
+      const after = file === undefined ? files.main : files.companions[file]!;
+      const fixes = checksumFixups(random, map, bytes, after, file);
+      next.push(...fixes);
+      if (fixes.length > 0) files = applyMutations({ bytes: files.main, companions: files.companions }, fixes);
+    }
+    mutations.push(...next);
   }
   return { seed: seed.name, index, mutations };
 }

@@ -1,6 +1,7 @@
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { qemuConvert, qemuCreate, qemuIo, requireQemu, run, tempDir } from '@ic/test-utils';
+import { FILE_PARAMETERS_GUID, METADATA_REGION_GUID, PARENT_LOCATOR_GUID, REGION_TABLE_OFFSETS, VHDX_PARENT_LOCATOR_TYPE, guidEqual } from '@ic/vhdx';
 
 /**
  * A seed: a real image made by qemu-img at test time, plus the files it needs. Mutants are this image with a
@@ -35,6 +36,73 @@ function qemuOk(args: string[]): void {
 
 /** The writes every writable seed gets: data, a zero write and a discard, spread over several tables. */
 const WRITES = ['write -P 0xa1 0 64k', 'write -P 0xa2 3M 192k', 'write -z 6M 64k', 'write -P 0xa3 9M 4k', 'discard 3M 64k', 'write -P 0xa4 15M 64k'];
+
+/**
+ * Writes in scattered order over an 8 MiB disk (the last block first), for the formats whose blocks are big (VDI
+ * 1 MiB, VHD 2 MiB, VHDX and Parallels 1 MiB): block indexes then differ from guest order, and the files stay a few
+ * MiB (every written block is whole in the seed, and every mutant is a copy of it).
+ */
+const SCATTERED = ['write -P 0xb4 7M 64k', 'write -P 0xb1 0 4k', 'write -P 0xb3 5M 4k', 'write -P 0xb2 2M 64k', 'write -z 3M 64k', 'write -P 0xb5 2200k 4k'];
+
+/**
+ * A differencing VHDX (qemu 7.2 reads and writes none, so this is a qemu-made VHDX turned into one as another
+ * writer would): file parameters with has_parent, a sixth metadata entry and a parent locator naming
+ * `parent` by relative_path. The BAT keeps its qemu layout (one chunk, its sector bitmap entry not present).
+ */
+function makeDifferencing(bytes: Uint8Array, parent: string): Uint8Array {
+  const out = bytes.slice();
+  const view = new DataView(out.buffer);
+  const table = REGION_TABLE_OFFSETS[0];
+  let metadata = -1;
+  for (let i = 0; i < view.getUint32(table + 8, true); i++) {
+    const entry = table + 16 + i * 32;
+    if (guidEqual(out.subarray(entry, entry + 16), METADATA_REGION_GUID)) metadata = Number(view.getBigUint64(entry + 16, true));
+  }
+  if (metadata < 0) throw new Error('qemu-made VHDX without a metadata region');
+  const count = view.getUint16(metadata + 10, true);
+  let end = 0;
+  for (let i = 0; i < count; i++) {
+    const entry = metadata + 32 + i * 32;
+    const offset = view.getUint32(entry + 16, true);
+    end = Math.max(end, offset + view.getUint32(entry + 20, true));
+    // File parameters (8 bytes: block size, flags): set has_parent.
+    if (guidEqual(out.subarray(entry, entry + 16), FILE_PARAMETERS_GUID)) {
+      view.setUint32(metadata + offset + 4, view.getUint32(metadata + offset + 4, true) | 2, true);
+    }
+  }
+  const utf16 = (text: string) => Uint8Array.from([...text].flatMap((c) => [c.charCodeAt(0), 0]));
+  const pairs: [string, string][] = [
+    ['relative_path', `.\\${parent}`],
+    ['absolute_win32_path', `C:\\images\\${parent}`],
+  ];
+  const keysAt = 20 + pairs.length * 12;
+  const strings = pairs.flatMap(([key, value]) => [utf16(key), utf16(value)]);
+  const locator = new Uint8Array(keysAt + strings.reduce((sum, text) => sum + text.length, 0));
+  const lv = new DataView(locator.buffer);
+  locator.set(VHDX_PARENT_LOCATOR_TYPE, 0);
+  lv.setUint16(18, pairs.length, true);
+  let at = keysAt;
+  pairs.forEach((_, i) => {
+    const [key, value] = [strings[i * 2]!, strings[i * 2 + 1]!];
+    lv.setUint32(20 + i * 12, at, true);
+    locator.set(key, at);
+    at += key.length;
+    lv.setUint32(20 + i * 12 + 4, at, true);
+    locator.set(value, at);
+    at += value.length;
+    lv.setUint16(20 + i * 12 + 8, key.length, true);
+    lv.setUint16(20 + i * 12 + 10, value.length, true);
+  });
+  const item = Math.ceil(end / 8) * 8;
+  out.set(locator, metadata + item);
+  const entry = metadata + 32 + count * 32;
+  out.set(PARENT_LOCATOR_GUID, entry);
+  view.setUint32(entry + 16, item, true);
+  view.setUint32(entry + 20, locator.length, true);
+  view.setUint32(entry + 24, 4, true); // required
+  view.setUint16(metadata + 10, count + 1, true);
+  return out;
+}
 
 /** Every seed, by name; each builder works in its own directory. */
 const BUILDERS: Record<string, { format: string; build: Builder }> = {
@@ -194,6 +262,144 @@ const BUILDERS: Record<string, { format: string; build: Builder }> = {
       qemuCreate(file, 'vmdk', 16 * M, { backing: 'parent.vmdk', backingFormat: 'vmdk', cwd: path('.') });
       qemuIo(file, 'vmdk', ['write -P 0x46 64k 64k', 'write -P 0x47 12M 64k'], path('.'));
       return { file, companions: {}, backing: { format: 'vmdk', bytes: readFileSync(parent) } };
+    },
+  },
+  'vdi-empty': {
+    format: 'vdi',
+    build: (path) => {
+      const file = path('empty.vdi');
+      qemuCreate(file, 'vdi', 64 * M);
+      return { file, companions: {} };
+    },
+  },
+  'vdi-scattered': {
+    format: 'vdi',
+    build: (path) => {
+      const file = path('scattered.vdi');
+      qemuCreate(file, 'vdi', 8 * M);
+      qemuIo(file, 'vdi', SCATTERED);
+      return { file, companions: {} };
+    },
+  },
+  'vdi-static': {
+    format: 'vdi',
+    build: (path) => {
+      const file = path('static.vdi');
+      qemuCreate(file, 'vdi', 3 * M, { o: 'static=on' });
+      qemuIo(file, 'vdi', ['write -P 0xc2 2M 4k', 'write -P 0xc1 0 64k']);
+      return { file, companions: {} };
+    },
+  },
+  'vpc-empty': {
+    format: 'vpc',
+    build: (path) => {
+      const file = path('empty.vhd');
+      qemuCreate(file, 'vpc', 64 * M);
+      return { file, companions: {} };
+    },
+  },
+  'vpc-scattered': {
+    format: 'vpc',
+    build: (path) => {
+      const file = path('scattered.vhd');
+      qemuCreate(file, 'vpc', 8 * M);
+      qemuIo(file, 'vpc', SCATTERED);
+      return { file, companions: {} };
+    },
+  },
+  'vpc-force-size': {
+    format: 'vpc',
+    build: (path) => {
+      // force_size: the exact size in current_size, creator "qem2", the maximum CHS geometry.
+      const file = path('forced.vhd');
+      qemuCreate(file, 'vpc', 5 * M + 512, { o: 'force_size=on' });
+      qemuIo(file, 'vpc', ['write -P 0xc3 4M 4k']);
+      return { file, companions: {} };
+    },
+  },
+  'vpc-fixed': {
+    format: 'vpc',
+    build: (path) => {
+      const file = path('fixed.vhd');
+      qemuCreate(file, 'vpc', 3 * M, { o: 'subformat=fixed' });
+      qemuIo(file, 'vpc', ['write -P 0xc4 2M 4k', 'write -P 0xc5 0 64k']);
+      return { file, companions: {} };
+    },
+  },
+  'vhdx-empty': {
+    format: 'vhdx',
+    build: (path) => {
+      // qemu's default block size for this size (8 MiB).
+      const file = path('empty.vhdx');
+      qemuCreate(file, 'vhdx', 64 * M);
+      return { file, companions: {} };
+    },
+  },
+  'vhdx-1m-scattered': {
+    format: 'vhdx',
+    build: (path) => {
+      const file = path('scattered.vhdx');
+      qemuCreate(file, 'vhdx', 8 * M, { o: 'block_size=1M' });
+      qemuIo(file, 'vhdx', SCATTERED);
+      return { file, companions: {} };
+    },
+  },
+  'vhdx-32m': {
+    format: 'vhdx',
+    build: (path) => {
+      // One written block of 32 MiB (the file holds it whole), the second of two.
+      const file = path('big-blocks.vhdx');
+      qemuCreate(file, 'vhdx', 64 * M, { o: 'block_size=32M' });
+      qemuIo(file, 'vhdx', ['write -P 0xd1 40M 4k']);
+      return { file, companions: {} };
+    },
+  },
+  'vhdx-fixed': {
+    format: 'vhdx',
+    build: (path) => {
+      const file = path('fixed.vhdx');
+      qemuCreate(file, 'vhdx', 2 * M, { o: 'subformat=fixed,block_size=1M' });
+      qemuIo(file, 'vhdx', ['write -P 0xd2 1M 4k', 'write -P 0xd3 0 64k']);
+      return { file, companions: {} };
+    },
+  },
+  'vhdx-differencing': {
+    format: 'vhdx',
+    build: (path) => {
+      const parent = path('parent.vhdx');
+      qemuCreate(parent, 'vhdx', 8 * M, { o: 'block_size=1M' });
+      qemuIo(parent, 'vhdx', ['write -P 0xd4 0 128k', 'write -P 0xd5 6M 64k']);
+      const file = path('child.vhdx');
+      qemuCreate(file, 'vhdx', 8 * M, { o: 'block_size=1M' });
+      qemuIo(file, 'vhdx', ['write -P 0xd6 6M 4k', 'write -P 0xd7 1M 64k']);
+      writeFileSync(file, makeDifferencing(readFileSync(file), 'parent.vhdx'));
+      return { file, companions: {}, backing: { format: 'vhdx', bytes: readFileSync(parent) } };
+    },
+  },
+  'parallels-empty': {
+    format: 'parallels',
+    build: (path) => {
+      const file = path('empty.hds');
+      qemuCreate(file, 'parallels', 64 * M);
+      return { file, companions: {} };
+    },
+  },
+  'parallels-scattered': {
+    format: 'parallels',
+    build: (path) => {
+      const file = path('scattered.hds');
+      qemuCreate(file, 'parallels', 8 * M);
+      qemuIo(file, 'parallels', SCATTERED);
+      return { file, companions: {} };
+    },
+  },
+  'parallels-64k': {
+    format: 'parallels',
+    build: (path) => {
+      const file = path('small.hds');
+      qemuCreate(file, 'parallels', 16 * M, { o: 'cluster_size=64k' });
+      qemuIo(file, 'parallels', WRITES.filter((w) => !w.startsWith('discard')).reverse());
+      return { file, companions: {} };
     },
   },
 };
