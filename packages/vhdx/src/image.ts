@@ -71,6 +71,10 @@ export async function openVhdx(io: BlockIO, options: OpenOptions = {}): Promise<
   }
   const owned: OwnedRange[] = [{ start: header.logOffset, end: header.logOffset + header.logLength, what: 'log' }];
   const regions = await readRegionTable(io, owned);
+  const metadataEnd = regions.metadata.fileOffset + regions.metadata.length;
+  if (metadataEnd > fileSize) {
+    throw vhdxError('CORRUPT', `the metadata region at ${hex(regions.metadata.fileOffset)}+${hex(regions.metadata.length)} runs past the end of the file (${hex(fileSize)})`, regions.metadata.fileOffset);
+  }
   const metadata = await readMetadata(io, regions.metadata);
   const virtualSize = Math.floor(metadata.virtualDiskSize / 512) * 512;
   const hasParent = (metadata.fileFlags & HAS_PARENT) !== 0;

@@ -181,6 +181,7 @@ export async function runMutant(format: string, files: MutantFiles, options: Har
       }
     });
     if (opened.check) await attempt('check', () => opened.check!());
+    else verdicts.check = 'SKIPPED'; // the format has no check (VHD, as in qemu)
     await attempt('close', () => opened.close());
   } else {
     for (const operation of ['info', 'map', 'read', 'check']) verdicts[operation] = 'SKIPPED';
