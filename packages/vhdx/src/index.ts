@@ -33,6 +33,7 @@ export {
   MIN_BLOCK_SIZE,
   MAX_BLOCK_SIZE,
   METADATA_TABLE_SIZE,
+  METADATA_ITEMS,
   type VhdxMetadata,
 } from './metadata.js';
 export * from './bat.js';

@@ -60,7 +60,8 @@ export interface VhdxMetadata {
 
 const hex = (value: number): string => `0x${value.toString(16)}`;
 
-const KNOWN: readonly [string, Uint8Array][] = [
+/** The metadata items this driver knows, by name and GUID (the first five are required). */
+export const METADATA_ITEMS: readonly [string, Uint8Array][] = [
   ['file parameters', FILE_PARAMETERS_GUID],
   ['virtual disk size', VIRTUAL_DISK_SIZE_GUID],
   ['page 83 data', PAGE_83_GUID],
@@ -97,7 +98,7 @@ export async function readMetadata(io: BlockIO, region: RegionEntry): Promise<Vh
     const at = METADATA_HEADER_LENGTH + i * METADATA_ENTRY_LENGTH;
     const id = table.subarray(at, at + GUID_LENGTH);
     const item: MetadataItem = { offset: view.u32le(at + 16), length: view.u32le(at + 20), flags: view.u32le(at + 24) };
-    const known = KNOWN.find(([, value]) => guidEqual(value, id))?.[0];
+    const known = METADATA_ITEMS.find(([, value]) => guidEqual(value, id))?.[0];
     if (!known) {
       if ((item.flags & META_IS_REQUIRED) !== 0) throw vhdxError('UNSUPPORTED', `metadata item ${guidText(id)} (entry at ${hex(base + at)}) is marked required and is not known`, base + at);
       continue;
@@ -108,7 +109,7 @@ export async function readMetadata(io: BlockIO, region: RegionEntry): Promise<Vh
     }
     items.set(known, item);
   }
-  for (const [name] of KNOWN.slice(0, 5)) {
+  for (const [name] of METADATA_ITEMS.slice(0, 5)) {
     if (!items.has(name)) throw vhdxError('UNSUPPORTED', `the metadata table has no ${name} item`, base);
   }
   const read = async (name: string, length: number) => new ByteView(await io.read(base + items.get(name)!.offset, length));

@@ -2,20 +2,15 @@ import { BLOCK_SIZE as VDI_BLOCK_SIZE, HEADER_FIELDS as VDI_FIELDS, MAX_BLOCKS_I
 import { DYNAMIC_HEADER_FIELDS, FOOTER_FIELDS, MAX_SECTORS, MAX_TABLE_ENTRIES, NO_DATA_OFFSET } from '@ic/vpc';
 import {
   BAT_REGION_GUID,
-  FILE_PARAMETERS_GUID,
   HEADER_FIELDS as VHDX_HEADER,
   HEADER_OFFSETS,
   HEADER_SIZE,
-  LOGICAL_SECTOR_SIZE_GUID,
   MAX_VIRTUAL_SIZE,
   METADATA_REGION_GUID,
-  PAGE_83_GUID,
-  PARENT_LOCATOR_GUID,
-  PHYSICAL_SECTOR_SIZE_GUID,
   REGION_TABLE_OFFSETS,
-  VIRTUAL_DISK_SIZE_GUID,
   batGeometry,
   guidEqual,
+  METADATA_ITEMS,
 } from '@ic/vhdx';
 import { HEADER_FIELDS as PARALLELS_FIELDS, INUSE_MAGIC, MAGIC_CLUSTERS, MAGIC_SECTORS, MAX_BAT_ENTRIES, MAX_TRACKS } from '@ic/parallels';
 import { CLASSIC_LAYOUTS, MapBuilder, Reader, type FieldMap, type FieldRole, type SeedLayout } from './fields.js';
@@ -190,14 +185,7 @@ function guidAt(bytes: Uint8Array, at: number): Uint8Array {
   return bytes.slice(at, at + 16);
 }
 
-const ITEMS: readonly [string, Uint8Array][] = [
-  ['file parameters', FILE_PARAMETERS_GUID],
-  ['virtual disk size', VIRTUAL_DISK_SIZE_GUID],
-  ['page 83 data', PAGE_83_GUID],
-  ['logical sector size', LOGICAL_SECTOR_SIZE_GUID],
-  ['physical sector size', PHYSICAL_SECTOR_SIZE_GUID],
-  ['parent locator', PARENT_LOCATOR_GUID],
-];
+const ITEMS = METADATA_ITEMS;
 
 function vhdxLayout(bytes: Uint8Array): FieldMap {
   const r = new Reader(bytes, 'le');
