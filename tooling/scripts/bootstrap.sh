@@ -16,8 +16,16 @@ if ! command -v pnpm >/dev/null 2>&1 || [ "$(pnpm --version 2>/dev/null)" != "10
   }
 fi
 
-pnpm install --frozen-lockfile --reporter=silent
-pnpm turbo run build --output-logs=errors-only
+# Build and check steps write to a log and print it only when they fail, so that the test runner's summary is
+# the only summary line of a run (CI reads the last "N passed, N failed" line).
+quiet() {
+  log="${TMPDIR:-/tmp}/ic-bootstrap-$$.log"
+  if "$@" >"$log" 2>&1; then rm -f "$log"; else status=$?; cat "$log" >&2; rm -f "$log"; exit "$status"; fi
+}
+
+quiet pnpm install --frozen-lockfile --reporter=silent
+echo "bootstrap: building" >&2
+quiet pnpm turbo run build --output-logs=errors-only
 
 case "$task" in
   demo)
@@ -33,10 +41,11 @@ case "$task" in
         exit 1
       }
     fi
-    pnpm turbo run typecheck --output-logs=errors-only
+    echo "bootstrap: type-checking" >&2
+    quiet pnpm turbo run typecheck --output-logs=errors-only
     # The shared boundary checker sits beside the repository in the team's workspace and in CI; elsewhere the
     # project's own boundary test (tooling/e2e/test/boundaries.test.ts) checks the same rules.
-    if [ -f ../shared/tools/check-boundaries.mjs ]; then node ../shared/tools/check-boundaries.mjs .; fi
+    if [ -f ../shared/tools/check-boundaries.mjs ]; then quiet node ../shared/tools/check-boundaries.mjs .; fi
     NO_COLOR=1 exec pnpm exec vitest run
     ;;
   *)
