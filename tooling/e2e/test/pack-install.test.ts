@@ -13,7 +13,7 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFi
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { qemuCreate, qemuIo, requireBuiltIc, requireQemu, tempDir } from '@ic/test-utils';
+import { qemuCreate, qemuIo, requireBuiltIc, requireQemu, serveWithQemuNbd, sha256File, tempDir } from '@ic/test-utils';
 
 const root = fileURLToPath(new URL('../../..', import.meta.url));
 const rootManifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { repository: { url: string } };
@@ -212,6 +212,28 @@ describe('published packages', () => {
     expect(check.status, check.stdout + check.stderr).toBe(0);
     const compare = sh('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qed', original, file], project);
     expect(compare.status, compare.stdout + compare.stderr).toBe(0);
+  }, LONG);
+
+  test("the root README's library example, as written there, refuses an image qemu-nbd holds: LOCKED, byte-identical", async () => {
+    await installed();
+    const example = readmeExample(readFileSync(join(root, 'README.md'), 'utf8'), '## Library use');
+    const sub = join(project, 'held');
+    mkdirSync(sub, { recursive: true });
+    writeFileSync(join(sub, example.file), example.code);
+    const file = join(sub, 'disk.qcow2');
+    qemuCreate(file, 'qcow2', 64 * MiB);
+    qemuIo(file, 'qcow2', ['write -P 0x5a 0 1M', 'write -P 0xa5 40M 64k']);
+    const server = await serveWithQemuNbd(file, 'qcow2', join(scratch.dir, 'held-nbd.sock'));
+    try {
+      const before = sha256File(file);
+      // It runs in a folder of the installed project, so its imports resolve to the packed packages.
+      const result = sh('node', [example.file], sub);
+      expect(result.status, result.stdout + result.stderr).not.toBe(0);
+      expect(result.stderr).toMatch(/LOCKED/);
+      expect(sha256File(file)).toBe(before);
+    } finally {
+      await server.stop();
+    }
   }, LONG);
 
   test("@ic/qemu-output's README example prints what qemu-img info, map and check print", async () => {
