@@ -1,7 +1,8 @@
-import { alignUp, IcError, isAllZero, itemBatches, type BlockIO, type Driver, type Image, type OpenOptions, type UnitRun } from '../sdk/index.js';
+import { alignUp, IcError, isAllZero, itemBatches, type BlockIO, type Driver, type Image, type OpenOptions, type ReferenceCounts, type UnitRun } from '../sdk/index.js';
 import { COPY_CHUNK, type CopyRun } from './copy.js';
 import { encodeRecordStart, identityDigest, logCapacityFor, logOffsetOf, recordBlock, writeNextSlot, type FoundIntent, type IntentRecord } from './intent.js';
-import { Formats, packImage, survey, switchWave, type PackLog, type PackReport, type PointerSwitch, type Survey } from './pack.js';
+import { clearCut, Formats, packImage, survey, switchWave, type PackLog, type PackReport, type PointerSwitch, type Survey } from './pack.js';
+import { coveredSpare } from './references.js';
 import { ReadView } from './view.js';
 
 /**
@@ -158,10 +159,12 @@ export class Session {
     readonly log: PackLog,
     readonly blockOffset: number,
     readonly blockLength: number,
+    /** The image's reference counts (Image.referenceCounts), which every wave and the final cut keep exact. */
+    readonly counts?: { counts: ReferenceCounts; clusterSize: number },
   ) {}
 
   /** `reach`: the highest offset units may be moved to besides the spare space (default imageEnd). */
-  static async begin(io: BlockIO, driver: Driver, imageEnd: number, spareBytes: number, C: number, reach = imageEnd): Promise<Session> {
+  static async begin(io: BlockIO, driver: Driver, imageEnd: number, spareBytes: number, C: number, reach = imageEnd, counts?: ReferenceCounts): Promise<Session> {
     const blockOffset = alignUp(Math.max(imageEnd, reach) + spareBytes, C);
     const block = recordBlock(blockOffset, 0, logCapacityFor(MOVER_LOG_ENTRIES), C);
     const sector0 = await io.read(0, 512);
@@ -187,17 +190,20 @@ export class Session {
     const found: FoundIntent = { record, block, slot: 0, sequence: 1 };
     await writeNextSlot(io, found, { ...record, state: 'committed', targetFileSize: imageEnd, oldHead: new Uint8Array(0), newHead: new Uint8Array(0) });
     await io.flush();
-    const session = new Session(io, { offset: logOffsetOf(block), capacity: block.logCapacity }, blockOffset, block.length);
+    const session = new Session(io, { offset: logOffsetOf(block), capacity: block.logCapacity }, blockOffset, block.length, counts ? { counts, clusterSize: C } : undefined);
     session.counters.flushes = 2;
     return session;
   }
 
-  wave(copies: readonly CopyRun[], switches: readonly PointerSwitch[]): Promise<void> {
-    return switchWave(this.io, copies, switches, this.log, this.sequence, this.counters);
+  /** `released`: host ranges the switches leave unnamed without a copy (zero or unallocated switches). */
+  wave(copies: readonly CopyRun[], switches: readonly PointerSwitch[], released?: readonly { offset: number; length: number }[]): Promise<void> {
+    const references = this.counts ? { ...this.counts, ...(released ? { released } : {}) } : undefined;
+    return switchWave(this.io, copies, switches, this.log, this.sequence, this.counters, references);
   }
 
-  /** Drops the record (and everything past `size`). */
+  /** Drops the record (and everything past `size`; their reference counts first). */
   async end(size: number): Promise<void> {
+    if (this.counts) await clearCut(this.io, this.counts.counts, this.counts.clusterSize, size, this.log, this.sequence, this.counters);
     await this.io.truncate(size);
     await this.io.flush();
     this.counters.flushes++;
@@ -629,6 +635,13 @@ export async function performWave(session: Session, units: UnitTable, locator: P
   return bytes;
 }
 
+/** The largest unit, in clusters. */
+export function largestUnit(units: UnitTable): number {
+  let largest = 1;
+  for (let u = 0; u < units.count; u++) largest = Math.max(largest, units.clusters[u]!);
+  return largest;
+}
+
 export function spareFor(options: Pick<DefragOptions, 'spareBytes'>, units: UnitTable, C: number): number {
   let largest = 1;
   let total = 0;
@@ -653,7 +666,8 @@ export async function defragImage(io: BlockIO, driver: Driver, options: DefragOp
   });
   const C = s.clusterSize;
   const imageEndCluster = Math.max(Math.ceil(fileSizeBefore / C), s.endCluster);
-  const spare = spareFor(options, units, C);
+  const wanted = spareFor(options, units, C);
+  const spare = coveredSpare(s.counts, C, Math.max(imageEndCluster, goalEnd), wanted, Math.min(wanted, 2 * largestUnit(units)), 'defragment');
   const spareEnd = Math.max(imageEndCluster, goalEnd) + spare;
   const planner = new DefragPlanner(units, goal, goalEnd, spareEnd, s.fixed, s.headerClusters);
   const outOfPlace = planner.pending.length;
@@ -696,7 +710,7 @@ export async function defragImage(io: BlockIO, driver: Driver, options: DefragOp
   }
   if (outOfPlace === 0 && fileSizeBefore <= goalEnd * C) return report(true, false, 0, 0, 0, 0, before, fileSizeBefore, 0, 0);
 
-  const session = await Session.begin(io, driver, imageEndCluster * C, spare * C, C);
+  const session = await Session.begin(io, driver, imageEndCluster * C, spare * C, C, undefined, s.counts);
   const locator = new PointerLocator(units, C);
   let moved = 0;
   let bytes = 0;
@@ -778,6 +792,7 @@ export async function compactImage(io: BlockIO, driver: Driver, options: Compact
 
   // The scan: data units in host order, read in large pieces.
   const switches: PointerSwitch[] = [];
+  const released: { offset: number; length: number }[] = [];
   let zeroUnits = 0;
   let kept = 0;
   let unallocated = 0;
@@ -808,6 +823,7 @@ export async function compactImage(io: BlockIO, driver: Driver, options: Compact
             else unallocated++;
             // Data units are never inside a table that moves here: their pointers are where they were listed.
             switches.push({ at: units.pointer[u]!, format, target });
+            released.push({ offset: units.pos[u]! * C, length: units.clusters[u]! * C });
             if (units.mirror[u]! >= 0) switches.push({ at: units.mirror[u]!, format, target });
           }
         }
@@ -827,10 +843,10 @@ export async function compactImage(io: BlockIO, driver: Driver, options: Compact
     return { ...base, dryRun: false, pack: undefined, fileSizeAfter: fileSizeBefore, flushes: 0 };
   }
   const scratch = largestTable * C;
-  const session = await Session.begin(io, driver, imageEnd, scratch, C);
+  const session = await Session.begin(io, driver, imageEnd, scratch, C, undefined, s.counts);
   if (switches.length > 0) {
     throwIfAborted(options.signal, io.name, 'nothing was changed');
-    await session.wave([], switches);
+    await session.wave([], switches, released);
   }
   const packed = await packImage(io, driver, {
     log: session.log,
