@@ -113,15 +113,15 @@ export async function* qcow2Units(state: Qcow2State): AsyncGenerator<UnitRun[]> 
   const special = geometry.zeroFlagAllowed ? { zeroValue: L2Entry.zero, unallocatedValue: 0n } : { unallocatedValue: 0n };
   const dataPointer = { encoding: 'u64be' as const, flags: L2Entry.copied, ...special };
   const zeroAllocPointer = { encoding: 'u64be' as const, flags: L2Entry.copied | L2Entry.zero, ...special };
-  const checkCluster = (offset: number, role: string, where: number): void => {
+  const checkCluster = (offset: number, role: string, where: number, length = clusterSize): void => {
     if (offset % clusterSize !== 0) throw corruptAt(`${role} offset ${hex(offset)} is not cluster-aligned`, where);
     if (offset < clusterSize) throw corruptAt(`${role} at ${hex(offset)} overlaps the header cluster`, where);
-    if (offset + clusterSize > fileSize) throw corruptAt(`${role} at ${hex(offset)} lies past the end of the file`, where);
+    if (offset + length > fileSize) throw corruptAt(`${role} at ${hex(offset)} lies past the end of the file`, where);
   };
   const runs: UnitRun[] = [];
   if (header.l1Size > 0) {
     const l1Bytes = alignUp(header.l1Size * 8, clusterSize);
-    checkCluster(header.l1TableOffset, 'L1 table', HeaderField.l1TableOffset);
+    checkCluster(header.l1TableOffset, 'L1 table', HeaderField.l1TableOffset, header.l1Size * 8);
     await counts.expectOnce(header.l1TableOffset, l1Bytes, 'the L1 table');
     runs.push({ kind: 'table', hostOffset: header.l1TableOffset, unitLength: l1Bytes, count: 1, pointerOffset: HeaderField.l1TableOffset, pointerStride: 0, pointer: { encoding: 'u64be' }, role: 'qcow2 L1 table' });
   }

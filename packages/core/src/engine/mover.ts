@@ -1,4 +1,4 @@
-import { alignUp, IcError, isAllZero, itemBatches, type BlockIO, type Driver, type Image, type OpenOptions, type ReferenceCounts, type UnitRun } from '../sdk/index.js';
+import { alignUp, IcError, isAllZero, itemBatches, type BlockIO, type DataExtent, type Driver, type Extent, type ZeroExtent, type Image, type OpenOptions, type ReferenceCounts, type UnitRun } from '../sdk/index.js';
 import { COPY_CHUNK, type CopyRun } from './copy.js';
 import { encodeRecordStart, identityDigest, logCapacityFor, logOffsetOf, recordBlock, writeNextSlot, type FoundIntent, type IntentRecord } from './intent.js';
 import { clearCut, Formats, packImage, survey, switchWave, type PackLog, type PackReport, type PointerSwitch, type Survey } from './pack.js';
@@ -36,9 +36,10 @@ export interface Fragmentation {
 }
 
 /**
- * Fragmentation in qemu-img check's terms: walking the guest's data clusters in guest order, a cluster is
- * fragmented when its host offset is not the previous data cluster's plus the cluster size (qemu counts this per
- * L2 table; over the whole walk it is the same or one more per table boundary).
+ * Fragmentation in qemu-img check's terms: walking the guest's allocated clusters (data, and zero clusters that keep
+ * a host cluster: qcow2's zero-allocated ones) in guest order, a cluster is fragmented when its host offset is not
+ * the previous one's plus the cluster size (qemu counts this per L2 table; over the whole walk it is the same or
+ * one more per table boundary).
  */
 export async function measureFragmentation(image: Image): Promise<Fragmentation> {
   const C = image.info().clusterSize ?? 512;
@@ -47,7 +48,7 @@ export async function measureFragmentation(image: Image): Promise<Fragmentation>
   let next = -1;
   for await (const batch of itemBatches(image.map())) {
     for (const extent of batch) {
-      if (extent.kind !== 'data') continue;
+      if (!isAllocated(extent)) continue;
       const clusters = Math.ceil(extent.length / C);
       if (next >= 0 && extent.hostOffset !== next) fragmented++;
       allocated += clusters;
@@ -287,12 +288,36 @@ export interface Move {
   to: number;
 }
 
-/** The guest cluster each data cluster of the host holds (host cluster -> guest cluster), from the map. */
-export async function guestClusters(image: Image, C: number): Promise<Map<number, number>> {
+/**
+ * Whether an extent holds a host cluster of the image's own: data, or (for defrag and compact, which keep or drop
+ * it) a zero extent with a host offset (qcow2's zero-allocated clusters: the guest reads zeros, the host cluster
+ * stays allocated and counts in qemu-img check's fragmentation).
+ */
+function isAllocated(extent: Extent): extent is DataExtent | (ZeroExtent & { hostOffset: number }) {
+  return extent.kind === 'data' || (extent.kind === 'zero' && extent.hostOffset !== undefined);
+}
+
+/** The host clusters of zero extents that keep one (qcow2's zero-allocated clusters). */
+async function zeroAllocatedClusters(image: Image, C: number): Promise<Set<number>> {
+  const hosts = new Set<number>();
+  for await (const batch of itemBatches(image.map())) {
+    for (const extent of batch) {
+      if (extent.kind !== 'zero' || extent.hostOffset === undefined) continue;
+      for (let at = 0; at < extent.length; at += C) if ((extent.hostOffset + at) % C === 0) hosts.add((extent.hostOffset + at) / C);
+    }
+  }
+  return hosts;
+}
+
+/**
+ * The guest cluster each data cluster of the host holds (host cluster -> guest cluster), from the map; with
+ * `zeroAllocated`, zero-allocated clusters too (isAllocated).
+ */
+export async function guestClusters(image: Image, C: number, zeroAllocated = false): Promise<Map<number, number>> {
   const guestOf = new Map<number, number>();
   for await (const batch of itemBatches(image.map())) {
     for (const extent of batch) {
-      if (extent.kind !== 'data') continue;
+      if (!isAllocated(extent) || (!zeroAllocated && extent.kind !== 'data')) continue;
       for (let at = 0; at < extent.length; at += C) {
         const host = extent.hostOffset + at;
         if (host % C === 0) guestOf.set(host / C, Math.floor((extent.guestOffset + at) / C));
@@ -304,11 +329,11 @@ export async function guestClusters(image: Image, C: number): Promise<Map<number
 
 /**
  * Goal of defrag: header region and fixed ranges stay; then the tables (in the order of their pointers), then the
- * data units in guest order (units the map does not reach, e.g. past the disk's end, last, in host order), each at
- * the first position past the previous one that clears the fixed ranges.
+ * data units in guest order, zero-allocated ones included (units the map does not reach, e.g. past the disk's end,
+ * last, in host order), each at the first position past the previous one that clears the fixed ranges.
  */
 async function defragGoal(image: Image, s: Survey, units: UnitTable): Promise<{ goal: Float64Array; goalEnd: number }> {
-  const guestOf = await guestClusters(image, s.clusterSize);
+  const guestOf = await guestClusters(image, s.clusterSize, true);
   const order = Array.from({ length: units.count }, (_, i) => i);
   const key = new Float64Array(units.count);
   for (let i = 0; i < units.count; i++) {
@@ -781,9 +806,12 @@ export interface CompactReport {
 export async function compactImage(io: BlockIO, driver: Driver, options: CompactOptions = {}): Promise<CompactReport> {
   const fileSizeBefore = await io.size();
   const openOptions = options.openOptions ?? {};
-  const { s, units, backing } = await opened(io, driver, fileSizeBefore, openOptions, async (image) => {
+  const { s, units, zeroAllocated, backing } = await opened(io, driver, fileSizeBefore, openOptions, async (image) => {
     const s = await surveyed(driver, image, 'compact');
-    return { s, units: await listUnits(image, s), backing: options.hasBacking === true || image.info().backing !== undefined };
+    const units = await listUnits(image, s);
+    // Zero-allocated clusters read as zeros whatever their host bytes hold: the scan takes them without reading.
+    const zeroAllocated = options.zeroScan ? await zeroAllocatedClusters(image, s.clusterSize) : new Set<number>();
+    return { s, units, zeroAllocated, backing: options.hasBacking === true || image.info().backing !== undefined };
   });
   const C = s.clusterSize;
   let largestTable = 0;
@@ -813,7 +841,7 @@ export async function compactImage(io: BlockIO, driver: Driver, options: Compact
       for (let k = i; k < j; k++) {
         const u = data[k]!;
         const n = units.clusters[u]! * C;
-        if (isAllZero(bytes.subarray(at, at + n))) {
+        if (zeroAllocated.has(units.pos[u]!) || isAllZero(bytes.subarray(at, at + n))) {
           zeroUnits++;
           const format = units.formats.list[units.format[u]!]!;
           const target = backing ? (format.zeroValue !== undefined ? 'zero' : undefined) : format.unallocatedValue !== undefined ? 'unallocated' : format.zeroValue !== undefined ? 'zero' : undefined;
