@@ -140,6 +140,39 @@ describe('ic defrag', () => {
   });
 });
 
+describe('qcow2 over a backing file', () => {
+  const scratch = tempDir('ic-mover-backing-');
+  beforeAll(() => {
+    requireQemu();
+    requireBuiltIc();
+  });
+  afterAll(() => scratch.cleanup());
+
+  it('defrag, then compact --zero-scan: zeros become zero entries (never unallocated: the backing would show); identical, clean', { timeout: 120_000 }, () => {
+    const base = scratch.path('base.qcow2');
+    qemuCreate(base, 'qcow2', '16M');
+    qemuIo(base, 'qcow2', ['write -P 9 0 16M']);
+    const pristine = scratch.path('pristine.qcow2');
+    qemuCreate(pristine, 'qcow2', '16M', { backing: base, backingFormat: 'qcow2' });
+    // Reverse order, zeros written as data over the backing file, and a zero cluster of the child's own.
+    qemuIo(pristine, 'qcow2', ['write -P 1 7M 64k', 'write -P 2 5M 64k', 'write -P 0 3M 128k', 'write -P 3 1M 64k', 'write -z 9M 64k']);
+    const file = scratch.path('image.qcow2');
+    copyFileSync(pristine, file);
+    const defrag = icCli(['defrag', file]);
+    expect(defrag.status, defrag.stderr).toBe(0);
+    expect(defrag.stdout).toMatch(/after: +0\/5 = 0\.00% fragmented clusters/);
+    const compact = icCli(['compact', '--zero-scan', file]);
+    expect(compact.status, compact.stderr).toBe(0);
+    expect(compact.stdout).toMatch(/2 all-zero clusters: 0 became unallocated, 2 became zero entries/);
+    const check = qemuCheck(file, 'qcow2');
+    expect(check.code, check.text).toBe(0);
+    expect(check.text).toMatch(/ 0\.00% fragmented/);
+    expect(qemuCompare(file, 'qcow2', pristine, 'qcow2').code).toBe(0);
+    qemuIo(file, 'qcow2', ['read -P 0 3M 128k', 'read -P 9 4M 64k', 'read -P 0 9M 64k', 'read -P 1 7M 64k']);
+    expect(statSync(file).size).toBeLessThan(statSync(pristine).size);
+  });
+});
+
 describe('ic compact', () => {
   const scratch = tempDir('ic-compact-');
   beforeAll(() => {
