@@ -25,6 +25,9 @@ const images: MoverImage[] = [
   // 4 KiB clusters: an L2 table every 2 MiB of guest, allocated among the data, so L2 tables move too.
   { label: 'qcow2 v3 4k clusters, random order over 30 L2 tables, zeros', format: 'qcow2', o: 'compat=1.1,cluster_size=4k', size: '64M', clusterSize: 4096, order: shuffled(320, 6), after: ['write -z 0 4k', 'write -z 192k 8k'] },
   { label: 'qcow2 v2 4k clusters, reverse order over 30 L2 tables', format: 'qcow2', o: 'compat=0.10,cluster_size=4k', size: '64M', clusterSize: 4096, order: reverse(320) },
+  // Other refcount widths: sub-byte counters (1 bit, LSB first) and 64-bit ones.
+  { label: 'qcow2 v3 64k, refcount_bits=1, random order, zeros', format: 'qcow2', o: 'compat=1.1,refcount_bits=1', size: '64M', clusterSize: 65536, order: shuffled(100, 7), after: ['write -z 1M 512k'] },
+  { label: 'qcow2 v3 64k, refcount_bits=64, reverse order', format: 'qcow2', o: 'compat=1.1,refcount_bits=64', size: '64M', clusterSize: 65536, order: reverse(96) },
 ];
 
 /** Stride between written clusters: the 4 KiB image spreads its writes over the disk (many tables). */
