@@ -12,6 +12,8 @@ import {
   type ImageInfo,
   type OpenOptions,
   type OptionValues,
+  type ReferenceCounts,
+  type UnitRun,
 } from '@ic/core/sdk';
 import { bitmapFlagNames, readBitmapDirectory, type BitmapEntry } from './bitmaps.js';
 import { checkImage } from './check.js';
@@ -22,6 +24,7 @@ import { amendImage, demoteImage, qcow2Features } from './amend.js';
 import { repairImage } from './repair.js';
 import { describeConversionSource } from './source.js';
 import { loadState, type Qcow2State } from './state.js';
+import { qcow2ReferenceCounts, qcow2Units } from './units.js';
 
 /** An opened qcow2 image. Writes only when asked to repair (check({ repair })). */
 export class Qcow2Image implements Image {
@@ -163,6 +166,15 @@ export class Qcow2Image implements Image {
 
   conversionSource(): Promise<ConversionSource> {
     return describeConversionSource(this.state, this.bitmaps);
+  }
+
+  /** The movable units (L1, L2 tables, data clusters), with the refcounts that follow them (units.ts). */
+  units(): AsyncGenerator<UnitRun[]> {
+    return qcow2Units(this.state);
+  }
+
+  referenceCounts(): Promise<ReferenceCounts> {
+    return qcow2ReferenceCounts(this.state);
   }
 
   async close(): Promise<void> {

@@ -1,7 +1,7 @@
 /**
  * Crash campaigns (packages/conformance's machinery: every crash state a recorded run can leave under the
  * sector-atomic models: prefixes, a write omitted, torn writes, subsets of an epoch, random states, and crashes
- * of the recovery itself) for ic defrag and ic compact on qemu-made QED and VMDK images. Every state must read
+ * of the recovery itself) for ic defrag and ic compact on qemu-made QED, VMDK and qcow2 images. Every state must read
  * the pristine guest content, as it is or after recover(); after a recovery the image must also be leak-free.
  * Under IC_KIT_COVERAGE=covering (`npm test`'s default) a third of the random states; full: 100 per case.
  */
@@ -33,6 +33,14 @@ const cases: Case[] = [
   },
   {
     image: { label: 'vmdk zeros over data', format: 'vmdk', size: '16M', clusterSize: 65536, order: shuffled(12, 8), after: ['write -z 0 256k', 'write -P 0 512k 64k'] },
+    stride: 1,
+    operation: 'compact --zero-scan',
+  },
+  // qcow2: every wave also sets the refcounts of the new places to 1 and of the old ones to 0, through the log.
+  { image: { label: 'qcow2 v3 64k reverse, zeros', format: 'qcow2', o: 'compat=1.1', size: '16M', clusterSize: 65536, order: reverse(8), after: ['write -z 128k 64k'] }, stride: 1, operation: 'defrag' },
+  { image: { label: 'qcow2 v2 4k, 4 L2 tables, random', format: 'qcow2', o: 'compat=0.10,cluster_size=4k', size: '8M', clusterSize: 4096, order: shuffled(10, 9) }, stride: 180, operation: 'defrag' },
+  {
+    image: { label: 'qcow2 v3 zeros over data', format: 'qcow2', o: 'compat=1.1', size: '16M', clusterSize: 65536, order: shuffled(12, 10), after: ['write -z 128k 256k', 'write -P 0 512k 64k'] },
     stride: 1,
     operation: 'compact --zero-scan',
   },

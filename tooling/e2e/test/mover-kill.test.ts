@@ -24,6 +24,9 @@ const cases: Case[] = [
   { image: { label: 'vmdk random', format: 'vmdk', size: '16M', clusterSize: 65536, order: shuffled(8, 22) }, stride: 1, command: ['defrag'] },
   { image: { label: 'qed zeros over data', format: 'qed', size: '16M', clusterSize: 65536, order: reverse(16), after: ['write -z 128k 384k'] }, stride: 1, command: ['compact', '--zero-scan'] },
   { image: { label: 'vmdk zeros over data', format: 'vmdk', size: '16M', clusterSize: 65536, order: shuffled(16, 23), after: ['write -z 0 256k', 'write -P 0 640k 128k'] }, stride: 1, command: ['compact', '--zero-scan'] },
+  { image: { label: 'qcow2 v3 64k reverse, zeros', format: 'qcow2', o: 'compat=1.1', size: '16M', clusterSize: 65536, order: reverse(8), after: ['write -z 64k 64k'] }, stride: 1, command: ['defrag'] },
+  { image: { label: 'qcow2 v2 4k, 3 L2 tables, random', format: 'qcow2', o: 'compat=0.10,cluster_size=4k', size: '6M', clusterSize: 4096, order: shuffled(8, 24) }, stride: 180, command: ['defrag'] },
+  { image: { label: 'qcow2 v3 zeros over data', format: 'qcow2', o: 'compat=1.1', size: '16M', clusterSize: 65536, order: shuffled(16, 25), after: ['write -z 0 256k', 'write -P 0 640k 128k'] }, stride: 1, command: ['compact', '--zero-scan'] },
 ];
 
 const STRIDE = coverageOf(undefined) === 'full' ? 1 : 3;

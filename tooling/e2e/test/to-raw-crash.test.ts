@@ -1,7 +1,7 @@
 /**
  * Crash campaigns (packages/conformance's machinery: every crash state a recorded run can leave under the
  * sector-atomic models: prefixes, a write omitted, torn writes, subsets of an epoch, random states, and crashes
- * of the recovery itself) for the conversion to raw in place, on qemu-made QED and VMDK images. Every state must
+ * of the recovery itself) for the conversion to raw in place, on qemu-made QED, VMDK and qcow2 images. Every state must
  * read the pristine guest content, as the source or as raw, as it is or after recover(); a state recovery rolls
  * back must be leak-free.
  */
@@ -25,6 +25,9 @@ describe('crash campaigns: convert-inplace to raw', () => {
   const images: ToRawImage[] = [
     ...toRawImages.slice(0, 2),
     { label: 'qed 4k clusters, random order over 3 L2 tables', format: 'qed', o: 'cluster_size=4k,table_size=4', size: '17M', clusterSize: 4096, order: shuffled(24, 12), stride: 180 },
+    // qcow2 (refcounts follow the moves): the 64 KiB v3 image, and 4 KiB clusters over three L2 tables.
+    ...toRawImages.filter((image) => image.format === 'qcow2' && image.clusterSize === 65536).slice(0, 1),
+    { label: 'qcow2 v2 4k clusters, random order over 3 L2 tables', format: 'qcow2', o: 'compat=0.10,cluster_size=4k', size: '6M', clusterSize: 4096, order: shuffled(16, 15), stride: 90 },
   ];
   for (const [n, image] of images.entries()) {
     it(`${image.label}: no silent corruption, no data loss; both ends reached`, { timeout: 900_000 }, async () => {

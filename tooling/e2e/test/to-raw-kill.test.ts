@@ -15,6 +15,8 @@ import { makeFragmented, reverse, shuffled, type MoverImage } from './mover-imag
 const images: (MoverImage & { stride: number })[] = [
   { label: 'qed 64k, reverse, partial last cluster', format: 'qed', size: '1064K', clusterSize: 65536, order: reverse(6), stride: 2, after: ['write -z 64k 64k', 'write -P 0x77 1030k 34k'] },
   { label: 'vmdk, random', format: 'vmdk', size: '1M', clusterSize: 65536, order: shuffled(6, 31), stride: 2 },
+  { label: 'qcow2 v3 64k, reverse, zeros, partial last cluster', format: 'qcow2', o: 'compat=1.1', size: '1064K', clusterSize: 65536, order: reverse(6), stride: 2, after: ['write -z 64k 64k', 'write -P 0x77 1030k 34k'] },
+  { label: 'qcow2 v2 4k, random over 2 L2 tables', format: 'qcow2', o: 'compat=0.10,cluster_size=4k', size: '4M', clusterSize: 4096, order: shuffled(8, 32), stride: 120 },
 ];
 
 // Covering (npm test's default): every second write is a kill point, each image starting at another; full: every write.

@@ -1,5 +1,5 @@
 /**
- * ic convert-inplace IMAGE raw against the qemu oracle: qemu-made QED and VMDK images whose data lies out of
+ * ic convert-inplace IMAGE raw against the qemu oracle: qemu-made QED, VMDK and qcow2 images whose data lies out of
  * guest order (qemu-io writes in reverse and random order), with zero and unallocated areas and a partial last
  * cluster, converted in place; qemu-img compare with the untouched copy, the file as long as the disk, qemu-io
  * writes afterwards, and raw -> X -> raw giving back the same bytes.
@@ -83,10 +83,16 @@ describe('ic convert-inplace IMAGE raw', () => {
 
   it('refuses formats whose units are not listed, and images with a backing file, in one line, byte-identical', () => {
     const refused: [string, string, RegExp][] = [];
-    const qcow2 = scratch.path('refused.qcow2');
-    qemuCreate(qcow2, 'qcow2', '16M');
-    qemuIo(qcow2, 'qcow2', ['write -P 1 1M 64k', 'write -P 2 0 64k']);
-    refused.push([qcow2, 'qcow2', /^ic: qcow2: cannot convert to raw in place: [^\n]+ \[UNSUPPORTED\]\n$/]);
+    const vdi = scratch.path('refused.vdi');
+    qemuCreate(vdi, 'vdi', '16M');
+    qemuIo(vdi, 'vdi', ['write -P 1 1M 64k', 'write -P 2 0 64k']);
+    refused.push([vdi, 'vdi', /^ic: vdi: cannot convert to raw in place: [^\n]+ \[UNSUPPORTED\]\n$/]);
+    // A qcow2 disk larger than its refcount blocks cover (4 KiB clusters: one block covers 8 MiB of the file) would
+    // need a refcount block added: refused, not corrupted.
+    const uncovered = scratch.path('uncovered.qcow2');
+    qemuCreate(uncovered, 'qcow2', '32M', { o: 'cluster_size=4k' });
+    qemuIo(uncovered, 'qcow2', ['write -P 1 1M 64k', 'write -P 2 0 64k']);
+    refused.push([uncovered, 'qcow2', /^ic: [^\n]*cannot convert to raw in place: the image's reference counts cover only the first \d+ bytes[^\n]+ \[UNSUPPORTED\]\n$/]);
     const base = scratch.path('base.qed');
     qemuCreate(base, 'qed', '16M');
     const child = scratch.path('child.qed');

@@ -1,7 +1,8 @@
-import { alignUp, IcError, isAllZero, itemBatches, type BlockIO, type Driver, type Image, type OpenOptions, type UnitRun } from '../sdk/index.js';
+import { alignUp, IcError, isAllZero, itemBatches, type BlockIO, type DataExtent, type Driver, type Extent, type ZeroExtent, type Image, type OpenOptions, type ReferenceCounts, type UnitRun } from '../sdk/index.js';
 import { COPY_CHUNK, type CopyRun } from './copy.js';
 import { encodeRecordStart, identityDigest, logCapacityFor, logOffsetOf, recordBlock, writeNextSlot, type FoundIntent, type IntentRecord } from './intent.js';
-import { Formats, packImage, survey, switchWave, type PackLog, type PackReport, type PointerSwitch, type Survey } from './pack.js';
+import { clearCut, Formats, packImage, survey, switchWave, type PackLog, type PackReport, type PointerSwitch, type Survey } from './pack.js';
+import { coveredSpare } from './references.js';
 import { ReadView } from './view.js';
 
 /**
@@ -35,9 +36,10 @@ export interface Fragmentation {
 }
 
 /**
- * Fragmentation in qemu-img check's terms: walking the guest's data clusters in guest order, a cluster is
- * fragmented when its host offset is not the previous data cluster's plus the cluster size (qemu counts this per
- * L2 table; over the whole walk it is the same or one more per table boundary).
+ * Fragmentation in qemu-img check's terms: walking the guest's allocated clusters (data, and zero clusters that keep
+ * a host cluster: qcow2's zero-allocated ones) in guest order, a cluster is fragmented when its host offset is not
+ * the previous one's plus the cluster size (qemu counts this per L2 table; over the whole walk it is the same or
+ * one more per table boundary).
  */
 export async function measureFragmentation(image: Image): Promise<Fragmentation> {
   const C = image.info().clusterSize ?? 512;
@@ -46,7 +48,7 @@ export async function measureFragmentation(image: Image): Promise<Fragmentation>
   let next = -1;
   for await (const batch of itemBatches(image.map())) {
     for (const extent of batch) {
-      if (extent.kind !== 'data') continue;
+      if (!isAllocated(extent)) continue;
       const clusters = Math.ceil(extent.length / C);
       if (next >= 0 && extent.hostOffset !== next) fragmented++;
       allocated += clusters;
@@ -158,10 +160,12 @@ export class Session {
     readonly log: PackLog,
     readonly blockOffset: number,
     readonly blockLength: number,
+    /** The image's reference counts (Image.referenceCounts), which every wave and the final cut keep exact. */
+    readonly counts?: { counts: ReferenceCounts; clusterSize: number },
   ) {}
 
   /** `reach`: the highest offset units may be moved to besides the spare space (default imageEnd). */
-  static async begin(io: BlockIO, driver: Driver, imageEnd: number, spareBytes: number, C: number, reach = imageEnd): Promise<Session> {
+  static async begin(io: BlockIO, driver: Driver, imageEnd: number, spareBytes: number, C: number, reach = imageEnd, counts?: ReferenceCounts): Promise<Session> {
     const blockOffset = alignUp(Math.max(imageEnd, reach) + spareBytes, C);
     const block = recordBlock(blockOffset, 0, logCapacityFor(MOVER_LOG_ENTRIES), C);
     const sector0 = await io.read(0, 512);
@@ -187,17 +191,20 @@ export class Session {
     const found: FoundIntent = { record, block, slot: 0, sequence: 1 };
     await writeNextSlot(io, found, { ...record, state: 'committed', targetFileSize: imageEnd, oldHead: new Uint8Array(0), newHead: new Uint8Array(0) });
     await io.flush();
-    const session = new Session(io, { offset: logOffsetOf(block), capacity: block.logCapacity }, blockOffset, block.length);
+    const session = new Session(io, { offset: logOffsetOf(block), capacity: block.logCapacity }, blockOffset, block.length, counts ? { counts, clusterSize: C } : undefined);
     session.counters.flushes = 2;
     return session;
   }
 
-  wave(copies: readonly CopyRun[], switches: readonly PointerSwitch[]): Promise<void> {
-    return switchWave(this.io, copies, switches, this.log, this.sequence, this.counters);
+  /** `released`: host ranges the switches leave unnamed without a copy (zero or unallocated switches). */
+  wave(copies: readonly CopyRun[], switches: readonly PointerSwitch[], released?: readonly { offset: number; length: number }[]): Promise<void> {
+    const references = this.counts ? { ...this.counts, ...(released ? { released } : {}) } : undefined;
+    return switchWave(this.io, copies, switches, this.log, this.sequence, this.counters, references);
   }
 
-  /** Drops the record (and everything past `size`). */
+  /** Drops the record (and everything past `size`; their reference counts first). */
   async end(size: number): Promise<void> {
+    if (this.counts) await clearCut(this.io, this.counts.counts, this.counts.clusterSize, size, this.log, this.sequence, this.counters);
     await this.io.truncate(size);
     await this.io.flush();
     this.counters.flushes++;
@@ -281,12 +288,36 @@ export interface Move {
   to: number;
 }
 
-/** The guest cluster each data cluster of the host holds (host cluster -> guest cluster), from the map. */
-export async function guestClusters(image: Image, C: number): Promise<Map<number, number>> {
+/**
+ * Whether an extent holds a host cluster of the image's own: data, or (for defrag and compact, which keep or drop
+ * it) a zero extent with a host offset (qcow2's zero-allocated clusters: the guest reads zeros, the host cluster
+ * stays allocated and counts in qemu-img check's fragmentation).
+ */
+function isAllocated(extent: Extent): extent is DataExtent | (ZeroExtent & { hostOffset: number }) {
+  return extent.kind === 'data' || (extent.kind === 'zero' && extent.hostOffset !== undefined);
+}
+
+/** The host clusters of zero extents that keep one (qcow2's zero-allocated clusters). */
+async function zeroAllocatedClusters(image: Image, C: number): Promise<Set<number>> {
+  const hosts = new Set<number>();
+  for await (const batch of itemBatches(image.map())) {
+    for (const extent of batch) {
+      if (extent.kind !== 'zero' || extent.hostOffset === undefined) continue;
+      for (let at = 0; at < extent.length; at += C) if ((extent.hostOffset + at) % C === 0) hosts.add((extent.hostOffset + at) / C);
+    }
+  }
+  return hosts;
+}
+
+/**
+ * The guest cluster each data cluster of the host holds (host cluster -> guest cluster), from the map; with
+ * `zeroAllocated`, zero-allocated clusters too (isAllocated).
+ */
+export async function guestClusters(image: Image, C: number, zeroAllocated = false): Promise<Map<number, number>> {
   const guestOf = new Map<number, number>();
   for await (const batch of itemBatches(image.map())) {
     for (const extent of batch) {
-      if (extent.kind !== 'data') continue;
+      if (!isAllocated(extent) || (!zeroAllocated && extent.kind !== 'data')) continue;
       for (let at = 0; at < extent.length; at += C) {
         const host = extent.hostOffset + at;
         if (host % C === 0) guestOf.set(host / C, Math.floor((extent.guestOffset + at) / C));
@@ -298,11 +329,11 @@ export async function guestClusters(image: Image, C: number): Promise<Map<number
 
 /**
  * Goal of defrag: header region and fixed ranges stay; then the tables (in the order of their pointers), then the
- * data units in guest order (units the map does not reach, e.g. past the disk's end, last, in host order), each at
- * the first position past the previous one that clears the fixed ranges.
+ * data units in guest order, zero-allocated ones included (units the map does not reach, e.g. past the disk's end,
+ * last, in host order), each at the first position past the previous one that clears the fixed ranges.
  */
 async function defragGoal(image: Image, s: Survey, units: UnitTable): Promise<{ goal: Float64Array; goalEnd: number }> {
-  const guestOf = await guestClusters(image, s.clusterSize);
+  const guestOf = await guestClusters(image, s.clusterSize, true);
   const order = Array.from({ length: units.count }, (_, i) => i);
   const key = new Float64Array(units.count);
   for (let i = 0; i < units.count; i++) {
@@ -629,6 +660,13 @@ export async function performWave(session: Session, units: UnitTable, locator: P
   return bytes;
 }
 
+/** The largest unit, in clusters. */
+export function largestUnit(units: UnitTable): number {
+  let largest = 1;
+  for (let u = 0; u < units.count; u++) largest = Math.max(largest, units.clusters[u]!);
+  return largest;
+}
+
 export function spareFor(options: Pick<DefragOptions, 'spareBytes'>, units: UnitTable, C: number): number {
   let largest = 1;
   let total = 0;
@@ -653,7 +691,8 @@ export async function defragImage(io: BlockIO, driver: Driver, options: DefragOp
   });
   const C = s.clusterSize;
   const imageEndCluster = Math.max(Math.ceil(fileSizeBefore / C), s.endCluster);
-  const spare = spareFor(options, units, C);
+  const wanted = spareFor(options, units, C);
+  const spare = coveredSpare(s.counts, C, Math.max(imageEndCluster, goalEnd), wanted, Math.min(wanted, 2 * largestUnit(units)), 'defragment');
   const spareEnd = Math.max(imageEndCluster, goalEnd) + spare;
   const planner = new DefragPlanner(units, goal, goalEnd, spareEnd, s.fixed, s.headerClusters);
   const outOfPlace = planner.pending.length;
@@ -696,7 +735,7 @@ export async function defragImage(io: BlockIO, driver: Driver, options: DefragOp
   }
   if (outOfPlace === 0 && fileSizeBefore <= goalEnd * C) return report(true, false, 0, 0, 0, 0, before, fileSizeBefore, 0, 0);
 
-  const session = await Session.begin(io, driver, imageEndCluster * C, spare * C, C);
+  const session = await Session.begin(io, driver, imageEndCluster * C, spare * C, C, undefined, s.counts);
   const locator = new PointerLocator(units, C);
   let moved = 0;
   let bytes = 0;
@@ -767,9 +806,12 @@ export interface CompactReport {
 export async function compactImage(io: BlockIO, driver: Driver, options: CompactOptions = {}): Promise<CompactReport> {
   const fileSizeBefore = await io.size();
   const openOptions = options.openOptions ?? {};
-  const { s, units, backing } = await opened(io, driver, fileSizeBefore, openOptions, async (image) => {
+  const { s, units, zeroAllocated, backing } = await opened(io, driver, fileSizeBefore, openOptions, async (image) => {
     const s = await surveyed(driver, image, 'compact');
-    return { s, units: await listUnits(image, s), backing: options.hasBacking === true || image.info().backing !== undefined };
+    const units = await listUnits(image, s);
+    // Zero-allocated clusters read as zeros whatever their host bytes hold: the scan takes them without reading.
+    const zeroAllocated = options.zeroScan ? await zeroAllocatedClusters(image, s.clusterSize) : new Set<number>();
+    return { s, units, zeroAllocated, backing: options.hasBacking === true || image.info().backing !== undefined };
   });
   const C = s.clusterSize;
   let largestTable = 0;
@@ -778,6 +820,7 @@ export async function compactImage(io: BlockIO, driver: Driver, options: Compact
 
   // The scan: data units in host order, read in large pieces.
   const switches: PointerSwitch[] = [];
+  const released: { offset: number; length: number }[] = [];
   let zeroUnits = 0;
   let kept = 0;
   let unallocated = 0;
@@ -798,7 +841,7 @@ export async function compactImage(io: BlockIO, driver: Driver, options: Compact
       for (let k = i; k < j; k++) {
         const u = data[k]!;
         const n = units.clusters[u]! * C;
-        if (isAllZero(bytes.subarray(at, at + n))) {
+        if (zeroAllocated.has(units.pos[u]!) || isAllZero(bytes.subarray(at, at + n))) {
           zeroUnits++;
           const format = units.formats.list[units.format[u]!]!;
           const target = backing ? (format.zeroValue !== undefined ? 'zero' : undefined) : format.unallocatedValue !== undefined ? 'unallocated' : format.zeroValue !== undefined ? 'zero' : undefined;
@@ -808,6 +851,7 @@ export async function compactImage(io: BlockIO, driver: Driver, options: Compact
             else unallocated++;
             // Data units are never inside a table that moves here: their pointers are where they were listed.
             switches.push({ at: units.pointer[u]!, format, target });
+            released.push({ offset: units.pos[u]! * C, length: units.clusters[u]! * C });
             if (units.mirror[u]! >= 0) switches.push({ at: units.mirror[u]!, format, target });
           }
         }
@@ -827,10 +871,10 @@ export async function compactImage(io: BlockIO, driver: Driver, options: Compact
     return { ...base, dryRun: false, pack: undefined, fileSizeAfter: fileSizeBefore, flushes: 0 };
   }
   const scratch = largestTable * C;
-  const session = await Session.begin(io, driver, imageEnd, scratch, C);
+  const session = await Session.begin(io, driver, imageEnd, scratch, C, undefined, s.counts);
   if (switches.length > 0) {
     throwIfAborted(options.signal, io.name, 'nothing was changed');
-    await session.wave([], switches);
+    await session.wave([], switches, released);
   }
   const packed = await packImage(io, driver, {
     log: session.log,

@@ -1,8 +1,9 @@
 import { ClusterBitmap } from '../sdk/bitmap.js';
-import { alignUp, IcError, itemBatches, type BlockIO, type Driver, type Image, type PointerFormat, type UnitRun } from '../sdk/index.js';
+import { alignUp, IcError, itemBatches, type BlockIO, type Driver, type Image, type PointerFormat, type ReferenceCounts, type UnitRun } from '../sdk/index.js';
 import { encodeLog, LOG_INVALID, logEntriesFor, type LogEntry } from './intent.js';
 import { copyRuns, type CopyRun } from './copy.js';
 import { RunList } from './runs.js';
+import { checkCovered, counterSectors, cutRange, type WaveCounts } from './references.js';
 import { ReadView } from './view.js';
 
 /**
@@ -234,6 +235,8 @@ export interface Survey {
   usedClusters: number;
   /** One past the highest cluster referenced. */
   endCluster: number;
+  /** The reference counts that follow the moves (Image.referenceCounts), when the format has them. */
+  counts?: ReferenceCounts;
 }
 
 async function withImage<T>(io: BlockIO, driver: Driver, work: (image: Image) => Promise<T>): Promise<T> {
@@ -300,7 +303,8 @@ export async function survey(driver: Driver, image: Image): Promise<Survey> {
   for (const [start, end] of fixedSet.runs()) fixed.push(start, end);
   let endCluster = headerClusters;
   for (const [, end] of used.runs()) endCluster = Math.max(endCluster, end);
-  return { units, clusterSize, headerClusters, used, tables, fixed, fixedEnd, usedClusters, endCluster };
+  const counts = image.referenceCounts ? await image.referenceCounts() : undefined;
+  return { units, clusterSize, headerClusters, used, tables, fixed, fixedEnd, usedClusters, endCluster, ...(counts ? { counts } : {}) };
 }
 
 function checkRun(driver: Driver, run: UnitRun, clusterSize: number): void {
@@ -596,6 +600,7 @@ async function runWave(
   counters: { flushes: number; moved: number; bytes: number },
   options: PackOptions,
   total: number,
+  references: WaveCounts | undefined,
 ): Promise<void> {
   const copies: CopyRun[] = [];
   for (let i = 0; i < wave.count; i++) copies.push({ from: moved.translate(wave.from[i]!), to: wave.to[i]!, length: wave.length[i]! });
@@ -608,7 +613,7 @@ async function runWave(
     switches.push({ at: waveTables.translate(moved.translate(wave.pointer[i]!)), format, target: wave.to[i]! });
     if (wave.mirror[i]! >= 0) switches.push({ at: waveTables.translate(moved.translate(wave.mirror[i]!)), format, target: wave.to[i]! });
   }
-  await switchWave(io, copies, switches, log, sequence, counters);
+  await switchWave(io, copies, switches, log, sequence, counters, references);
   for (let i = 0; i < wave.count; i++) {
     if (wave.isTable[i]) moved.add(moved.translate(wave.from[i]!), wave.to[i]!, wave.length[i]!);
     counters.moved++;
@@ -633,7 +638,9 @@ export interface PointerSwitch {
  * a torn sector is rewritten whole from the log by `recover`. The caller reuses a unit's old place only in a
  * later wave. The previous wave's log is invalidated in the same epoch as the copies: if that write is lost,
  * recover re-applies a log that is already applied (harmless). Switches with more sectors than the log holds go
- * in chunks (2 more flushes each), each chunk a valid subset.
+ * in chunks (2 more flushes each), each chunk a valid subset. With `references` (a format with reference counts), the
+ * counters of the new places are set to 1 before the switches and those of the old places to 0 after them, each
+ * through the log (references.ts).
  */
 export async function switchWave(
   io: BlockIO,
@@ -642,13 +649,19 @@ export async function switchWave(
   log: PackLog,
   sequence: { value: number },
   counters: { flushes: number },
+  references?: WaveCounts,
 ): Promise<void> {
+  // With reference counts (see references.ts): the new places count 1 before the switches, the old ones 0 after.
+  const claimed = references ? copies.map((copy) => ({ offset: copy.to, length: copy.length })) : [];
+  const released = references ? [...copies.map((copy) => ({ offset: copy.from, length: copy.length })), ...(references.released ?? [])] : [];
+  if (references) checkCovered(references.counts, claimed);
   await io.write(log.offset, LOG_INVALID);
   await copyRuns(io, copies, () => undefined);
   await io.flush();
   counters.flushes++;
+  const state = { first: true };
+  if (references && claimed.length > 0) await logAndApply(io, await counterSectors(io, references.counts, references.clusterSize, claimed, 1), log, sequence, counters, state);
   const sectors = new Map<number, Uint8Array>();
-  const offsets: number[] = [];
   for (const change of switches) {
     const at = change.at;
     const sectorOffset = at - (at % 512);
@@ -657,22 +670,34 @@ export async function switchWave(
     if (!sector) {
       sector = await io.read(sectorOffset, 512);
       sectors.set(sectorOffset, sector);
-      offsets.push(sectorOffset);
     }
     encodePointer(new DataView(sector.buffer, sector.byteOffset, 512), at - sectorOffset, change.format, change.target);
   }
-  offsets.sort((a, b) => a - b);
+  await logAndApply(io, sectors, log, sequence, counters, state);
+  if (references && released.length > 0) await logAndApply(io, await counterSectors(io, references.counts, references.clusterSize, released, 0), log, sequence, counters, state);
+}
+
+/** Sectors written through the redo log: logged, flushed, written, flushed (in chunks when they outgrow the log). */
+async function logAndApply(io: BlockIO, sectors: Map<number, Uint8Array>, log: PackLog, sequence: { value: number }, counters: { flushes: number }, state: { first: boolean }): Promise<void> {
+  const offsets = [...sectors.keys()].sort((a, b) => a - b);
   const perLog = logEntriesFor(log.capacity);
   if (perLog === 0) throw new IcError('INTERNAL', 'pack: no room for a redo log');
   for (let first = 0; first < offsets.length; first += perLog) {
     const chunk: LogEntry[] = offsets.slice(first, first + perLog).map((offset) => ({ offset, sector: sectors.get(offset)! }));
-    if (first > 0) await io.write(log.offset, LOG_INVALID);
+    if (!state.first) await io.write(log.offset, LOG_INVALID);
+    state.first = false;
     await io.write(log.offset, encodeLog(chunk, ++sequence.value));
     await io.flush();
     await applyLog(io, chunk);
     await io.flush();
     counters.flushes += 2;
   }
+}
+
+/** Before the file is cut at `end`: the counters of the clusters cut off become 0 (logged: the record is still there). */
+export async function clearCut(io: BlockIO, counts: ReferenceCounts, clusterSize: number, end: number, log: PackLog, sequence: { value: number }, counters: { flushes: number }): Promise<void> {
+  const ranges = cutRange(counts, clusterSize, end, await io.size());
+  if (ranges.length > 0) await logAndApply(io, await counterSectors(io, counts, clusterSize, ranges, 0), log, sequence, counters, { first: false });
 }
 
 /** Writes the sectors of a log, contiguous ones together. */
@@ -698,7 +723,10 @@ export async function packImage(io: BlockIO, driver: Driver, options: PackOption
   const view = new ReadView(io, options.limit ?? fileSizeBefore);
   const { surveyed, plan } = await withImage(view, driver, async (image) => {
     const surveyed = await survey(driver, image);
-    return { surveyed, plan: await planPacking(image, surveyed, options.scratch) };
+    // Scratch space the reference counts do not cover cannot take a table.
+    const counts = surveyed.counts;
+    const scratch = options.scratch && counts ? { offset: options.scratch.offset, length: Math.max(0, Math.min(options.scratch.length, counts.coveredEnd - options.scratch.offset)) } : options.scratch;
+    return { surveyed, plan: await planPacking(image, surveyed, scratch) };
   });
   const holesBelow = (end: number) => Math.max(0, end - surveyed.headerClusters - surveyed.used.count(surveyed.headerClusters, end));
   const notDone = (reason: string, bytesPlanned: number, packedSize: number): PackReport => ({
@@ -724,15 +752,17 @@ export async function packImage(io: BlockIO, driver: Driver, options: PackOption
   const total = plan.waves.reduce((sum, wave) => sum + wave.count, 0);
   const moved = new Relocations();
   const sequence = { value: 0 };
+  const references = surveyed.counts ? { counts: surveyed.counts, clusterSize: surveyed.clusterSize } : undefined;
   for (const wave of plan.waves) {
     if (options.signal?.aborted) {
       throw new IcError('INTERRUPTED', `${io.name}: packing stopped after ${counters.moved} of ${total} moves; the image is valid; run \`ic recover\` to finish it`, {
         imageFormat: driver.name,
       });
     }
-    await runWave(io, wave, plan.formats, moved, options.log, sequence, counters, options, total);
+    await runWave(io, wave, plan.formats, moved, options.log, sequence, counters, options, total, references);
   }
-  // Everything past the packed end is unreferenced now, the intent record included.
+  // Everything past the packed end is unreferenced now, the intent record included (and counted 0 first).
+  if (surveyed.counts) await clearCut(io, surveyed.counts, surveyed.clusterSize, plan.packedEnd, options.log, sequence, counters);
   await io.truncate(alignUp(plan.packedEnd, surveyed.clusterSize));
   await io.flush();
   counters.flushes++;

@@ -2,7 +2,8 @@ import { alignUp, bytesEqual, hasCapability, IcError, isAllZero, isIcError, item
 import { COPY_CHUNK } from './copy.js';
 import { applyDeferred, DeferredOverlay, DeferredWrites, deferredCapacity } from './deferred.js';
 import { encodeRecordStart, identityDigest, inspectInterrupted, logOffsetOf, recordBlock, transitionalSector, writeNextSlot, type FoundIntent, type IntentRecord } from './intent.js';
-import { DefragPlanner, guestClusters, listUnits, opened, performWave, placeInOrder, PointerLocator, Session, spareFor, surveyed, throwIfAborted, type Move, type UnitTable } from './mover.js';
+import { DefragPlanner, guestClusters, largestUnit, listUnits, opened, performWave, placeInOrder, PointerLocator, Session, spareFor, surveyed, throwIfAborted, type Move, type UnitTable } from './mover.js';
+import { coveredSpare } from './references.js';
 import type { Survey } from './pack.js';
 import { ReadView } from './view.js';
 
@@ -262,8 +263,9 @@ export async function convertToIdentity(io: BlockIO, source: Driver, target: Dri
   const C = s.clusterSize;
   const N = Math.ceil(virtualSize / C);
   const imageEndCluster = Math.max(Math.ceil(fileSizeBefore / C), s.endCluster);
-  const spare = spareFor(options, units, C);
   const reach = Math.max(imageEndCluster, layout.goalEnd);
+  const wanted = spareFor(options, units, C);
+  const spare = coveredSpare(s.counts, C, reach, wanted, Math.min(wanted, 2 * largestUnit(units)), what);
   const spareEnd = reach + spare;
   const planner = new DefragPlanner(units, layout.goal, layout.goalEnd, spareEnd, s.fixed, s.headerClusters);
   const outOfPlace = planner.pending.length;
@@ -308,7 +310,7 @@ export async function convertToIdentity(io: BlockIO, source: Driver, target: Dri
     let flushes = 0;
     let highest = fileSizeBefore;
     if (outOfPlace > 0) {
-      const session = await Session.begin(io, source, imageEndCluster * C, spare * C, C, reach * C);
+      const session = await Session.begin(io, source, imageEndCluster * C, spare * C, C, reach * C, s.counts);
       const locator = new PointerLocator(units, C);
       for (let wave = nextWave(planner, units, C); wave.length > 0; wave = nextWave(planner, units, C)) {
         throwIfAborted(options.signal, io.name, `${moved} of the moves`);

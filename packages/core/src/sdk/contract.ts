@@ -269,6 +269,34 @@ export interface UnitRun {
 /** Unit runs, singly or in batches, in any order. */
 export type UnitStream = AsyncIterable<UnitRun | readonly UnitRun[]> | Iterable<UnitRun | readonly UnitRun[]>;
 
+/**
+ * Where one reference count is stored in the file: an unsigned field of `bits` bits that lies inside one aligned
+ * 512-byte sector. Fields of 8 bits and more are whole bytes (big-endian unless `littleEndian`); narrower ones are
+ * packed in a byte, their least significant bit at bit `shift` (qcow2's refcount_bits 1, 2 and 4).
+ */
+export interface CounterField {
+  offset: number;
+  bits: 1 | 2 | 4 | 8 | 16 | 32 | 64;
+  shift?: number;
+  littleEndian?: boolean;
+}
+
+/**
+ * The reference counts of a format whose clusters carry one (qcow2's refcount blocks), for the mover: every cluster
+ * a listed unit occupies counts 1, a cluster nothing references counts 0 (more is a leak). In each wave the engine
+ * sets the counters of the new places to 1 before the pointer switches and those of the old places (and of units
+ * switched to zero or unallocated) to 0 after them, each step logged and flushed, and clears the counters of the
+ * clusters it cuts off the file's end; so a crash at any write leaves at worst leaked clusters (counted 1, named by
+ * nothing), which `recover`'s packing fills or cuts off. The counters themselves must lie in structures that are
+ * not units (conversionSource's metadataRanges): they never move.
+ */
+export interface ReferenceCounts {
+  /** Every host cluster below this offset has a counter (its refcount block exists); nothing is moved to or past it. */
+  readonly coveredEnd: number;
+  /** The counter of the host cluster at `hostOffset` (cluster-aligned, below coveredEnd). Used after the image is closed. */
+  counter(hostOffset: number): CounterField;
+}
+
 /** An opened image. */
 export interface Image {
   readonly format: string;
@@ -290,10 +318,16 @@ export interface Image {
   demote?(features: readonly string[]): Promise<AmendReport>;
   /**
    * Every unit of the file that may move: with the header region and the fixed ranges of conversionSource, this is
-   * everything the image references. Present only for formats whose pointer switches are plain writes (no
-   * reference counts to follow). The engine uses it to pack the file: fill holes, then truncate.
+   * everything the image references. Present only for formats whose pointer switches are plain writes, or whose
+   * reference counts the image describes with referenceCounts(). The engine uses it to pack the file (fill holes,
+   * then truncate) and to move units (defrag, compact, convert-inplace to raw).
    */
   units?(): UnitStream;
+  /**
+   * Optional, with units(): the reference counts that must follow every move (see ReferenceCounts). A format with
+   * reference counts that lacks it must not list units.
+   */
+  referenceCounts?(): Promise<ReferenceCounts>;
   close(): Promise<void>;
 }
 

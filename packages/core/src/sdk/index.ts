@@ -40,6 +40,8 @@ export {
   type PointerFormat,
   type UnitRun,
   type UnitStream,
+  type CounterField,
+  type ReferenceCounts,
   type Image,
   type Placement,
   type TargetLayout,
