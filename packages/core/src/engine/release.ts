@@ -215,6 +215,6 @@ export async function estimateRelease(io: BlockIO, fileSizeBefore: number, heade
     bytesTruncated: 0,
     bytesLeft: canPunch ? 0 : bytes,
     estimated: true,
-    reason: canPunch ? 'the old places of relocated clusters and the old metadata would be given back to the file system' : 'the store cannot punch holes: the old places would stay allocated',
+    reason: canPunch ? 'the old places of relocated clusters and the old metadata would be given back to the file system (where it can punch holes: koffi and a file system with holes)' : 'the store cannot punch holes: the old places would stay allocated',
   };
 }
