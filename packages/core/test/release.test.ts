@@ -113,6 +113,31 @@ describe('release after the commit', () => {
     }
   });
 
+  it('releases nothing, and says why, when the committed image cannot be described or uses a blocker', async () => {
+    const io = new PunchingIO(await toyImage());
+    await convertInPlace({ io, source: toyA, target: toyB, compact: 'never', release: false });
+    const before = io.snapshot();
+    const failing: Driver = {
+      ...toyB,
+      open: async (store) => ({ ...(await toyB.open(store)), conversionSource: async () => Promise.reject(new IcError('CORRUPT', 'toyb: table unreadable')) }),
+    };
+    const blocked: Driver = {
+      ...toyB,
+      open: async (store) => {
+        const image = await toyB.open(store);
+        return { ...image, conversionSource: async () => ({ ...(await image.conversionSource!()), blockers: [{ feature: 'snapshots', reason: 'kept elsewhere' }] }) };
+      },
+    };
+    const options = { header: { offset: 0, length: 2 * C }, clusterSize: C, targetEnd: await io.size() };
+    const failed = await releaseUnreferenced(io, { driver: failing, ...options });
+    expect(failed.reason).toMatch(/could not be described.*table unreadable/);
+    const refused = await releaseUnreferenced(io, { driver: blocked, ...options });
+    expect(refused.reason).toMatch(/uses snapshots/);
+    for (const report of [failed, refused]) expect([report.bytesReleased, report.bytesLeft]).toEqual([0, 0]);
+    expect(io.punches).toEqual([]);
+    expect(io.snapshot()).toEqual(before);
+  });
+
   it('cuts an unreferenced tail, but never below the end the target asked for', async () => {
     const io = new PunchingIO(await toyImage());
     await convertInPlace({ io, source: toyA, target: toyB, compact: 'never' });

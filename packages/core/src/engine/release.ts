@@ -140,12 +140,17 @@ function messageOf(error: unknown): string {
 export async function releaseUnreferenced(io: BlockIO, options: ReleaseOptions): Promise<ReleaseReport> {
   const G = RELEASE_GRANULE;
   const fileSize = await io.size();
-  const image = await options.driver.open(new ReadView(io, fileSize));
   let referenced: Awaited<ReturnType<typeof referencedGranules>>;
   try {
-    referenced = await referencedGranules(image, options.header, G);
-  } finally {
-    await image.close();
+    const image = await options.driver.open(new ReadView(io, fileSize));
+    try {
+      referenced = await referencedGranules(image, options.header, G);
+    } finally {
+      await image.close();
+    }
+  } catch (error) {
+    // The conversion was verified before the commit; a description that fails now releases nothing, loudly.
+    referenced = `the committed ${options.driver.name} image could not be described (${messageOf(error)})`;
   }
   if (typeof referenced === 'string') return { bytesReleased: 0, bytesPunched: 0, bytesTruncated: 0, bytesLeft: 0, estimated: false, reason: `nothing released: ${referenced}` };
   // The tail past the last referenced byte and past the target's end is cut, at a cluster boundary.
