@@ -95,6 +95,32 @@ describe('RecordingIO and the crash space', () => {
     expect([...space.generate('extension')]).toHaveLength(4);
   });
 
+  it('records a hole punch as a write of zeros inside the file (size kept), torn and lost like a write', async () => {
+    const recording = await RecordingIO.wrap(new MemoryIO(pattern(8192, 4), 'start'));
+    expect(await recording.punchHole(4096, 8192)).toBe(true); // runs past the end: only [4096, 8192) changes
+    expect(await recording.size()).toBe(8192);
+    expect((await recording.read(4096, 4096)).every((b) => b === 0)).toBe(true);
+    expect((await recording.read(4095, 1))[0]).toBe(pattern(8192, 4)[4095]);
+    expect(recording.ops).toHaveLength(1);
+    const punch = recording.ops[0]!;
+    expect(punch.kind === 'write' && [punch.offset, punch.data.length, punch.sizeBefore]).toEqual([4096, 4096, 8192]);
+    expect(await recording.punchHole(9000, 512)).toBe(true); // wholly past the end: nothing to record
+    expect(recording.ops).toHaveLength(1);
+    await recording.flush();
+    const space = new CrashSpace(recording.recording());
+    // Lost or kept (prefix: the kept one is also the start of the empty last epoch), and torn at its 7 inner
+    // sector boundaries, two ways each.
+    expect([...space.generate('prefix')]).toHaveLength(3);
+    const torn = [...space.generate('tear-512')];
+    expect(torn).toHaveLength(7 * 2);
+    const half = await space.materialise(torn.find((s) => {
+      const fate = s.kept.get(0);
+      return fate?.kind === 'torn' && fate.ranges[0]![1] === 2048;
+    })!);
+    expect((await half.read(4096, 2048)).every((b) => b === 0)).toBe(true);
+    expect(await half.read(6144, 2048)).toEqual(pattern(8192, 4).subarray(6144));
+  });
+
   it('tears a write with fewer boundaries than the sample size when maxTearPoints is small (it looped forever)', async () => {
     const recording = await RecordingIO.wrap(new MemoryIO(new Uint8Array(8192), 'start'));
     await recording.write(0, new Uint8Array(8 * 512).fill(3)); // 7 inner boundaries: more than 2, fewer than 11

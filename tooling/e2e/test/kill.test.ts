@@ -2,7 +2,7 @@
  * The real executable killed with SIGKILL after every write of a conversion (and of a recovery), then
  * `ic recover`, then the oracle: qemu-img check (clean: no corruption and no leaks) and qemu-img compare with the
  * untouched image.
- * The hook IC_TEST_KILL_AFTER_WRITES=N makes `ic` kill itself right after its N-th write or truncate.
+ * The hook IC_TEST_KILL_AFTER_WRITES=N makes `ic` kill itself right after its N-th write, truncate or hole punch.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
@@ -43,6 +43,9 @@ const pairs: Pair[] = [
   { from: 'raw', to: 'qcow2', writes: ['write -P 0x51 0 64k', 'write -P 0x52 10M 128k'] },
   // The VMDK header is 10.5 KiB and overwrites raw guest data: the transitional commit.
   { from: 'raw', to: 'vmdk', writes: ['write -P 0x61 0 64k', 'write -P 0x62 10M 128k'] },
+  // qemu's VDI blocks sit at 512-byte offsets: every cluster moves, and after the commit the release step punches
+  // their old places (each punch, like the cut, is a kill point of the hook).
+  { from: 'vdi', to: 'qcow2', writes: ['write -P 0x81 0 1M', 'write -P 0x82 20M 64k', 'write -P 0x83 40M 4k'] },
 ];
 
 // Every other in-place target of the registry that qemu can make images of, killed on the way in and on the way out:

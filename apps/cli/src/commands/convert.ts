@@ -46,6 +46,14 @@ export function conversionSummary(filename: string, report: ConversionReport): s
           : `not done, ${packing.leaksLeft} unreferenced clusters left (qemu-img check counts them as leaks): ${packing.reason}`,
     );
   }
+  const release = report.release;
+  if (release) {
+    const parts = [`${bytes(release.bytesReleased)} ${report.dryRun ? 'to give back (estimate)' : 'given back'} to the file system`];
+    if (!report.dryRun && release.bytesTruncated > 0) parts.push(`${bytes(release.bytesTruncated)} of it by cutting the tail`);
+    if (release.bytesLeft > 0) parts.push(`${bytes(release.bytesLeft)} not (${release.reason})`);
+    else if (release.bytesReleased === 0) parts.push(release.reason);
+    row('released', parts.join(', '));
+  }
   row('time', `${report.durationMs} ms`);
   if (!report.dryRun) row('verified', report.verified ? 'yes (reopened: the new map matches the plan)' : 'no');
   return lines.join('');

@@ -23,7 +23,7 @@ export interface Recording {
 
 /**
  * A BlockIO that behaves like a normal in-memory file (reads see earlier writes, like a page cache) and
- * records every write, truncate and flush in issue order, so that the crash states of the operation can be
+ * records every write (a hole punch as a write of zeros), truncate and flush in issue order, so that the crash states of the operation can be
  * enumerated afterwards (reliability.md §2.2, the "crash file" of SQLite's test6.c).
  *
  * The operation under test runs against a private copy of the starting image; the original is not touched.
@@ -88,6 +88,18 @@ export class RecordingIO implements BlockIO {
 
   dataRanges(offset: number, length: number): Promise<ByteRange[]> {
     return this.live.dataRanges(offset, length);
+  }
+
+  /**
+   * A hole punch as a reader sees it: zeros over the part of the range inside the file, the size kept. Recorded
+   * as a write of those zeros, so that a crash loses, tears or reorders it exactly like a write (a file system
+   * may persist part of a punch, in blocks, and nothing orders it before the next flush).
+   */
+  async punchHole(offset: number, length: number): Promise<boolean> {
+    checkRange(offset, length, 'hole punch');
+    const end = Math.min(offset + length, await this.live.size());
+    if (end > offset) await this.write(offset, new Uint8Array(end - offset));
+    return true;
   }
 }
 

@@ -1,6 +1,7 @@
 import type { Driver, OpenOptions, OptionValues } from '../sdk/index.js';
 import type { BlockIO } from '../sdk/index.js';
 import type { IoStats } from './memory-io.js';
+import type { ReleaseReport } from './release.js';
 
 export type ConversionPhase = 'validate' | 'plan' | 'relocate' | 'build' | 'commit' | 'verify' | 'cleanup' | 'pack';
 
@@ -49,6 +50,12 @@ export interface ConvertInPlaceRequest {
    * without it.
    */
   zeroScan?: boolean;
+  /**
+   * After the commit, give the file system back the space the new image does not reference (old places of
+   * relocated clusters, the source's old tables): file-system holes where the store can punch them, and the
+   * unreferenced tail cut. Default true.
+   */
+  release?: boolean;
 }
 
 /** What a conversion did, or would do (dry run). Also the JSON of `ic convert-inplace --output=json`. */
@@ -99,6 +106,11 @@ export interface ConversionReport {
     holesKept?: number;
     reason: string;
   };
+  /**
+   * What the release step gave back after the commit (a dry run: its estimate). Absent when turned off
+   * (ConvertInPlaceRequest.release false).
+   */
+  release?: ReleaseReport;
   /** Bytes the engine reserved past the source's end before building (relocations + the target's estimate). */
   spaceReserved: number;
 }

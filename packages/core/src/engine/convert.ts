@@ -49,6 +49,7 @@ import { emptyDecision, PlacementRuntime } from './placement.js';
 import { MappingPlanner, type PlanStats, type Relocation } from './planner.js';
 import { ReadView } from './view.js';
 import { ExtentCache } from './extent-cache.js';
+import { estimateRelease, releaseUnreferenced } from './release.js';
 
 /** Source extents kept between the two walks (25 bytes each: at most 50 MiB). */
 const EXTENT_CACHE_BUDGET = 2 * 1024 * 1024;
@@ -490,6 +491,8 @@ function packReportOf(result: PackReport): NonNullable<ConversionReport['compact
  *    mismatch the old header region is written back.
  * 7. clean up: zero the rest of the old header in the new header region; pack where the target format counts
  *    unreferenced clusters as leaks; cut the file to its final size, which drops the record.
+ * 8. release (release.ts): what the committed image does not reference (old places of relocated clusters, the
+ *    source's old tables) becomes file-system holes, and an unreferenced tail is cut.
  * Before the commit any failure (or the abort signal) puts the file back as it was; after it the image is valid
  * in the new format and the error says so (IcError.imageFormat) and that `ic recover` finishes the rest.
  */
@@ -639,7 +642,9 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
 
     if (request.dryRun) {
       await closeSource();
-      const planned = report(true, false, Math.max(fileSizeBefore, limit), chosen.stats, estimate.metadataBytes, SECTOR_SIZE, 'none');
+      const prefix = layout.placement?.kind === 'prefixed' ? layout.placement.prefix : 0;
+      const release = request.release === false ? undefined : await estimateRelease(io, fileSizeBefore, layout.headerRegionSize, chosen.stats.clustersKept * (C + prefix));
+      const planned = { ...report(true, false, Math.max(fileSizeBefore, limit), chosen.stats, estimate.metadataBytes, SECTOR_SIZE, 'none'), ...(release ? { release } : {}) };
       if (!holesEstimate) return planned;
       const kept = chosen.candidate.planner?.holeClustersKept ?? 0;
       return { ...planned, compaction: { done: false, unitsMoved: 0, bytesMoved: 0, bytesPlanned: 0, leaksLeft: 0, holesKept: kept, reason: holesReason(kept, holesEstimate, 'would keep') } };
@@ -778,8 +783,20 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
         await io.truncate(fileSize);
         await io.flush();
       }
+      // 8. give the file system back what the committed image does not reference (release.ts); the record is
+      // durably gone by now (cut off and flushed above).
+      const release =
+        request.release === false
+          ? undefined
+          : await releaseUnreferenced(io, {
+              driver: target,
+              header: { offset: headOffset, length: layout.headerRegionSize },
+              clusterSize: C,
+              targetEnd: fileSize,
+              ...(request.signal ? { signal: request.signal } : {}),
+            });
       step('cleanup', 1, 1);
-      const final = report(false, true, await io.size(), built.stats, built.metadataBytes, headLength, commit);
+      const final = { ...report(false, true, await io.size(), built.stats, built.metadataBytes, headLength, commit), ...(release ? { release } : {}) };
       return compaction ? { ...final, compaction } : final;
     } catch (error) {
       if (phase === 'after') throw afterCommit(error, io.name, source.name, target.name);

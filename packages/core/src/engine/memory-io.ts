@@ -123,10 +123,12 @@ export class CountingIO implements BlockIO {
   readonly stats: IoStats = { bytesRead: 0, bytesWritten: 0, reads: 0, writes: 0, flushes: 0 };
   readonly dataRanges?: (offset: number, length: number) => Promise<ByteRange[]>;
   readonly identity?: () => Promise<string>;
+  readonly punchHole?: (offset: number, length: number) => Promise<boolean>;
   constructor(readonly inner: BlockIO) {
     // Optional capabilities pass through unchanged.
     if (inner.dataRanges) this.dataRanges = inner.dataRanges.bind(inner);
     if (inner.identity) this.identity = inner.identity.bind(inner);
+    if (inner.punchHole) this.punchHole = inner.punchHole.bind(inner);
   }
   get name(): string {
     return this.inner.name;
