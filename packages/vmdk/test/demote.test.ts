@@ -17,18 +17,20 @@ const M = 1024 * 1024;
 let serial = 0;
 
 /** A zeroed_grain=on monolithicSparse with data, zero writes over data and over nothing, over a VMDK parent or not. */
-function makeImage(parent: boolean): { dir: string; image: string; original: string } {
+/** With `twoTables`, a 64 MiB disk with one more zero write at 40M, in the second grain table (a GT maps 32 MiB). */
+function makeImage(parent: boolean, twoTables = false): { dir: string; image: string; original: string } {
+  const size = twoTables ? 64 * M : 8 * M;
   const dir = tmp.path(`${serial++}`);
   run('mkdir', ['-p', dir]);
   const image = `${dir}/image.vmdk`;
   if (parent) {
-    qemuCreate(`${dir}/base.vmdk`, 'vmdk', 8 * M);
-    qemuIo(`${dir}/base.vmdk`, 'vmdk', ['write -P 0xbb 0 8M']);
-    qemuCreate(image, 'vmdk', 8 * M, { o: 'zeroed_grain=on', backing: 'base.vmdk', backingFormat: 'vmdk', cwd: dir });
+    qemuCreate(`${dir}/base.vmdk`, 'vmdk', size);
+    qemuIo(`${dir}/base.vmdk`, 'vmdk', ['write -P 0xbb 0 8M', ...(twoTables ? ['write -P 0xbc 40M 1M'] : [])]);
+    qemuCreate(image, 'vmdk', size, { o: 'zeroed_grain=on', backing: 'base.vmdk', backingFormat: 'vmdk', cwd: dir });
   } else {
-    qemuCreate(image, 'vmdk', 8 * M, { o: 'zeroed_grain=on' });
+    qemuCreate(image, 'vmdk', size, { o: 'zeroed_grain=on' });
   }
-  qemuIo(image, 'vmdk', ['write -P 1 0 256k', 'write -z 64k 64k', 'write -z 1M 128k', 'write -P 2 2M 64k', 'write -z 5M 64k']);
+  qemuIo(image, 'vmdk', ['write -P 1 0 256k', 'write -z 64k 64k', 'write -z 1M 128k', 'write -P 2 2M 64k', 'write -z 5M 64k', ...(twoTables ? ['write -z 40M 64k'] : [])]);
   const original = `${dir}/original.vmdk`;
   copyFileSync(image, original);
   return { dir, image, original };
@@ -129,8 +131,12 @@ describe('zeroed grains', () => {
 });
 
 describe('demote killed at every write', () => {
-  it.each([false, true])('parent: %s — each state accepted as is or completed by a rerun, the content always the original', { timeout: 600_000 }, async (parent) => {
-    const { dir, image, original } = makeImage(parent);
+  it.each([
+    [false, false],
+    [true, false],
+    [true, true],
+  ])('parent: %s, two grain tables: %s — each state accepted as is or completed by a rerun, the content always the original', { timeout: 600_000 }, async (parent, twoTables) => {
+    const { dir, image, original } = makeImage(parent, twoTables);
     const tally = { states: 0, acceptedAsIs: 0, completedByRerun: 0, tablesDisagree: 0 };
     const state = `${dir}/state.vmdk`;
     const demote = async (io: BlockIO) => (await vmdkDriver.open(io)).demote!(['zeroed_grains']);
@@ -156,6 +162,6 @@ describe('demote killed at every write', () => {
     expect(tally.acceptedAsIs).toBeGreaterThan(0);
     expect(tally.completedByRerun).toBeGreaterThan(0);
     expect(tally.tablesDisagree).toBeGreaterThan(0);
-    console.log(`vmdk demote zeroed_grains (parent ${parent}) killed: ${JSON.stringify(tally)}`);
+    console.log(`vmdk demote zeroed_grains (parent ${parent}, two tables ${twoTables}) killed: ${JSON.stringify(tally)}`);
   });
 });
