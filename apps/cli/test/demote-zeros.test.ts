@@ -94,3 +94,16 @@ test('vmdk check -r on damage: qemu-img 63 without looking, ic one line, exit 1,
   expect(ic.stderr).toContain('nothing was written');
   expect(sha256File(image)).toBe(before);
 });
+
+for (const { format, o } of cases) {
+  test(`${format}: zero entries over a backing file read as zeros in ic map and survive convert-inplace to qcow2`, async () => {
+    const { image, original } = makeImage(format, o, true);
+    const ours = JSON.parse((await runIc(['map', '--output=json', image])).stdout) as unknown[];
+    expect(ours).toEqual(JSON.parse(run('qemu-img', ['map', '--output=json', '-f', format, image]).stdout));
+    expect(ours).toContainEqual(expect.objectContaining({ start: 1024 * 1024, length: 128 * 1024, depth: 0, zero: true, data: false }));
+    const result = await runIc(['convert-inplace', image, 'qcow2']);
+    expect(result.code, result.stderr).toBe(0);
+    expect(qemuCheck(image, 'qcow2').code).toBe(0);
+    expect(qemuCompare(image, 'qcow2', original, format).code).toBe(0);
+  });
+}
