@@ -107,3 +107,22 @@ for (const { format, o } of cases) {
     expect(qemuCompare(image, 'qcow2', original, format).code).toBe(0);
   });
 }
+
+test('vmdk twoGbMaxExtentSparse with zeroed grains: listed per extent, kept by demote with why, nothing written', async () => {
+  const dir = work.path(`${serial++}`);
+  run('mkdir', ['-p', dir]);
+  const image = `${dir}/split.vmdk`;
+  qemuCreate(image, 'vmdk', '8M', { o: 'subformat=twoGbMaxExtentSparse,zeroed_grain=on' });
+  qemuIo(image, 'vmdk', ['write -P 1 0 64k', 'write -z 1M 64k']);
+  const extent = `${dir}/split-s001.vmdk`;
+  const before = [sha256File(image), sha256File(extent)];
+  const listed = await runIc(['info', '--features', image]);
+  expect(listed.stdout).toMatch(/^ {4}zeroed_grains \[incompatible\]: .*1 grain table entries of 1.*\(extent "split-s001\.vmdk"\); not removable: /m);
+  const all = await runIc(['demote', image]);
+  expect(all.code, all.stderr).toBe(0);
+  expect(all.stdout).toMatch(/^Nothing to remove\.\nkept zeroed_grains: extents of a multi-file VMDK are never written in place/);
+  const named = await runIc(['demote', '--feature', 'zeroed_grains', image]);
+  expect(named.code).toBe(1);
+  expect(named.stderr).toMatch(ERROR_LINE);
+  expect([sha256File(image), sha256File(extent)]).toEqual(before);
+});

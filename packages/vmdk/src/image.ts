@@ -315,12 +315,7 @@ export class SparseVmdkImage implements Image {
 
   /** Removes unclean_shutdown (by the repair that clears it) and zeroed grains (zeroed.ts). */
   async demote(features: readonly string[]): Promise<AmendReport> {
-    const known = await this.features();
-    for (const name of features) {
-      const feature = known.find((candidate) => candidate.name === name);
-      if (!feature) throw vmdkError('INVALID', `the image does not use feature '${name}'`);
-      if (!feature.removal.possible) throw vmdkError('UNSUPPORTED', `feature '${name}' cannot be removed: ${feature.removal.why}`);
-    }
+    assertRemovable(await this.features(), features);
     const changes: string[] = [];
     if (features.includes('zeroed_grains')) {
       const { count, written } = await demoteZeroedGrains(this);
@@ -375,6 +370,15 @@ export class SparseVmdkImage implements Image {
   }
 
   async close(): Promise<void> {}
+}
+
+/** Refuses (before any write) a demote request naming a feature the image does not use or cannot lose. */
+export function assertRemovable(known: readonly ImageFeature[], names: readonly string[]): void {
+  for (const name of names) {
+    const feature = known.find((candidate) => candidate.name === name);
+    if (!feature) throw vmdkError('INVALID', `the image does not use feature '${name}'`);
+    if (!feature.removal.possible) throw vmdkError('UNSUPPORTED', `feature '${name}' cannot be removed: ${feature.removal.why}`);
+  }
 }
 
 /**
