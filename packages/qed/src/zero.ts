@@ -1,9 +1,9 @@
 import { IcError } from '@ic/core/sdk';
 import { scanTables } from './check.js';
-import { FORMAT } from './header.js';
+import { FORMAT, tableOffsetProblem } from './header.js';
 import type { QedImage } from './image.js';
 import { repairImage } from './repair.js';
-import { ENTRY_SIZE, ENTRY_ZERO, readTableEntries } from './tables.js';
+import { decodeEntry, ENTRY_SIZE, ENTRY_UNALLOCATED, ENTRY_ZERO, readTableEntries } from './tables.js';
 
 /** Table bytes are rewritten in whole sectors: a sector is the unit a disk writes all or nothing. */
 const SECTOR = 512;
@@ -11,14 +11,24 @@ const SECTOR = 512;
 /** Largest single write of zeros. */
 const ZERO_WRITE = 4 * 1024 * 1024;
 
-/** Number of L2 entries equal to 1 (zero clusters), in every L2 table the L1 names (past the disk's end too). */
+/**
+ * Number of L2 entries equal to 1 (zero clusters), in every L2 table the L1 names (past the disk's end too). An L1
+ * entry naming no valid table is skipped, not refused: that is check's to report (and need_check's repair to
+ * clear), and the feature list must still come out for such an image.
+ */
 export async function countZeroEntries(image: QedImage): Promise<number> {
+  const { io, geometry, header } = image;
   let count = 0;
-  for (const table of await image.l2Tables()) {
-    for await (const chunk of readTableEntries(image.io, table.offset, 0, image.geometry.tableEntries)) {
-      if (chunk.allZero) continue;
-      for (let j = 0; j < chunk.count; j++) {
-        if (chunk.view.getUint32(j * ENTRY_SIZE + 4, true) === 0 && chunk.view.getUint32(j * ENTRY_SIZE, true) === ENTRY_ZERO) count++;
+  for await (const l1Chunk of readTableEntries(io, header.l1TableOffset, 0, geometry.tableEntries)) {
+    if (l1Chunk.allZero) continue;
+    for (let i = 0; i < l1Chunk.count; i++) {
+      const l2Offset = decodeEntry(l1Chunk.view, i);
+      if (l2Offset === ENTRY_UNALLOCATED || tableOffsetProblem(geometry, l2Offset)) continue;
+      for await (const chunk of readTableEntries(io, l2Offset, 0, geometry.tableEntries)) {
+        if (chunk.allZero) continue;
+        for (let j = 0; j < chunk.count; j++) {
+          if (chunk.view.getUint32(j * ENTRY_SIZE + 4, true) === 0 && chunk.view.getUint32(j * ENTRY_SIZE, true) === ENTRY_ZERO) count++;
+        }
       }
     }
   }

@@ -3,12 +3,12 @@
  * by qemu-img: with and without a backing file, and killed at every write.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import type { BlockIO } from '@ic/core';
 import { FileIO } from '@ic/core/node';
 import { crashStatesOf, qemuCheck, qemuCompare, qemuCreate, qemuIo, requireQemu, run, sha256File, tempDir } from '@ic/test-utils';
 import { qedDriver, type QedImage } from '../src/index.js';
-import { peekU64 } from './helpers.js';
+import { peekU64, pokeU64 } from './helpers.js';
 
 const tmp = tempDir('ic-qed-demote-');
 beforeAll(() => requireQemu());
@@ -98,6 +98,22 @@ describe('zero clusters', () => {
     const both = await withWritable(image, (qed) => qed.demote(['need_check', 'zero_clusters']));
     expect(both.changes).toEqual(['need-check flag cleared (tables checked)', 'zero clusters expanded: 3 (made unallocated)']);
     expect(qemuCheck(image, 'qed').code).toBe(0);
+  });
+});
+
+describe('features() of a damaged image', () => {
+  it('an L1 entry outside the file with need-check set: need_check and zero_clusters still listed, demote of both repairs', async () => {
+    const { image, original } = makeImage(false);
+    run('qemu-io', ['-f', 'qed', '-c', 'write -P 3 3M 64k', '-c', 'abort', image]);
+    copyFileSync(image, original);
+    // L1 entry 1 maps guest 2 GiB on, past this 8 MiB disk: the content stays, the table offset is invalid.
+    pokeU64(image, L1 + 8, statSync(image).size + 0x100000);
+    const names = await withWritable(image, async (qed) => (await qed.features()).map((feature) => feature.name));
+    expect(names).toEqual(['need_check', 'zero_clusters']);
+    const report = await withWritable(image, (qed) => qed.demote(['need_check', 'zero_clusters']));
+    expect(report.changes).toEqual(['need-check flag cleared (tables checked)', 'zero clusters expanded: 3 (made unallocated)']);
+    expect(qemuCheck(image, 'qed').code).toBe(0);
+    expect(qemuCompare(image, 'qed', original, 'qed').code).toBe(0);
   });
 });
 

@@ -1,7 +1,7 @@
 import { isAllZero } from '@ic/core/sdk';
 import { checkSparse } from './check.js';
 import { corruptAt, vmdkError } from './errors.js';
-import { GD_ENTRY_BYTES, GTE_UNALLOCATED, GTE_ZEROED } from './grain-tables.js';
+import { GD_ENTRY_BYTES, GrainTableReader, GTE_UNALLOCATED, GTE_ZEROED } from './grain-tables.js';
 import { FLAG_ZEROED_GRAIN, HEADER_FIELDS, SECTOR_SIZE } from './header.js';
 import { protectedHeaderEnd } from './host-ranges.js';
 import type { SparseVmdkImage } from './image.js';
@@ -81,8 +81,14 @@ async function scanZeroed(image: SparseVmdkImage): Promise<ZeroedScan> {
 
 /** Number of GTEs equal to 1 in the primary tables (zeroed grains while the flag is set). */
 export async function countZeroedGrains(image: SparseVmdkImage): Promise<number> {
+  const { io, geometry, gd } = image.state;
+  const reader = new GrainTableReader(io, geometry, gd);
   let count = 0;
-  for await (const pair of tablePairs(image)) for (let index = 0; index < image.state.geometry.gtesPerGT; index++) if (pair.primary.getUint32(index * 4, true) === GTE_ZEROED) count++;
+  for (let index = 0; index < gd.entries.length; index++) {
+    if (gd.entries[index] === 0) continue;
+    const table = await reader.table(index);
+    if (table) for (const entry of table) if (entry === GTE_ZEROED) count++;
+  }
   return count;
 }
 
