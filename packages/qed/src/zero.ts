@@ -1,4 +1,4 @@
-import { IcError } from '@ic/core/sdk';
+import { IcError, type BlockIO } from '@ic/core/sdk';
 import { scanTables } from './check.js';
 import { FORMAT, tableOffsetProblem } from './header.js';
 import type { QedImage } from './image.js';
@@ -10,6 +10,19 @@ const SECTOR = 512;
 
 /** Largest single write of zeros. */
 const ZERO_WRITE = 4 * 1024 * 1024;
+
+/**
+ * Makes [from, to) read as zeros, durably: zeros written over the part inside the file (unreferenced bytes may be
+ * there), the file extended over the rest (which reads as zeros, a hole where the file system has them), flushed.
+ */
+async function zeroFill(io: BlockIO, from: number, to: number): Promise<void> {
+  const fileSize = await io.size();
+  const written = Math.min(to, fileSize);
+  const zeros = new Uint8Array(Math.max(0, Math.min(ZERO_WRITE, written - from)));
+  for (let at = from; at < written; at += zeros.length) await io.write(at, at + zeros.length <= written ? zeros : zeros.subarray(0, written - at));
+  if (to > fileSize) await io.truncate(to);
+  await io.flush();
+}
 
 /**
  * Number of L2 entries equal to 1 (zero clusters), in every L2 table the L1 names (past the disk's end too). An L1
@@ -40,9 +53,9 @@ export async function countZeroEntries(image: QedImage): Promise<number> {
  * an entry any QED reader understands, reading the same:
  *  - without a backing file: 0, unallocated, which reads as zeros too. Old and new value read alike, so the
  *    table writes need no order; each is one write of the sectors of a table chunk that change, then a flush.
- *  - with a backing file: the offset of a new cluster of written zeros (0 would expose the backing file). The
- *    clusters go right after the last referenced cluster (space nothing references), are written and flushed
- *    before any entry names them, then the entries switch (sector writes, flushed). Killed before the switches,
+ *  - with a backing file: the offset of a new cluster of zeros (0 would expose the backing file). The clusters go
+ *    right after the last referenced cluster (space nothing references), are zeroed (written, or past the end of
+ *    the file made by extending it) and flushed before any entry names them, then the entries switch (sector writes, flushed). Killed before the switches,
  *    the new clusters are unreferenced space (leaks); killed among them, some of them are. A rerun frees such
  *    space first (the repair of check -r, which packs and truncates crash-safely), then allocates again.
  * Refused (nothing written) while the need-check flag is set or the tables are damaged.
@@ -74,11 +87,7 @@ export async function expandZeroEntries(image: QedImage): Promise<{ count: numbe
       scan = await scanTables(context, { collect: true });
     }
     next = scan.repair!.referencedEnd;
-    const zeros = new Uint8Array(Math.min(ZERO_WRITE, count * clusterSize));
-    for (let at = next, end = next + count * clusterSize; at < end; at += zeros.length) {
-      await io.write(at, at + zeros.length <= end ? zeros : zeros.subarray(0, end - at));
-    }
-    await io.flush();
+    await zeroFill(io, next, next + count * clusterSize);
   }
   let switched = 0;
   for (const table of await image.l2Tables()) {

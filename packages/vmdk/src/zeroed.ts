@@ -95,8 +95,9 @@ export async function countZeroedGrains(image: SparseVmdkImage): Promise<number>
 /**
  * Removes the zeroed-grain feature of a monolithicSparse extent, so that a reader without it (flags bit 2 unknown,
  * GTE 1 taken for a grain at sector 1) reads the same disk:
- *  1. without a parent, each GTE 1 becomes 0 (unallocated reads as zeros too); with one, a new grain of written
- *     zeros right after everything the file references, written and flushed before any entry names it;
+ *  1. without a parent, each GTE 1 becomes 0 (unallocated reads as zeros too); with one, a new grain of zeros
+ *     right after everything the file references (written, or made by extending the file), flushed before any
+ *     entry names it;
  *  2. the primary and the redundant table of each GT are rewritten (the sectors that change), then flushed; old
  *     and new values read alike, so any subset of these writes leaves the same disk;
  *  3. sector 0 rewritten with the flag cleared (and version 2 -> 1, what qemu writes with zeroed_grain=off): one
@@ -120,8 +121,13 @@ export async function demoteZeroedGrains(image: SparseVmdkImage): Promise<{ coun
   const grainBytes = geometry.grainBytes;
   const first = Math.ceil(scan.referencedEnd / SECTOR_SIZE) * SECTOR_SIZE;
   if (backing && scan.zeroed > 0) {
-    const zeros = new Uint8Array(Math.min(ZERO_WRITE, scan.zeroed * grainBytes));
-    for (let at = first, end = first + scan.zeroed * grainBytes; at < end; at += zeros.length) await io.write(at, at + zeros.length <= end ? zeros : zeros.subarray(0, end - at));
+    // Zeros written over what lies inside the file (unreferenced bytes may be there); past its end, extending the
+    // file gives zeros (a hole where the file system has them).
+    const end = first + scan.zeroed * grainBytes;
+    const written = Math.min(end, await io.size());
+    const zeros = new Uint8Array(Math.max(0, Math.min(ZERO_WRITE, written - first)));
+    for (let at = first; at < written; at += zeros.length) await io.write(at, at + zeros.length <= written ? zeros : zeros.subarray(0, written - at));
+    if (end > written) await io.truncate(end);
     await io.flush();
   }
   let allocated = 0;
