@@ -17,6 +17,7 @@ import {
 } from '@ic/core/sdk';
 import { checkImage } from './check.js';
 import { repairImage } from './repair.js';
+import { countZeroEntries, expandZeroEntries } from './zero.js';
 import {
   clusterOffsetProblem,
   FEATURE_BACKING_FILE,
@@ -92,7 +93,7 @@ export class QedImage implements Image {
     return checkImage({ io: this.io, header: this.header, geometry: this.geometry, needCheck: this.needCheck });
   }
 
-  /** The features in use, as data (`ic info --features`): QED's only removable one is the need-check flag. */
+  /** The features in use, as data (`ic info --features`): need-check and zero clusters can be removed. */
   async features(): Promise<ImageFeature[]> {
     const features: ImageFeature[] = [];
     if (this.needCheck) {
@@ -101,6 +102,18 @@ export class QedImage implements Image {
         kind: 'incompatible',
         description: 'need-check flag: the image was not closed cleanly, its tables must be checked before they are trusted',
         removal: { possible: true, cost: 'metadata', how: 'the tables scanned and repaired, the flag cleared (check -r all)' },
+      });
+    }
+    const zeroEntries = await countZeroEntries(this);
+    if (zeroEntries > 0) {
+      // No header bit says so: a reader without zero-cluster support takes entry 1 for data at byte 1.
+      features.push({
+        name: 'zero_clusters',
+        kind: 'incompatible',
+        description: `${zeroEntries} L2 entries are 1 (zero cluster, a later addition to QED); a reader without it takes them for data at byte 1`,
+        removal: this.backing
+          ? { possible: true, cost: 'zeros', how: `a scan of the L2 tables; ${zeroEntries} clusters of zeros written (they must hide the backing file)` }
+          : { possible: true, cost: 'metadata', how: 'a scan of the L2 tables; the entries made unallocated (no backing file: they read as zeros)' },
       });
     }
     if ((this.header.features & FEATURE_BACKING_FILE) !== 0n) {
@@ -112,7 +125,7 @@ export class QedImage implements Image {
     return features;
   }
 
-  /** Removes the need-check flag (the only removable feature) by repairing the image. */
+  /** Removes need-check (by the repair of check -r all), then zero clusters (zero.ts). */
   async demote(features: readonly string[]): Promise<AmendReport> {
     const known = await this.features();
     for (const name of features) {
@@ -120,10 +133,25 @@ export class QedImage implements Image {
       if (!feature) throw new IcError('INVALID', `${FORMAT}: the image does not use feature '${name}'`, { format: FORMAT });
       if (!feature.removal.possible) throw new IcError('UNSUPPORTED', `${FORMAT}: feature '${name}' cannot be removed: ${feature.removal.why}`, { format: FORMAT });
     }
-    if (!features.includes('need_check')) return { changes: [] };
-    const report = await repairImage(this);
-    if (this.needCheck) throw new IcError('CORRUPT', `${FORMAT}: the need-check flag stays: ${report.messages[0] ?? 'the image is not consistent'}`, { format: FORMAT });
-    return { changes: ['need-check flag cleared (tables checked)'] };
+    if (features.includes('zero_clusters') && this.needCheck && !features.includes('need_check')) {
+      throw new IcError('UNSUPPORTED', `${FORMAT}: zero clusters are not expanded while the need-check flag is set: demote need_check too (or run check -r all) first`, { format: FORMAT });
+    }
+    const changes: string[] = [];
+    if (features.includes('need_check')) {
+      const report = await repairImage(this);
+      if (this.needCheck) throw new IcError('CORRUPT', `${FORMAT}: the need-check flag stays: ${report.messages[0] ?? 'the image is not consistent'}`, { format: FORMAT });
+      changes.push('need-check flag cleared (tables checked)');
+    }
+    if (features.includes('zero_clusters')) {
+      const expanded = await expandZeroEntries(this);
+      if (expanded.leaksFreed) changes.push('unreferenced clusters freed first (check -r leaks)');
+      changes.push(
+        expanded.written > 0
+          ? `zero clusters expanded: ${expanded.count} (${expanded.written} clusters of zeros written)`
+          : `zero clusters expanded: ${expanded.count} (made unallocated)`,
+      );
+    }
+    return { changes };
   }
 
   /** Reads the header again and sizes the geometry for the file as it is now. */
@@ -185,7 +213,7 @@ export class QedImage implements Image {
   }
 
   /** The L2 tables the L1 names, each offset validated (qemu's table offset rules). */
-  private async l2Tables(): Promise<{ l1Index: number; offset: number }[]> {
+  async l2Tables(): Promise<{ l1Index: number; offset: number }[]> {
     const tables: { l1Index: number; offset: number }[] = [];
     const l1Offset = this.header.l1TableOffset;
     for await (const chunk of readTableEntries(this.io, l1Offset, 0, this.geometry.tableEntries)) {

@@ -2,6 +2,7 @@ import {
   canMerge,
   IcError,
   readExtents,
+  type AmendReport,
   type BackingReference,
   type BlockIO,
   type CheckOptions,
@@ -9,6 +10,7 @@ import {
   type ConversionSource,
   type Extent,
   type Image,
+  type ImageFeature,
   type ImageInfo,
   type OpenOptions,
 } from '@ic/core/sdk';
@@ -28,7 +30,7 @@ import {
 import { corruptAt, FORMAT, limitAt, vmdkError } from './errors.js';
 import { openExtentFiles, type ExtentFile, type ExtentFiles, type FlatExtentFile } from './extent-files.js';
 import { SECTOR_SIZE } from './header.js';
-import { cidCheckedParent } from './image.js';
+import { assertRemovable, cidCheckedParent } from './image.js';
 
 /** Problems beyond this many are counted but not listed one by one. */
 const MAX_CHECK_MESSAGES = 100;
@@ -222,6 +224,36 @@ export class DescriptorVmdkImage implements Image {
       report.messages.push('nothing to repair: VMDK keeps no reference counts, so it has no leaks, and the check found no damage (extent files are never written)');
     }
     return report;
+  }
+
+  /**
+   * The features of the sparse extents, one entry per name with the extents that use it. None is removable here:
+   * the extent files are opened read-only (ic never writes them), so there is no demote.
+   */
+  async features(): Promise<ImageFeature[]> {
+    const files = this.files;
+    if (!files) throw this.refuse('list the features of');
+    const byName = new Map<string, { feature: ImageFeature; extents: string[] }>();
+    for (const file of files) {
+      if (file.kind !== 'sparse') continue;
+      for (const feature of await file.image.features()) {
+        const entry = byName.get(feature.name) ?? { feature, extents: [] };
+        entry.extents.push(`"${file.line.fileName}"`);
+        byName.set(feature.name, entry);
+      }
+    }
+    return [...byName.values()].map(({ feature, extents }) => ({
+      name: feature.name,
+      kind: feature.kind,
+      description: `${feature.description} (extent${extents.length > 1 ? 's' : ''} ${extents.join(', ')})`,
+      removal: { possible: false, why: 'extents of a multi-file VMDK are never written in place (qemu-img convert rewrites them)' },
+    }));
+  }
+
+  /** Nothing is removable (see features()): refuses any name, removes nothing. */
+  async demote(features: readonly string[]): Promise<AmendReport> {
+    assertRemovable(await this.features(), features);
+    return { changes: [] };
   }
 
   async conversionSource(): Promise<ConversionSource> {

@@ -23,7 +23,6 @@ import {
   assertTablesDisjoint,
   grainState,
   GrainTableReader,
-  GTE_ZEROED,
   loadGrainDirectory,
   type GrainDirectory,
   type GrainState,
@@ -34,6 +33,7 @@ import { checkSparse } from './check.js';
 import { repairSparse } from './repair.js';
 import { openDescriptorImage } from './descriptor-image.js';
 import { sparseConversionSource } from './source.js';
+import { countZeroedGrains, demoteZeroedGrains } from './zeroed.js';
 
 /** One grain (or a whole unallocated grain table range) as the tables describe it. */
 export interface GrainRecord {
@@ -280,7 +280,7 @@ export class SparseVmdkImage implements Image {
 
   /** The features in use, as data (`ic info --features`). */
   async features(): Promise<ImageFeature[]> {
-    const { header, geometry, gd, io } = this.state;
+    const { header, geometry } = this.state;
     const features: ImageFeature[] = [];
     if (header.uncleanShutdown !== 0) {
       features.push({
@@ -295,37 +295,37 @@ export class SparseVmdkImage implements Image {
     if (geometry.compressed) {
       features.push({ name: 'compressed_grains', kind: 'incompatible', description: 'grains are deflate-compressed (stream-optimized)', removal: { possible: false, why: 'every grain would have to be rewritten (qemu-img convert)' } });
     }
-    if (geometry.zeroedGrains && !geometry.compressed) {
-      let zeroed = 0;
-      const reader = new GrainTableReader(io, geometry, gd);
-      for (let index = 0; index < gd.entries.length; index++) {
-        if (gd.entries[index] === 0) continue;
-        const table = await reader.table(index);
-        if (table) for (const entry of table) if (entry === GTE_ZEROED) zeroed++;
-      }
-      if (zeroed > 0) {
-        features.push({
-          name: 'zeroed_grains',
-          kind: 'incompatible',
-          description: `${zeroed} grain table entries say "reads as zeros" (header version 2 with the zeroed-grain flag)`,
-          removal: { possible: false, why: 'not implemented in place: the redundant grain tables would disagree with the primary ones between their two writes' },
-        });
-      }
+    if (geometry.zeroedGrains) {
+      const zeroed = geometry.compressed ? 0 : await countZeroedGrains(this);
+      features.push({
+        name: 'zeroed_grains',
+        kind: 'incompatible',
+        description: `zeroed-grain flag (header flags bit 2)${zeroed > 0 ? `, ${zeroed} grain table entries of 1 ("reads as zeros")` : ''}; a reader without it takes a GTE of 1 for a grain at sector 1`,
+        removal: this.state.footer || geometry.compressed
+          ? { possible: false, why: 'stream-optimized files are not changed in place' }
+          : zeroed === 0
+            ? { possible: true, cost: 'header', how: 'the flag cleared (one header sector)' }
+            : this.state.backing
+              ? { possible: true, cost: 'zeros', how: `a scan of the grain tables; ${zeroed} grains of zeros written (they must hide the parent), both table copies switched, then the flag cleared` }
+              : { possible: true, cost: 'metadata', how: 'a scan of the grain tables; the entries made unallocated in both table copies (no parent: they read as zeros), then the flag cleared' },
+      });
     }
     return features;
   }
 
-  /** Removes unclean_shutdown (the only removable feature) by the repair that clears it. */
+  /** Removes unclean_shutdown (by the repair that clears it) and zeroed grains (zeroed.ts). */
   async demote(features: readonly string[]): Promise<AmendReport> {
-    const known = await this.features();
-    for (const name of features) {
-      const feature = known.find((candidate) => candidate.name === name);
-      if (!feature) throw vmdkError('INVALID', `the image does not use feature '${name}'`);
-      if (!feature.removal.possible) throw vmdkError('UNSUPPORTED', `feature '${name}' cannot be removed: ${feature.removal.why}`);
+    assertRemovable(await this.features(), features);
+    const changes: string[] = [];
+    if (features.includes('zeroed_grains')) {
+      const { count, written } = await demoteZeroedGrains(this);
+      changes.push(`zeroed grains expanded: ${count} (${written > 0 ? `${written} grains of zeros written` : 'made unallocated'}); zeroed-grain flag cleared`);
     }
-    if (!features.includes('unclean_shutdown')) return { changes: [] };
-    await repairSparse(this.state, await checkSparse(this));
-    return { changes: ['uncleanShutdown cleared (tables checked)'] };
+    if (features.includes('unclean_shutdown')) {
+      await repairSparse(this.state, await checkSparse(this));
+      changes.push('uncleanShutdown cleared (tables checked)');
+    }
+    return { changes };
   }
 
   conversionSource(): Promise<ConversionSource> {
@@ -370,6 +370,15 @@ export class SparseVmdkImage implements Image {
   }
 
   async close(): Promise<void> {}
+}
+
+/** Refuses (before any write) a demote request naming a feature the image does not use or cannot lose. */
+export function assertRemovable(known: readonly ImageFeature[], names: readonly string[]): void {
+  for (const name of names) {
+    const feature = known.find((candidate) => candidate.name === name);
+    if (!feature) throw vmdkError('INVALID', `the image does not use feature '${name}'`);
+    if (!feature.removal.possible) throw vmdkError('UNSUPPORTED', `feature '${name}' cannot be removed: ${feature.removal.why}`);
+  }
 }
 
 /**
