@@ -1,4 +1,4 @@
-import type { CheckReport } from '@ic/core/sdk';
+import { readInto, type CheckReport } from '@ic/core/sdk';
 import { BitmapTableEntry, type BitmapEntry } from './bitmaps.js';
 import { hex, limitExceeded } from './errors.js';
 import { MAX_L1_ENTRIES } from './header.js';
@@ -118,9 +118,10 @@ export async function analyseImage(state: Qcow2State, bitmaps: readonly BitmapEn
     }
   };
 
-  const readLenient = async (offset: number, length: number): Promise<Uint8Array> => {
-    if (offset + length <= fileSize) return io.read(offset, length);
-    const out = new Uint8Array(length);
+  const readLenient = async (offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> => {
+    if (offset + length <= fileSize) return into ? readInto(io, offset, into) : io.read(offset, length);
+    const out = into ?? new Uint8Array(length);
+    out.fill(0);
     if (offset < fileSize) out.set(await io.read(offset, fileSize - offset));
     return out;
   };
@@ -150,20 +151,33 @@ export async function analyseImage(state: Qcow2State, bitmaps: readonly BitmapEn
   };
 
   // The last L2 table read, kept because shared or aliased tables are read again and again; the next ones read ahead.
+  // Buffers come from `spare` and go back to it when the last table is replaced or a read ahead is dropped: at
+  // most READ_AHEAD + 2 of them for the whole walk, however many tables there are.
   let lastL2: { offset: number; bytes: Uint8Array } | undefined;
-  const ahead = new Map<number, Promise<Uint8Array>>();
+  const ahead = new Map<number, { buffer: Uint8Array; bytes: Promise<Uint8Array> }>();
+  const spare: Uint8Array[] = [];
   const readL2 = async (l2Offset: number): Promise<Uint8Array> => {
     const pending = ahead.get(l2Offset);
     ahead.delete(l2Offset);
-    if (lastL2?.offset === l2Offset) return lastL2.bytes;
-    lastL2 = { offset: l2Offset, bytes: await (pending ?? readLenient(l2Offset, clusterSize)) };
-    return lastL2.bytes;
+    if (lastL2?.offset === l2Offset) {
+      if (pending) {
+        await pending.bytes.catch(() => undefined); // read into again only once that read is over
+        spare.push(pending.buffer);
+      }
+      return lastL2.bytes;
+    }
+    if (lastL2) spare.push(lastL2.bytes);
+    lastL2 = undefined;
+    const bytes = await (pending?.bytes ?? readLenient(l2Offset, clusterSize, spare.pop() ?? new Uint8Array(clusterSize)));
+    lastL2 = { offset: l2Offset, bytes };
+    return bytes;
   };
   const readAhead = (l2Offset: number): void => {
     if (ahead.size >= READ_AHEAD || ahead.has(l2Offset) || lastL2?.offset === l2Offset) return;
-    const pending = readLenient(l2Offset, clusterSize);
-    pending.catch(() => {}); // a failure is reported when the table is needed
-    ahead.set(l2Offset, pending);
+    const buffer = spare.pop() ?? new Uint8Array(clusterSize);
+    const bytes = readLenient(l2Offset, clusterSize, buffer);
+    bytes.catch(() => {}); // a failure is reported when the table is needed
+    ahead.set(l2Offset, { buffer, bytes });
   };
 
   /** Data clusters past the end of the file seen by the active tables: their COPIED check reads refcounts one by one. */
@@ -647,14 +661,16 @@ type LoadedBlock = Uint8Array | null | 'unaligned';
  * other in the file in one read (and the next run ahead); `lookup()` reads single blocks with a one-block cache.
  */
 class RefcountBlocks {
-  private run: { first: number; end: number; bytes: Uint8Array } | undefined;
-  private nextRun: { first: number; end: number; bytes: Promise<Uint8Array> } | undefined;
+  private run: { first: number; end: number; bytes: Uint8Array; buffer: Uint8Array } | undefined;
+  private nextRun: { first: number; end: number; bytes: Promise<Uint8Array>; buffer: Uint8Array } | undefined;
   private cached: { offset: number; bytes: Uint8Array } | undefined;
+  /** The buffer of the run walked last, read into again by the next run ahead (two buffers for the whole walk). */
+  private free: Uint8Array | undefined;
 
   constructor(
     private readonly slots: RefcountSlots,
     private readonly clusterSize: number,
-    private readonly read: (offset: number, length: number) => Promise<Uint8Array>,
+    private readonly read: (offset: number, length: number, into?: Uint8Array) => Promise<Uint8Array>,
   ) {}
 
   private kind(index: number): 'none' | 'unaligned' | 'block' {
@@ -679,11 +695,14 @@ class RefcountBlocks {
     return { first: index, end };
   }
 
-  private startRun(index: number): { first: number; end: number; bytes: Promise<Uint8Array> } {
+  private startRun(index: number): { first: number; end: number; bytes: Promise<Uint8Array>; buffer: Uint8Array } {
     const { first, end } = this.runFrom(index);
-    const bytes = this.read(this.slots.offsets[first]!, (end - first) * this.clusterSize);
+    const length = (end - first) * this.clusterSize;
+    const buffer = this.free && this.free.length >= length ? this.free : new Uint8Array(length);
+    if (buffer === this.free) this.free = undefined;
+    const bytes = this.read(this.slots.offsets[first]!, length, buffer.subarray(0, length));
     bytes.catch(() => {}); // reported when the run is needed
-    return { first, end, bytes };
+    return { first, end, bytes, buffer };
   }
 
   /** Block `index` for a walk in increasing order. */
@@ -691,8 +710,11 @@ class RefcountBlocks {
     const kind = this.kind(index);
     if (kind !== 'block') return kind === 'none' ? null : 'unaligned';
     if (!this.run || index < this.run.first || index >= this.run.end) {
+      // A run read ahead for another index is dropped with its buffer (its read may still be under way).
       const pending = this.nextRun?.first === index ? this.nextRun : this.startRun(index);
-      this.run = { first: pending.first, end: pending.end, bytes: await pending.bytes };
+      if (this.run) this.free = this.run.buffer;
+      this.run = undefined; // until the read succeeds: its buffer may be read into again
+      this.run = { first: pending.first, end: pending.end, bytes: await pending.bytes, buffer: pending.buffer };
       this.nextRun = undefined;
       let following = this.run.end;
       while (following < this.slots.count && this.kind(following) !== 'block') following++;

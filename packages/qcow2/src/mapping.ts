@@ -1,4 +1,4 @@
-import { canMerge, ClusterBitmap, type Extent } from '@ic/core/sdk';
+import { canMerge, ClusterBitmap, readInto, type Extent } from '@ic/core/sdk';
 import { corruptAt, hex } from './errors.js';
 import { MAX_HOST_OFFSET } from './header.js';
 import type { Qcow2State } from './state.js';
@@ -100,6 +100,9 @@ export async function* walkMapping(state: Qcow2State, start: number, end: number
   const strict = options.strict === true;
   const seenL2 = new ClusterBitmap();
   const batch = new PieceBatch();
+  // One buffer for every L2 table of the walk: a table is decoded before the next is read.
+  const tableBytes = new Uint8Array(clusterSize);
+  const table = new DataView(tableBytes.buffer);
   let guest = start;
   while (guest < end) {
     const l1Index = Math.floor(guest / geometry.l2Coverage);
@@ -117,8 +120,7 @@ export async function* walkMapping(state: Qcow2State, start: number, end: number
     if (!seenL2.add(l1Entry.l2Offset / clusterSize)) {
       throw corruptAt(`two L1 entries point to the same L2 table ${hex(l1Entry.l2Offset)} (L1 index ${l1Index})`, state.header.l1TableOffset + l1Index * 8);
     }
-    const tableBytes = await state.io.read(l1Entry.l2Offset, clusterSize);
-    const table = new DataView(tableBytes.buffer, tableBytes.byteOffset, tableBytes.byteLength);
+    await readInto(state.io, l1Entry.l2Offset, tableBytes);
     const firstIndex = Math.floor((guest - l1Base) / clusterSize);
     const lastIndex = Math.ceil((l1End - l1Base) / clusterSize);
     const tableAt = l1Entry.l2Offset;

@@ -78,8 +78,8 @@ function planRefcounts(used: ClusterBitmap, next: number, refcounts: RefcountGeo
  * Builds qcow2 metadata around data clusters that already sit in the file, as the mapping streams in: each L2
  * table is written when the mapping leaves its range (only tables holding data or zero clusters exist), then
  * the L1 table, then refcount blocks and the table (every cluster in use counted exactly once, COPIED set
- * everywhere), and a minimal header for cluster 0. Memory: the L1 table, one L2 table, one bit per host
- * cluster in use.
+ * everywhere), and a minimal header for cluster 0. Memory: the L1 table, one L2 table (one buffer, reused), one
+ * bit per host cluster in use.
  */
 export class Qcow2Target implements InPlaceTarget {
   readonly layout: TargetLayout;
@@ -154,16 +154,16 @@ export class Qcow2Target implements InPlaceTarget {
 
     const l1Bytes = new Uint8Array(this.l1Size * 8);
     const l1 = new DataView(l1Bytes.buffer);
-    let l2Bytes = new Uint8Array(C);
-    let l2 = new DataView(l2Bytes.buffer);
+    // One L2 buffer for every table: the writer is done with it when its write resolves.
+    const l2Bytes = new Uint8Array(C);
+    const l2 = new DataView(l2Bytes.buffer);
     let l2Index = -1; // the L1 index whose L2 table is being filled
     const finishTable = async () => {
       if (l2Index < 0) return;
       const offset = allocate(C, 'L2 table');
       setEntry(l1, l2Index, offset, true);
       await out.write(offset, l2Bytes);
-      l2Bytes = new Uint8Array(C);
-      l2 = new DataView(l2Bytes.buffer);
+      l2Bytes.fill(0);
       l2Index = -1;
     };
 
@@ -228,11 +228,12 @@ export class Qcow2Target implements InPlaceTarget {
     const perBlock = this.refcounts.entriesPerBlock;
     const runs = used.runs();
     let pendingRun = runs.next();
+    const block = new Uint8Array(C);
     for (let i = 0; i < plan.blocks.length; i++) {
       const blockIndex = plan.blocks[i]!;
       const blockStart = blockIndex * perBlock;
       const blockEnd = blockStart + perBlock;
-      const block = new Uint8Array(C);
+      block.fill(0);
       // Runs arrive in increasing order; a run may span several blocks.
       while (!pendingRun.done && pendingRun.value[0] < blockEnd) {
         const [start, end] = pendingRun.value;

@@ -31,7 +31,7 @@ import {
   type QedGeometry,
   type QedHeader,
 } from './header.js';
-import { decodeEntry, ENTRY_SIZE, ENTRY_UNALLOCATED, ENTRY_ZERO, entryHex, entryHostOffset, readTableEntries } from './tables.js';
+import { decodeEntry, ENTRY_SIZE, ENTRY_UNALLOCATED, ENTRY_ZERO, entryHex, entryHostOffset, readTableEntries, tableScratch } from './tables.js';
 
 const hex = (value: number): string => `0x${value.toString(16)}`;
 
@@ -249,10 +249,11 @@ export class QedImage implements Image {
       runs.push({ kind: 'table', hostOffset: table.offset, unitLength: tableBytes, count: 1, pointerOffset: entryHostOffset(l1Offset, table.l1Index), pointerStride: 0, pointer, role: `QED L2 table ${table.l1Index}` });
     }
     yield runs;
+    const scratch = tableScratch(this.geometry);
     for (const table of tables) {
       const out: UnitRun[] = [];
       let run: UnitRun | undefined;
-      for await (const chunk of readTableEntries(this.io, table.offset, 0, tableEntries)) {
+      for await (const chunk of readTableEntries(this.io, table.offset, 0, tableEntries, scratch)) {
         if (chunk.allZero) {
           run = undefined;
           continue;
@@ -314,6 +315,7 @@ export class QedImage implements Image {
 
     const firstL1 = Math.floor(start / l2Coverage);
     const lastL1 = Math.floor((end - 1) / l2Coverage);
+    const scratch = tableScratch(this.geometry);
     for await (const l1Chunk of readTableEntries(this.io, l1Offset, firstL1, lastL1 - firstL1 + 1)) {
       for (let i = 0; i < l1Chunk.count; i++) {
         const l1Index = l1Chunk.firstIndex + i;
@@ -332,7 +334,7 @@ export class QedImage implements Image {
         const rangeEnd = Math.min(end, l1Base + l2Coverage);
         const firstL2 = Math.floor((rangeStart - l1Base) / clusterSize);
         const lastL2 = Math.min(tableEntries - 1, Math.floor((rangeEnd - 1 - l1Base) / clusterSize));
-        for await (const l2Chunk of readTableEntries(this.io, l2Offset, firstL2, lastL2 - firstL2 + 1)) {
+        for await (const l2Chunk of readTableEntries(this.io, l2Offset, firstL2, lastL2 - firstL2 + 1, scratch)) {
           const chunkGuest = l1Base + l2Chunk.firstIndex * clusterSize;
           if (l2Chunk.allZero) {
             add('unallocated', chunkGuest, chunkGuest + l2Chunk.count * clusterSize, 0);

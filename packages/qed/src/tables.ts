@@ -1,4 +1,4 @@
-import { isAllZero, type BlockIO } from '@ic/core/sdk';
+import { isAllZero, readInto, type BlockIO } from '@ic/core/sdk';
 import type { QedGeometry } from './header.js';
 
 /**
@@ -41,17 +41,25 @@ export interface TableChunk {
 
 /**
  * Streams entries [firstIndex, firstIndex + count) of the table at `tableOffset`, at most ENTRIES_PER_READ
- * at a time, so memory stays bounded whatever table_size * cluster_size claims.
+ * at a time, so memory stays bounded whatever table_size * cluster_size claims. With `scratch` (a walk that
+ * finishes each chunk before it asks for the next, of any table), the chunks are read into it while it is large
+ * enough, instead of into a new buffer each.
  */
-export async function* readTableEntries(io: BlockIO, tableOffset: number, firstIndex: number, count: number): AsyncGenerator<TableChunk> {
+export async function* readTableEntries(io: BlockIO, tableOffset: number, firstIndex: number, count: number, scratch?: Uint8Array): AsyncGenerator<TableChunk> {
   let index = firstIndex;
   const end = firstIndex + count;
   while (index < end) {
     const chunk = Math.min(ENTRIES_PER_READ, end - index);
-    const bytes = await io.read(tableOffset + index * ENTRY_SIZE, chunk * ENTRY_SIZE);
+    const at = tableOffset + index * ENTRY_SIZE;
+    const bytes = scratch && scratch.length >= chunk * ENTRY_SIZE ? await readInto(io, at, scratch.subarray(0, chunk * ENTRY_SIZE)) : await io.read(at, chunk * ENTRY_SIZE);
     yield { firstIndex: index, count: chunk, view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), allZero: isAllZero(bytes) };
     index += chunk;
   }
+}
+
+/** A scratch buffer for readTableEntries() over the tables of `geometry`: one chunk of entries. */
+export function tableScratch(geometry: QedGeometry): Uint8Array {
+  return new Uint8Array(Math.min(geometry.tableEntries, ENTRIES_PER_READ) * ENTRY_SIZE);
 }
 
 /** Host offset of entry `index` of the table at `tableOffset` (for messages). */
@@ -74,6 +82,8 @@ export const MAX_TABLE_WRITE = 4 * 1024 * 1024;
  */
 export class TableBuilder {
   private readonly pieces = new Map<number, DataView>();
+  /** Pieces of the tables filled before (zeroed by clear()), used again before new ones are made. */
+  private readonly spare: DataView[] = [];
   private readonly pieceBytes: number;
   private lastIndex = -1;
   private last: DataView | undefined;
@@ -93,7 +103,7 @@ export class TableBuilder {
   private pieceAt(pieceIndex: number): DataView {
     let piece = pieceIndex === this.lastIndex ? this.last : this.pieces.get(pieceIndex);
     if (!piece) {
-      piece = new DataView(new ArrayBuffer(this.pieceBytes));
+      piece = this.spare.pop() ?? new DataView(new ArrayBuffer(this.pieceBytes));
       this.pieces.set(pieceIndex, piece);
     }
     this.lastIndex = pieceIndex;
@@ -117,6 +127,17 @@ export class TableBuilder {
         entry += step;
       }
     }
+  }
+
+  /** Empties the table for the next one (once its pieces are written), keeping their memory for it. */
+  clear(): void {
+    for (const piece of this.pieces.values()) {
+      new Uint8Array(piece.buffer).fill(0);
+      this.spare.push(piece);
+    }
+    this.pieces.clear();
+    this.lastIndex = -1;
+    this.last = undefined;
   }
 
   /** The pieces that hold entries, as [byte offset in the table, bytes], in order. */

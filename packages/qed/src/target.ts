@@ -86,13 +86,16 @@ export class QedInPlaceTarget implements InPlaceTarget {
       return offset;
     };
 
+    // One builder for every L2 table, cleared once a table is written (the writer is done with its bytes).
     let l2: { l1Index: number; table: TableBuilder } | undefined;
+    const l2Table = new TableBuilder(0, tableBytes);
     const l1Pieces = new TableBuilder(0, tableBytes);
     const finishTable = async () => {
       if (!l2) return;
       const offset = allocateTable(`L2 table for L1 entry ${l2.l1Index}`);
       l1Pieces.set(l2.l1Index, offset);
       for (const [at, bytes] of l2.table.touched()) await out.write(offset + at, bytes);
+      l2.table.clear();
       l2 = undefined;
     };
 
@@ -122,7 +125,7 @@ export class QedInPlaceTarget implements InPlaceTarget {
           const l1Index = Math.floor(cluster / tableEntries);
           if (l2?.l1Index !== l1Index) {
             await finishTable();
-            l2 = { l1Index, table: new TableBuilder(0, tableBytes) };
+            l2 = { l1Index, table: l2Table };
           }
           const stop = Math.min(last, (l1Index + 1) * tableEntries);
           if (extent.kind === 'data') {

@@ -1,4 +1,4 @@
-import type { BlockIO } from '@ic/core/sdk';
+import { readInto, type BlockIO } from '@ic/core/sdk';
 import { corruptAt } from './errors.js';
 import { SECTOR_SIZE, type SparseGeometry } from './header.js';
 
@@ -124,7 +124,10 @@ export class GrainTableReader {
   private runStart = -1;
   private runCount = 0;
   private runData: Uint32Array = new Uint32Array(0);
-  private next: { start: number; count: number; data: Promise<Uint32Array> } | undefined;
+  private next: { start: number; count: number; data: Promise<Uint32Array>; buffer: Uint8Array } | undefined;
+  /** The bytes under runData, and the buffer of the run before it (read into by the next run ahead). */
+  private runBuffer: Uint8Array | undefined;
+  private free: Uint8Array | undefined;
   /** The first table with a GD entry after the current run. */
   private following = 0;
   /** Tables per read at most: 512 tables of 2 KiB = 1 MiB. */
@@ -149,9 +152,17 @@ export class GrainTableReader {
     return count;
   }
 
-  private async readRun(index: number, count: number): Promise<Uint32Array> {
+  /** Reads a run into `free` when it is large enough (the buffer of the run used before), else into a new buffer. */
+  private readRun(index: number, count: number): { data: Promise<Uint32Array>; buffer: Uint8Array } {
+    const length = count * this.geometry.gtSectors * SECTOR_SIZE;
+    const buffer = this.free && this.free.length >= length ? this.free : new Uint8Array(length);
+    if (buffer === this.free) this.free = undefined;
+    return { data: this.decodeRun(index, count, buffer.subarray(0, length)), buffer };
+  }
+
+  private async decodeRun(index: number, count: number, into: Uint8Array): Promise<Uint32Array> {
     const { gtSectors, gtesPerGT } = this.geometry;
-    const bytes = await this.io.read(this.directory.entries[index]! * SECTOR_SIZE, count * gtSectors * SECTOR_SIZE);
+    const bytes = await readInto(this.io, this.directory.entries[index]! * SECTOR_SIZE, into);
     const stride = gtSectors * SECTOR_SIZE;
     if (LITTLE_ENDIAN && stride === gtesPerGT * 4 && bytes.byteOffset % 4 === 0) {
       return new Uint32Array(bytes.buffer, bytes.byteOffset, count * gtesPerGT);
@@ -174,7 +185,14 @@ export class GrainTableReader {
       // Read ahead only for a walk in directory order (this run follows the last one), not for random reads.
       const walking = index === this.following;
       this.next = undefined;
-      this.runData = await (ahead ? ahead.data : this.readRun(index, count));
+      // A run read ahead for another index is dropped with its buffer (its read may still be under way).
+      const read = ahead ?? this.readRun(index, count);
+      if (this.runBuffer) this.free = this.runBuffer;
+      this.runBuffer = undefined;
+      this.runStart = -1; // until the read succeeds: the old run's buffer may be read into again
+      this.runCount = 0;
+      this.runData = await read.data;
+      this.runBuffer = read.buffer;
       this.runStart = index;
       this.runCount = count;
       let following = index + count;
@@ -182,9 +200,9 @@ export class GrainTableReader {
       this.following = following;
       if (walking && following < entries.length) {
         const followingCount = this.runLength(following);
-        const data = this.readRun(following, followingCount);
+        const { data, buffer } = this.readRun(following, followingCount);
         data.catch(() => {}); // reported when that run is needed
-        this.next = { start: following, count: followingCount, data };
+        this.next = { start: following, count: followingCount, data, buffer };
       }
     }
     const at = (index - this.runStart) * this.geometry.gtesPerGT;

@@ -1,4 +1,4 @@
-import { alignUp, IcError, type BlockIO } from '../sdk/index.js';
+import { alignUp, IcError, readInto, type BlockIO } from '../sdk/index.js';
 import type { Relocation } from './planner.js';
 
 /** Size of one read or write when data moves: large sequential I/O, bounded memory. */
@@ -16,6 +16,8 @@ export interface CopyRun {
  */
 export async function copyRuns(io: BlockIO, runs: readonly CopyRun[], onBytes: (bytes: number) => void): Promise<void> {
   const sorted = [...runs].sort((a, b) => a.to - b.to);
+  // One buffer for the whole call (each chunk is written before the next is read).
+  let buffer: Uint8Array | undefined;
   for (let i = 0; i < sorted.length; ) {
     const first = sorted[i]!;
     let length = first.length;
@@ -28,7 +30,9 @@ export async function copyRuns(io: BlockIO, runs: readonly CopyRun[], onBytes: (
     }
     for (let done = 0; done < length; ) {
       const take = Math.min(COPY_CHUNK, length - done);
-      await io.write(first.to + done, await io.read(first.from + done, take));
+      if (!buffer || buffer.length < take) buffer = new Uint8Array(take);
+      const chunk = buffer.subarray(0, take);
+      await io.write(first.to + done, await readInto(io, first.from + done, chunk));
       done += take;
       onBytes(take);
     }

@@ -1,4 +1,4 @@
-import { checkRange, IcError, type BlockIO, type ByteRange } from '../sdk/index.js';
+import { checkRange, IcError, readInto, type BlockIO, type ByteRange } from '../sdk/index.js';
 
 /**
  * A sparse byte store in memory, in 64 KiB chunks: chunks never written take no memory, so images with a
@@ -143,6 +143,11 @@ export class CountingIO implements BlockIO {
     this.stats.reads++;
     this.stats.bytesRead += length;
     return this.inner.read(offset, length);
+  }
+  async readInto(offset: number, into: Uint8Array): Promise<void> {
+    this.stats.reads++;
+    this.stats.bytesRead += into.length;
+    await readInto(this.inner, offset, into);
   }
   async write(offset: number, data: Uint8Array): Promise<void> {
     this.stats.writes++;

@@ -1,4 +1,4 @@
-import { IcError, type BlockIO } from '../sdk/index.js';
+import { IcError, readInto, type BlockIO } from '../sdk/index.js';
 
 /**
  * A read-only view of a store as a shorter file, optionally with other bytes in its header region (at
@@ -26,6 +26,20 @@ export class ReadView implements BlockIO {
     const out = end > offset ? await this.inner.read(offset, end - offset) : new Uint8Array(0);
     const result = out.length === length ? out : new Uint8Array(length);
     if (result !== out) result.set(out);
+    return this.patch(offset, result);
+  }
+
+  async readInto(offset: number, into: Uint8Array): Promise<void> {
+    const end = Math.min(offset + into.length, this.length);
+    const inside = Math.max(0, end - offset);
+    if (inside > 0) await readInto(this.inner, offset, into.subarray(0, inside));
+    into.fill(0, inside);
+    await this.patch(offset, into);
+  }
+
+  /** The overlay's and the head's bytes over `result`, read at `offset`. */
+  private async patch(offset: number, result: Uint8Array): Promise<Uint8Array> {
+    const length = result.length;
     await this.overlay?.apply(offset, result);
     const headEnd = this.headOffset + this.head.length;
     if (offset < headEnd && offset + length > this.headOffset) {

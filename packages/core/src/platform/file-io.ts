@@ -292,21 +292,32 @@ export class FileIO implements BlockIO {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    this.guard();
-    checkRange(offset, length, 'read');
     const out = new Uint8Array(length);
+    await this.readAt(offset, out, true);
+    return out;
+  }
+
+  readInto(offset: number, into: Uint8Array): Promise<void> {
+    return this.readAt(offset, into, false);
+  }
+
+  /** `fresh`: `out` holds zeros already (read()), so a read that meets the end of the file leaves the rest. */
+  private async readAt(offset: number, out: Uint8Array, fresh: boolean): Promise<void> {
+    this.guard();
+    const length = out.length;
+    checkRange(offset, length, 'read');
     let done = 0;
     try {
       while (done < length) {
         const chunk = Math.min(length - done, MAX_IO_LENGTH);
         const { bytesRead } = await this.handle.read(out, done, chunk, offset + done);
-        if (bytesRead === 0) break; // past EOF: the rest stays zero
+        if (bytesRead === 0) break; // past EOF: the rest reads as zeros
         done += bytesRead;
       }
     } catch (error) {
       throw systemError(error, this.name, `read at ${offset}`);
     }
-    return out;
+    if (!fresh && done < length) out.fill(0, done);
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {

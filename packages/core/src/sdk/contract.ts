@@ -416,6 +416,7 @@ export interface SpaceAllocator {
 
 /** Where a target writes its metadata while it builds: only into space its allocator handed out. */
 export interface MetadataWriter {
+  /** Done with `data` once the promise resolves (copied or written): a target may fill the same buffer again. */
   write(offset: number, data: Uint8Array): Promise<void>;
 }
 

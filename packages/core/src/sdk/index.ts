@@ -80,5 +80,5 @@ export {
   type HostRange,
   type HostRangeKind,
 } from './extent.js';
-export { MAX_IO_LENGTH, checkRange, type BlockIO, type ByteRange } from './io.js';
+export { MAX_IO_LENGTH, checkRange, readInto, type BlockIO, type ByteRange } from './io.js';
 export { readExtents, type ReadExtentsOptions } from './read.js';
