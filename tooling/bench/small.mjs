@@ -17,16 +17,9 @@
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { icBin, option } from './common.mjs';
 
-const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
-const icBin = join(root, 'apps/cli/bin/ic.js');
-const args = process.argv.slice(2);
-const option = (name, fallback) => {
-  const at = args.indexOf(`--${name}`);
-  return at >= 0 ? args[at + 1] : fallback;
-};
 const dataGiB = Number(option('data-gib', '1'));
 const runs = Number(option('runs', '3'));
 const only = option('only', '');

@@ -10,20 +10,14 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { icBin as ic, option } from './common.mjs';
 
-const args = process.argv.slice(2);
-const option = (name, fallback) => {
-  const at = args.indexOf(`--${name}`);
-  return at >= 0 ? args[at + 1] : fallback;
-};
 const format = option('format', 'qed');
 const to = option('to', 'raw');
 const size = option('size', '512M');
 const clusters = Number(option('clusters', '3200'));
 const dir = mkdtempSync(join(option('dir', tmpdir()), 'ic-space-'));
-const ic = join(dirname(fileURLToPath(import.meta.url)), '../../apps/cli/bin/ic.js');
 const C = 65536;
 
 const pristine = join(dir, `pristine.${format}`);

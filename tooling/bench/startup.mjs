@@ -12,16 +12,9 @@
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { icBin, option } from './common.mjs';
 
-const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
-const icBin = join(root, 'apps/cli/bin/ic.js');
-const args = process.argv.slice(2);
-const option = (name, fallback) => {
-  const at = args.indexOf(`--${name}`);
-  return at >= 0 ? args[at + 1] : fallback;
-};
 const runs = Number(option('runs', '21'));
 const formats = option('formats', 'qcow2,qed,vmdk,vdi,vpc,vhdx,parallels').split(',');
 const jsonPath = option('json', undefined);
