@@ -190,7 +190,8 @@ describe('SIGINT and SIGTERM stop a writing command at a safe point', () => {
 });
 
 /**
- * SIGINT and SIGTERM at random moments: 30 trials over six pairs (five formats as sources, four as targets), each
+ * SIGINT and SIGTERM at random moments: 30 trials over six pairs (five formats as sources, four as targets; more with
+ * IC_SIGNAL_TRIALS=N per pair, and another draw with IC_SIGNAL_SEED), each
  * stopped right after a write drawn at random (fixed seed) from the writes a full run of the same conversion makes.
  * Every trial: exit 128 + signal number, one INTERRUPTED line naming the format the image is in, then `ic recover`
  * (exit 0: it finishes, undoes or finds nothing), and after it `qemu-img check` exit 0 — no leaks — and
@@ -205,15 +206,15 @@ describe('SIGINT and SIGTERM at random writes of conversions, then ic recover', 
     { from: 'parallels', to: 'qcow2' },
     { from: 'raw', to: 'qcow2' },
   ];
-  const TRIALS_PER_PAIR = 5;
-  let seed = 0x5eed;
+  const TRIALS_PER_PAIR = Number(process.env.IC_SIGNAL_TRIALS ?? 5);
+  let seed = Number(process.env.IC_SIGNAL_SEED ?? 0x5eed);
   const random = (n: number): number => {
     seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
     return (seed >>> 8) % n;
   };
 
   for (const { from, to } of pairs) {
-    it(`${from} -> ${to}: ${TRIALS_PER_PAIR} trials`, { timeout: 300_000 }, async () => {
+    it(`${from} -> ${to}: ${TRIALS_PER_PAIR} trials`, { timeout: 300_000 + TRIALS_PER_PAIR * 60_000 }, async () => {
       const pristine = scratch.path(`random-${from}-pristine.${from}`);
       qemuCreate(pristine, from, '64M');
       qemuIo(pristine, from, ['write -P 0x61 0 3M', 'write -P 0x62 20M 1M', 'write -P 0x63 40M 2M', 'write -P 0x64 63M 512k']);
