@@ -9,13 +9,19 @@
  *  - failed writing the header itself: `ic recover` gives back the old file byte-identical or the new image;
  *  - failed after the commit: the message and the JSON say the file is now the new format with its data
  *    intact; `ic recover` finishes it, then qemu-img check is clean (no leaks) and compare identical.
+ * The same for the mover (`ic defrag`, `ic convert-inplace IMAGE raw` on qemu-made fragmented images): each failure
+ * is one typed [NO_SPACE] line; the file is byte-identical or, after `ic recover`, valid with the same guest data
+ * (check clean, compare identical); running the command again with room finishes it. And on a real full file
+ * system (a tmpfs with a filler leaving 0 B to 4 MiB free; needs root to mount, skipped without).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import { qemuCheck, qemuCompare, qemuCreate, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
+import { qemuCheck, qemuCompare, qemuCreate, qemuIo, requireQemu, run, tempDir } from '@ic/test-utils';
+import { coverageOf } from '@ic/conformance';
+import { makeFragmented, reverse, shuffled, type MoverImage } from './mover-images.js';
 
 const repoRoot = fileURLToPath(new URL('../../..', import.meta.url));
 const icBin = join(repoRoot, 'apps/cli/bin/ic.js');
@@ -107,6 +113,145 @@ describe('ENOSPC at every write of a real `ic` conversion', () => {
       expect(seen.switching + seen.after).toBeGreaterThan(0);
       expect(qemuCheck(image, pair.to).code).toBe(0);
       expect(qemuCompare(image, pair.to, pristine, pair.from).code).toBe(0);
+    });
+  }
+});
+
+/** The format qemu-img probes the file as (raw when it knows no other). */
+const probedFormat = (file: string) => (JSON.parse(run('qemu-img', ['info', '--output=json', file]).stdout) as { format: string }).format;
+
+/** qemu-img on what a mover command left: check clean (where qemu checks the format), guest identical to the pristine image. Returns the format. */
+function expectSameGuest(file: string, pristine: string, pristineFormat: string, where: string): string {
+  const format = probedFormat(file);
+  if (format === pristineFormat) expect(qemuCheck(file, format).code, where).toBe(0);
+  expect(qemuCompare(file, format, pristine, pristineFormat).code, where).toBe(0);
+  return format;
+}
+
+/** The command's arguments for `file`: `defrag FILE`, or IMAGE replaced by it. */
+const moveArgs = (command: string[], file: string) => (command[0] === 'defrag' ? [...command, file] : command.map((word) => (word === 'IMAGE' ? file : word)));
+
+const moves: { image: MoverImage; command: string[] }[] = [
+  { image: { label: 'qcow2 reverse', format: 'qcow2', size: '4M', clusterSize: 65536, order: reverse(4) }, command: ['defrag'] },
+  { image: { label: 'vmdk random', format: 'vmdk', size: '4M', clusterSize: 65536, order: shuffled(4, 3) }, command: ['defrag'] },
+  { image: { label: 'qed reverse, zeros', format: 'qed', size: '4M', clusterSize: 65536, order: reverse(4), after: ['write -z 64k 64k'] }, command: ['convert-inplace', 'IMAGE', 'raw'] },
+  { image: { label: 'qcow2 random', format: 'qcow2', size: '4M', clusterSize: 65536, order: shuffled(4, 5) }, command: ['convert-inplace', 'IMAGE', 'raw'] },
+];
+
+describe('ENOSPC at every write of a real `ic defrag` and `ic convert-inplace IMAGE raw`', () => {
+  const scratch = tempDir('ic-nospace-move-');
+  beforeAll(() => requireQemu());
+  afterAll(() => scratch.cleanup());
+
+  for (const [n, { image, command }] of moves.entries()) {
+    const name = command[0] === 'defrag' ? 'defrag' : 'convert-inplace raw';
+    it(`${name} on ${image.label}: fails with one typed line, the image valid with its data, and a second run finishes it`, { timeout: 300_000 }, () => {
+      const pristine = scratch.path(`pristine-${n}.${image.format}`);
+      makeFragmented(pristine, image);
+      const original = readFileSync(pristine);
+      const file = scratch.path(`image-${n}.${image.format}`);
+      const args = moveArgs(command, file);
+      const seen = { identical: 0, recovered: 0, changedValid: 0 };
+      let finished = false;
+      // Covering (`npm test`'s default): every third write (rotated per case); full: every one.
+      const step = coverageOf(undefined) === 'full' ? 1 : 3;
+      for (let fullFrom = 1 + (n % step); !finished && fullFrom < 300; fullFrom += step) {
+        copyFileSync(pristine, file);
+        const failed = ic(args, fullFrom);
+        if (failed.status === 0) {
+          finished = true;
+          break;
+        }
+        const where = `${name}, no space from write ${fullFrom}: ${failed.stderr}`;
+        expect(failed.status, where).toBe(1);
+        expect(failed.stderr, where).toMatch(ERROR_LINE);
+        expect(failed.stderr, where).toMatch(/\[NO_SPACE\]\n$/);
+        if (readFileSync(file).equals(original)) seen.identical++;
+        else {
+          // What the failure left: `ic recover` (the disk has room again) gives a valid image with the same guest data.
+          const recovered = ic(['recover', file]);
+          expect(recovered.status, `${where}; recover: ${recovered.stderr}`).toBe(0);
+          if (/no interrupted/.test(recovered.stdout)) seen.changedValid++;
+          else seen.recovered++;
+          // The recovery may have finished the conversion.
+          if (expectSameGuest(file, pristine, image.format, where) !== image.format) continue;
+        }
+        // Run again with room: it completes.
+        const again = ic(args);
+        expect(again.status, `${where}; run again: ${again.stderr}`).toBe(0);
+        expect(expectSameGuest(file, pristine, image.format, where) === image.format, where).toBe(command[0] === 'defrag');
+      }
+      console.log(`${name} on ${image.label}: ${JSON.stringify(seen)}`);
+      expect(finished).toBe(true);
+      expect(seen.identical + seen.recovered + seen.changedValid).toBeGreaterThan(2);
+    });
+  }
+});
+
+/**
+ * A real file system too small for the mover: a 16 MiB tmpfs (mounting needs root; the case is skipped without)
+ * holding the image and a filler that leaves `margin` bytes free. The kernel's own ENOSPC reaches FileIO.
+ */
+describe('a real full file system under `ic defrag` and `ic convert-inplace IMAGE raw`', () => {
+  const scratch = tempDir('ic-nospace-fs-');
+  const mountPoint = scratch.path('fs');
+  let mounted = false;
+  beforeAll(() => {
+    requireQemu();
+    mkdirSync(mountPoint);
+    mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', mountPoint]).status === 0;
+  });
+  afterAll(() => {
+    if (mounted) spawnSync('umount', [mountPoint]);
+    scratch.cleanup();
+  });
+
+  const cases: { image: MoverImage; command: string[] }[] = [
+    { image: { label: 'qcow2 reverse', format: 'qcow2', size: '8M', clusterSize: 65536, order: reverse(16) }, command: ['defrag'] },
+    { image: { label: 'qcow2 reverse', format: 'qcow2', size: '8M', clusterSize: 65536, order: reverse(16) }, command: ['convert-inplace', 'IMAGE', 'raw'] },
+    { image: { label: 'qed random', format: 'qed', size: '8M', clusterSize: 65536, order: shuffled(16, 4) }, command: ['convert-inplace', 'IMAGE', 'raw'] },
+  ];
+  for (const [n, { image, command }] of cases.entries()) {
+    const name = command[0] === 'defrag' ? 'defrag' : 'convert-inplace raw';
+    it(`${name} on ${image.label}: completes, or fails with one typed line and the image intact`, { timeout: 300_000 }, (context) => {
+      if (!mounted) context.skip('mounting a tmpfs needs root');
+      const pristine = scratch.path(`pristine-${n}.${image.format}`);
+      makeFragmented(pristine, image);
+      const original = readFileSync(pristine);
+      const file = join(mountPoint, `image.${image.format}`);
+      const filler = join(mountPoint, 'filler');
+      const args = moveArgs(command, file);
+      const outcomes: string[] = [];
+      for (const margin of [0, 64 * 1024, 512 * 1024, 4 * 1024 * 1024]) {
+        copyFileSync(pristine, file);
+        const free = () => {
+          const fs = statfsSync(mountPoint);
+          return fs.bavail * fs.bsize;
+        };
+        writeFileSync(filler, new Uint8Array(Math.max(0, free() - margin)).fill(1));
+        const where = `${name} with ${free()} bytes free`;
+        const full = ic(args);
+        rmSync(filler);
+        if (full.status === 0) outcomes.push(`${margin}: completed`);
+        else {
+          expect(full.status, `${where}: ${full.stderr}`).toBe(1);
+          expect(full.stderr, where).toMatch(ERROR_LINE);
+          expect(full.stderr, where).toMatch(/\[NO_SPACE\]\n$/);
+          const identical = readFileSync(file).equals(original);
+          outcomes.push(`${margin}: NO_SPACE, ${identical ? 'byte-identical' : 'recovered'}`);
+          if (!identical) {
+            const recovered = ic(['recover', file]);
+            expect(recovered.status, `${where}; recover: ${recovered.stderr}`).toBe(0);
+            expectSameGuest(file, pristine, image.format, where);
+          }
+          // With room again, running it again finishes it.
+          const again = ic(args);
+          expect(again.status, `${where}; run again: ${again.stderr}`).toBe(0);
+        }
+        expect(expectSameGuest(file, pristine, image.format, where) === image.format, where).toBe(command[0] === 'defrag');
+      }
+      console.log(`${name} on ${image.label} on a full tmpfs, by bytes left free: ${outcomes.join('; ')}`);
+      expect(outcomes.some((outcome) => outcome.includes('NO_SPACE'))).toBe(true);
     });
   }
 });
