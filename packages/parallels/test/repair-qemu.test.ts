@@ -4,27 +4,25 @@
  */
 import { truncateSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { IC_ERROR_LINE, qemuCreate, qemuIo, repairBothWays, requireBuiltIc, requireQemu, tempDir } from '@ic/test-utils';
+import { IC_ERROR_LINE, qemuCreate, qemuIo, repairBothWays, repairScratch, requireBuiltIc, requireQemu } from '@ic/test-utils';
 import { INUSE_MAGIC } from '../src/index.js';
 import { pokeU32 } from './helpers.js';
 
 const MiB = 1024 ** 2;
-const work = tempDir('ic-parallels-repair-');
+/** An 8 MiB image (1 MiB clusters) with 2 MiB written, then `damage` applied; `empty` the same without the write. */
+const { image, path: scratchPath, cleanup } = repairScratch('ic-parallels-repair-', 'parallels', (path) => {
+  qemuCreate(path, 'parallels', '8M');
+  qemuIo(path, 'parallels', ['write -P 1 0 2M']);
+});
+const empty = repairScratch('ic-parallels-repair-empty-', 'parallels', (path) => qemuCreate(path, 'parallels', '8M'));
 beforeAll(() => {
   requireQemu();
   requireBuiltIc();
 });
-afterAll(() => work.cleanup());
-
-let serial = 0;
-/** An 8 MiB image (1 MiB clusters) with 2 MiB written, then `damage` applied. */
-function image(damage: (path: string) => void = () => {}, commands = ['write -P 1 0 2M']): string {
-  const path = work.path(`${serial++}.parallels`);
-  qemuCreate(path, 'parallels', '8M');
-  if (commands.length > 0) qemuIo(path, 'parallels', commands);
-  damage(path);
-  return path;
-}
+afterAll(() => {
+  cleanup();
+  empty.cleanup();
+});
 const leakedCluster = (path: string) => truncateSync(path, 3 * MiB + MiB);
 const inUse = (path: string) => pokeU32(path, 44, INUSE_MAGIC);
 
@@ -45,13 +43,13 @@ describe('parallels check -r: ic and qemu-img', () => {
   });
 
   it('an empty image with a leaked cluster: the end is where the data area starts, as for qemu', () => {
-    const both = repairBothWays(image(leakedCluster, []), 'parallels', 'leaks');
+    const both = repairBothWays(empty.image(leakedCluster), 'parallels', 'leaks');
     expect([both.qemu.code, both.ic.code], both.ic.stderr).toEqual([0, 0]);
     expect(both.ic.sha).toBe(both.qemu.sha);
   });
 
   it('an empty image whose BAT spans more than one cluster: qemu cuts nothing yet answers 0; ic keeps the BAT and answers 3', () => {
-    const path = work.path('big-bat.parallels');
+    const path = scratchPath('big-bat.parallels');
     qemuCreate(path, 'parallels', '1G', { o: 'cluster_size=64k' });
     const both = repairBothWays(path, 'parallels', 'leaks');
     // qemu 7.2 puts the end one cluster in (inside the BAT): it reports 1 leak fixed, the file keeps its size, and

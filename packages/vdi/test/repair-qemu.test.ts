@@ -5,26 +5,20 @@
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { IC_ERROR_LINE, qemuCompare, qemuCreate, qemuIo, repairBothWays, requireBuiltIc, requireQemu, tempDir } from '@ic/test-utils';
+import { IC_ERROR_LINE, qemuCompare, qemuCreate, qemuIo, repairBothWays, repairScratch, requireBuiltIc, requireQemu } from '@ic/test-utils';
 import { HEADER_FIELDS } from '../src/index.js';
 import { pokeU32 } from './helpers.js';
 
-const work = tempDir('ic-vdi-repair-');
+/** An 8 MiB image with blocks 0, 1, 2 (1 MiB each, indices 0, 1, 2) written by qemu-io, then `damage` applied. */
+const { image, cleanup } = repairScratch('ic-vdi-repair-', 'vdi', (path) => {
+  qemuCreate(path, 'vdi', '8M');
+  qemuIo(path, 'vdi', ['write -P 1 0 3M']);
+});
 beforeAll(() => {
   requireQemu();
   requireBuiltIc();
 });
-afterAll(() => work.cleanup());
-
-let serial = 0;
-/** An 8 MiB image with blocks 0, 1, 2 (1 MiB each, indices 0, 1, 2) written by qemu-io, then `damage` applied. */
-function image(damage: (path: string) => void = () => {}): string {
-  const path = work.path(`${serial++}.vdi`);
-  qemuCreate(path, 'vdi', '8M');
-  qemuIo(path, 'vdi', ['write -P 1 0 3M']);
-  damage(path);
-  return path;
-}
+afterAll(cleanup);
 const blockMapEntry = (path: string, block: number) => readFileSync(path).readUInt32LE(HEADER_FIELDS.offsetBmap.offset) + 4 * block;
 
 function expectQemuRefuses(both: ReturnType<typeof repairBothWays>): void {

@@ -5,26 +5,20 @@
  */
 import { statSync, truncateSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { IC_ERROR_LINE, qemuCreate, qemuIo, repairBothWays, requireBuiltIc, requireQemu, tempDir } from '@ic/test-utils';
+import { IC_ERROR_LINE, qemuCreate, qemuIo, repairBothWays, repairScratch, requireBuiltIc, requireQemu } from '@ic/test-utils';
 import { reviveLastLogEntry } from './helpers.js';
 
 const MiB = 1024 ** 2;
-const work = tempDir('ic-vhdx-repair-');
+/** 64 MiB, 1 MiB blocks, three blocks written by qemu-io (the last at the end of the file), then `damage`. */
+const { image, cleanup } = repairScratch('ic-vhdx-repair-', 'vhdx', (path) => {
+  qemuCreate(path, 'vhdx', 64 * MiB, { o: 'block_size=1M' });
+  qemuIo(path, 'vhdx', ['write -P 1 0 1M', 'write -P 2 5M 4k', 'write -P 3 63M 1M']);
+});
 beforeAll(() => {
   requireQemu();
   requireBuiltIc();
 });
-afterAll(() => work.cleanup());
-
-let serial = 0;
-/** 64 MiB, 1 MiB blocks, three blocks written by qemu-io (the last at the end of the file), then `damage`. */
-function image(damage: (path: string) => void = () => {}): string {
-  const path = work.path(`${serial++}.vhdx`);
-  qemuCreate(path, 'vhdx', 64 * MiB, { o: 'block_size=1M' });
-  qemuIo(path, 'vhdx', ['write -P 1 0 1M', 'write -P 2 5M 4k', 'write -P 3 63M 1M']);
-  damage(path);
-  return path;
-}
+afterAll(cleanup);
 
 describe('vhdx check -r: ic and qemu-img', () => {
   it.each(['leaks', 'all'] as const)('a clean image, -r %s: both exit 0; ic writes nothing', (mode) => {

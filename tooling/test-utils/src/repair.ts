@@ -1,4 +1,4 @@
-import { copyFile, sha256File } from './files.js';
+import { copyFile, sha256File, tempDir } from './files.js';
 import { icCli } from './ic.js';
 import { run } from './qemu.js';
 
@@ -42,4 +42,23 @@ export function repairBothWays(image: string, format: string, mode: 'leaks' | 'a
   const qemu = side(qemuCopy, run('qemu-img', ['check', '-r', mode, '-f', format, '--output=json', qemuCopy]));
   const ours = icCli(['check', '-r', mode, '-f', format, '--output=json', icCopy]);
   return { before, qemu, ic: side(icCopy, { code: ours.status, stdout: ours.stdout, stderr: ours.stderr }) };
+}
+
+/**
+ * A scratch directory of numbered images for repair comparisons: `image(damage)` makes `N.EXT` with `make` (qemu-img
+ * create and qemu-io writes), applies `damage` and returns the path; `cleanup()` removes the directory.
+ */
+export function repairScratch(prefix: string, extension: string, make: (path: string) => void): { path: (name: string) => string; image: (damage?: (path: string) => void) => string; cleanup: () => void } {
+  const work = tempDir(prefix);
+  let serial = 0;
+  return {
+    path: work.path,
+    cleanup: work.cleanup,
+    image: (damage = () => {}) => {
+      const path = work.path(`${serial++}.${extension}`);
+      make(path);
+      damage(path);
+      return path;
+    },
+  };
 }
