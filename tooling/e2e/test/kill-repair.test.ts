@@ -3,7 +3,8 @@
  * the oracle: qemu-img check accepts the image as it is, or a rerun of the same repair completes it; the guest
  * content always equals the image qemu-img check -r repaired. And what is left of an in-place conversion killed
  * at every write: `check -r` leaves the intent record to `ic recover`, which finishes the conversion; leaks that
- * survive a recovery (a kill in the middle of packing) are freed by `check -r leaks`. And `ic demote` (qcow2 v3 to
+ * survive a recovery (a kill in the middle of packing) are freed by `check -r leaks`. The same for the Parallels
+ * and VDI repairs (a truncate and a header field each). And `ic demote` (qcow2 v3 to
  * v2, QED zero clusters, VMDK zeroed grains, each over a backing file) killed at every write, finished by a rerun.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -76,6 +77,37 @@ describe('SIGKILL at every write of `ic check -r`', () => {
     const outcomes = killEveryWrite(file, 'qed', 'leaks', file);
     expect(outcomes.killed).toBeGreaterThan(2);
     console.log(`qed -r leaks: ${JSON.stringify(outcomes)}`);
+  });
+});
+
+describe('SIGKILL at every write of `ic check -r all` for Parallels and VDI', () => {
+  it('Parallels left in use with a leaked cluster at the end: truncate, then inuse cleared', { timeout: 120_000 }, () => {
+    const damaged = scratch.path('inuse.parallels');
+    qemuCreate(damaged, 'parallels', '8M');
+    qemuIo(damaged, 'parallels', ['write -P 1 0 2M']);
+    const bytes = readFileSync(damaged);
+    bytes.writeUInt32LE(0x746f6e59, 44); // inuse ("Ynot")
+    writeFileSync(damaged, Buffer.concat([bytes, Buffer.alloc(1024 * 1024, 0x55)]));
+    const reference = scratch.path('inuse-qemu.parallels');
+    copyFileSync(damaged, reference);
+    expect(run('qemu-img', ['check', '-r', 'all', '-f', 'parallels', reference]).code).toBe(0);
+    const outcomes = killEveryWrite(damaged, 'parallels', 'all', reference);
+    expect(outcomes.killed).toBe(2);
+    console.log(`parallels -r all: ${JSON.stringify(outcomes)}`);
+  });
+
+  it('VDI with a wrong blocks_allocated: the field rewritten', { timeout: 120_000 }, () => {
+    const damaged = scratch.path('count.vdi');
+    qemuCreate(damaged, 'vdi', '8M');
+    qemuIo(damaged, 'vdi', ['write -P 1 0 3M']);
+    const bytes = readFileSync(damaged);
+    bytes.writeUInt32LE(1, 0x184); // blocks_allocated: 1 for 3 blocks
+    writeFileSync(damaged, bytes);
+    const reference = scratch.path('count-original.vdi');
+    copyFileSync(damaged, reference);
+    const outcomes = killEveryWrite(damaged, 'vdi', 'all', reference);
+    expect(outcomes.killed).toBe(1);
+    console.log(`vdi -r all: ${JSON.stringify(outcomes)}`);
   });
 });
 
