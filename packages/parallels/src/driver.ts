@@ -38,6 +38,7 @@ export const parallelsDriver: Driver = {
     backing: false,
     zeroExtents: false,
     check: true,
+    repair: true,
     inPlaceSource: true,
     inPlaceTarget: true,
   },

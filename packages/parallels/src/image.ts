@@ -14,7 +14,7 @@ import {
   type UnitRun,
 } from '@ic/core/sdk';
 import { batEntryOffset, readBat } from './bat.js';
-import { checkImage } from './check.js';
+import { checkImage, repairImage } from './check.js';
 import { FORMAT, HEADER_LENGTH, INUSE_MAGIC, SECTOR_SIZE, type ParallelsGeometry, type ParallelsHeader } from './header.js';
 
 const hex = (value: number): string => `0x${value.toString(16)}`;
@@ -65,7 +65,10 @@ export class ParallelsImage implements Image {
   }
 
   async check(options: CheckOptions = {}): Promise<CheckReport> {
-    return checkImage({ io: this.io, header: this.header, geometry: this.geometry }, options.repair);
+    const context = { io: this.io, header: this.header, geometry: this.geometry };
+    if (options.repair !== undefined) return repairImage(context, options.repair);
+    const { clustersOutside: _outside, ...report } = await checkImage(context);
+    return report;
   }
 
   async conversionSource(): Promise<ConversionSource> {

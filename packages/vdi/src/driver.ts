@@ -29,6 +29,7 @@ export const vdiDriver: Driver = {
     read: true,
     create: true,
     check: true,
+    repair: true,
     inPlaceSource: true,
     inPlaceTarget: true,
   },

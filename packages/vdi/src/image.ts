@@ -12,7 +12,7 @@ import {
   type ImageInfo,
 } from '@ic/core/sdk';
 import { blockHostOffset, entryHostOffset, isAllocated, readBlockMap } from './blockmap.js';
-import { checkImage } from './check.js';
+import { checkImage, repairImage } from './check.js';
 import { FORMAT, HEADER_LENGTH, type VdiGeometry, type VdiHeader } from './header.js';
 
 const hex = (value: number): string => `0x${value.toString(16)}`;
@@ -71,7 +71,9 @@ export class VdiImage implements Image {
   }
 
   async check(options: CheckOptions = {}): Promise<CheckReport> {
-    return checkImage(this.io, this.header, this.geometry, options.repair);
+    if (options.repair !== undefined) return repairImage(this.io, this.header, this.geometry, options.repair);
+    const { allocated: _allocated, highestIndex: _highest, ...report } = await checkImage(this.io, this.header, this.geometry);
+    return report;
   }
 
   /**

@@ -22,6 +22,7 @@ export const vhdxDriver: Driver = {
     // converts to): without a parent both read and map as unallocated, so ic records no zero extents.
     zeroExtents: false,
     check: true,
+    repair: true,
     inPlaceSource: true,
     inPlaceTarget: true,
   },

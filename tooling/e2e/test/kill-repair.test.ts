@@ -3,7 +3,9 @@
  * the oracle: qemu-img check accepts the image as it is, or a rerun of the same repair completes it; the guest
  * content always equals the image qemu-img check -r repaired. And what is left of an in-place conversion killed
  * at every write: `check -r` leaves the intent record to `ic recover`, which finishes the conversion; leaks that
- * survive a recovery (a kill in the middle of packing) are freed by `check -r leaks`.
+ * survive a recovery (a kill in the middle of packing) are freed by `check -r leaks`. The same for the Parallels
+ * and VDI repairs (a truncate and a header field each). And `ic demote` (qcow2 v3 to
+ * v2, QED zero clusters, VMDK zeroed grains, each over a backing file) killed at every write, finished by a rerun.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
@@ -75,6 +77,37 @@ describe('SIGKILL at every write of `ic check -r`', () => {
     const outcomes = killEveryWrite(file, 'qed', 'leaks', file);
     expect(outcomes.killed).toBeGreaterThan(2);
     console.log(`qed -r leaks: ${JSON.stringify(outcomes)}`);
+  });
+});
+
+describe('SIGKILL at every write of `ic check -r all` for Parallels and VDI', () => {
+  it('Parallels left in use with a leaked cluster at the end: truncate, then inuse cleared', { timeout: 120_000 }, () => {
+    const damaged = scratch.path('inuse.parallels');
+    qemuCreate(damaged, 'parallels', '8M');
+    qemuIo(damaged, 'parallels', ['write -P 1 0 2M']);
+    const bytes = readFileSync(damaged);
+    bytes.writeUInt32LE(0x746f6e59, 44); // inuse ("Ynot")
+    writeFileSync(damaged, Buffer.concat([bytes, Buffer.alloc(1024 * 1024, 0x55)]));
+    const reference = scratch.path('inuse-qemu.parallels');
+    copyFileSync(damaged, reference);
+    expect(run('qemu-img', ['check', '-r', 'all', '-f', 'parallels', reference]).code).toBe(0);
+    const outcomes = killEveryWrite(damaged, 'parallels', 'all', reference);
+    expect(outcomes.killed).toBe(2);
+    console.log(`parallels -r all: ${JSON.stringify(outcomes)}`);
+  });
+
+  it('VDI with a wrong blocks_allocated: the field rewritten', { timeout: 120_000 }, () => {
+    const damaged = scratch.path('count.vdi');
+    qemuCreate(damaged, 'vdi', '8M');
+    qemuIo(damaged, 'vdi', ['write -P 1 0 3M']);
+    const bytes = readFileSync(damaged);
+    bytes.writeUInt32LE(1, 0x184); // blocks_allocated: 1 for 3 blocks
+    writeFileSync(damaged, bytes);
+    const reference = scratch.path('count-original.vdi');
+    copyFileSync(damaged, reference);
+    const outcomes = killEveryWrite(damaged, 'vdi', 'all', reference);
+    expect(outcomes.killed).toBe(1);
+    console.log(`vdi -r all: ${JSON.stringify(outcomes)}`);
   });
 });
 
@@ -198,5 +231,92 @@ describe('an in-place conversion killed at every write: ic recover, then check -
     expect(outcomes.killed).toBeGreaterThan(2);
     expect(outcomes.refusedWhileRecordPresent).toBeGreaterThan(0);
     console.log(`qcow2 -> qed killed: ${JSON.stringify(outcomes)}`);
+  });
+});
+
+/** The names `ic info --features` lists for the image (the driver's feature model). */
+function featureNames(image: string): string[] {
+  const info = JSON.parse(ic(['info', '--features', '--output=json', image]).stdout) as { features: { name: string }[] };
+  return info.features.map((feature) => feature.name);
+}
+
+/**
+ * `ic demote` killed after 1, 2, ... writes until a run finishes. Every state the kill leaves reads the same
+ * guest content as `pristine` and has no corruption (leaks at most); a state qemu-img check accepts with the
+ * features gone is accepted as is, any other is finished by a rerun of `ic demote` (leaks it leaves freed by
+ * `ic check -r leaks`). At the end: qemu-img check 0, compare identical, none of `removed` listed.
+ */
+function killEveryDemote(pristine: string, format: string, removed: readonly string[]) {
+  expect(featureNames(pristine)).toEqual(expect.arrayContaining([...removed]));
+  const image = pristine.replace(/pristine/, 'image');
+  const outcomes = { killed: 0, acceptedAsIs: 0, completedByRerun: 0, leaksLeft: 0 };
+  const finished = (where: string) => {
+    expect(qemuCheck(image, format).code, where).toBe(0);
+    expect(qemuCompare(image, format, pristine, format).code, where).toBe(0);
+    expect(featureNames(image).filter((name) => removed.includes(name)), where).toEqual([]);
+  };
+  for (let killAfter = 1; killAfter < 200; killAfter++) {
+    copyFileSync(pristine, image);
+    const result = ic(['demote', image], killAfter);
+    if (result.signal !== 'SIGKILL') {
+      expect(result.status, result.stderr).toBe(0);
+      finished('uninterrupted');
+      return outcomes;
+    }
+    outcomes.killed++;
+    const where = `killed after ${killAfter} writes`;
+    expect(qemuCompare(image, format, pristine, format).code, where).toBe(0);
+    const state = qemuCheck(image, format);
+    expect([0, 3], `${where}: ${state.text}`).toContain(state.code);
+    if (state.code === 0 && !featureNames(image).some((name) => removed.includes(name))) {
+      outcomes.acceptedAsIs++;
+    } else {
+      const rerun = ic(['demote', image]);
+      expect(rerun.status, `${where}, rerun: ${rerun.stderr}`).toBe(0);
+      outcomes.completedByRerun++;
+      if (qemuCheck(image, format).code === 3) {
+        outcomes.leaksLeft++;
+        expect(ic(['check', '-r', 'leaks', image]).status, where).toBe(0);
+      }
+    }
+    finished(where);
+  }
+  throw new Error('the demote never finished');
+}
+
+/** A directory with a parent of 0xbb bytes and `pristine.FORMAT` over it holding data and zero clusters. */
+function zerosOverParent(name: string, format: string, o: string | undefined, parentFormat: string): string {
+  const dir = scratch.path(name);
+  run('mkdir', ['-p', dir]);
+  const parent = `${dir}/parent.${parentFormat}`;
+  qemuCreate(parent, parentFormat, '16M');
+  qemuIo(parent, parentFormat, ['write -P 0xbb 0 16M']);
+  const pristine = `${dir}/pristine.${format}`;
+  qemuCreate(pristine, format, '16M', { ...(o ? { o } : {}), backing: `parent.${parentFormat}`, backingFormat: parentFormat, cwd: dir });
+  qemuIo(pristine, format, ['write -P 1 0 256k', 'write -z 64k 64k', 'write -z 4M 128k', 'write -P 2 9M 64k', 'write -z 12M 64k']);
+  return pristine;
+}
+
+describe('SIGKILL at every write of `ic demote`', () => {
+  it('qcow2 v3 with zero clusters over a backing file: to version 2', { timeout: 300_000 }, () => {
+    const pristine = zerosOverParent('demote-qcow2', 'qcow2', undefined, 'raw');
+    const outcomes = killEveryDemote(pristine, 'qcow2', ['v3', 'zero_clusters']);
+    expect(run('qemu-img', ['info', '--output=json', pristine.replace(/pristine/, 'image')]).stdout).toContain('"compat": "0.10"');
+    expect(outcomes.killed).toBeGreaterThan(2);
+    console.log(`demote qcow2: ${JSON.stringify(outcomes)}`);
+  });
+
+  it('QED with zero clusters over a backing file', { timeout: 300_000 }, () => {
+    const outcomes = killEveryDemote(zerosOverParent('demote-qed', 'qed', undefined, 'raw'), 'qed', ['zero_clusters']);
+    // Two writes in all here (the clusters of zeros, then the L2 table that points at them), so two kills.
+    expect(outcomes.killed).toBeGreaterThanOrEqual(2);
+    console.log(`demote qed: ${JSON.stringify(outcomes)}`);
+  });
+
+  it('VMDK monolithicSparse zeroed_grain=on with zeroed grains over a parent', { timeout: 300_000 }, () => {
+    const pristine = zerosOverParent('demote-vmdk', 'vmdk', 'subformat=monolithicSparse,zeroed_grain=on', 'vmdk');
+    const outcomes = killEveryDemote(pristine, 'vmdk', ['zeroed_grains']);
+    expect(outcomes.killed).toBeGreaterThan(2);
+    console.log(`demote vmdk: ${JSON.stringify(outcomes)}`);
   });
 });
