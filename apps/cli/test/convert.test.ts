@@ -63,7 +63,12 @@ describe('--dry-run', () => {
   });
 
   test('a refused conversion writes nothing either', async () => {
-    const file = copy('refused.qcow2');
+    // Drivers that are no in-place target (raw, reached through the mover) refuse an image with a backing file.
+    const base = work.path('refused-base.qcow2');
+    const file = work.path('refused.qcow2');
+    qemuCreate(base, 'qcow2', '64M');
+    qemuCreate(file, 'qcow2', '64M', { backing: base, backingFormat: 'qcow2' });
+    qemuIo(file, 'qcow2', ['write -P 0x3c 1M 64k']);
     const before = sha256File(file);
     const noTarget = registry.list().filter((d) => !hasCapability(d, 'inPlaceTarget'));
     for (const target of noTarget) {
