@@ -181,6 +181,7 @@ export class SparseVmdkImage implements Image {
     let out: Extent[] = [];
     let last: Extent | undefined;
     const add = (kind: 'data' | 'zero' | 'unallocated' | 'compressed', guestOffset: number, length: number, hostOffset: number): void => {
+      nextGte = -1;
       if (last && last.kind === kind && last.guestOffset + last.length === guestOffset && (kind !== 'data' || (last as { hostOffset: number }).hostOffset + last.length === hostOffset)) {
         last.length += length;
         return;
@@ -189,6 +190,10 @@ export class SparseVmdkImage implements Image {
       out.push(extent);
       last = extent;
     };
+    // The GTE that would continue the last extent as a data run by one whole grain (-1: none). Most GTEs of an
+    // allocated image are exactly that, and need neither decoding nor a new extent.
+    let nextGte = -1;
+    const grainSectors = geometry.grainBytes / SECTOR_SIZE;
     for (let gdIndex = Math.floor(from / geometry.gtCoverage); gdIndex < geometry.gdEntries; gdIndex++) {
       const tableStart = gdIndex * geometry.gtCoverage;
       if (tableStart >= end) break;
@@ -204,8 +209,15 @@ export class SparseVmdkImage implements Image {
         const grainStart = tableStart + gtIndex * grainBytes;
         if (grainStart >= tableEnd) break;
         const guestOffset = Math.max(grainStart, firstGuest);
-        const length = Math.min(tableEnd, grainStart + grainBytes) - guestOffset;
         const gte = table[gtIndex]!;
+        // The last extent ends at grainStart (every add() resets nextGte); the run's first grain passed the
+        // checks below, and this one starts right after it, so only its end needs checking.
+        if (gte === nextGte && grainStart + grainBytes <= tableEnd && (!strict || (gte + grainSectors) * SECTOR_SIZE <= fileSize)) {
+          last!.length += grainBytes;
+          nextGte += grainSectors;
+          continue;
+        }
+        const length = Math.min(tableEnd, grainStart + grainBytes) - guestOffset;
         const state = grainState(gte, geometry);
         if (state !== 'data') {
           add(state, guestOffset, length, 0);
@@ -223,6 +235,7 @@ export class SparseVmdkImage implements Image {
           throw corruptAt(`${where} points at a grain that ends past the end of the file (${fileSize} bytes)`, hostOffset);
         }
         add('data', guestOffset, length, hostOffset + (guestOffset - grainStart));
+        nextGte = gte + grainSectors;
       }
       if (out.length >= 4096) {
         const done = out.slice(0, -1);
