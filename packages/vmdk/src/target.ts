@@ -174,6 +174,8 @@ class VmdkTarget implements InPlaceTarget {
     // Grain table entries are contiguous across tables (tables lie back to back), so a window of entries is one
     // write per copy.
     const window = new Uint32Array(GTE_WINDOW);
+    // The window's bytes as written, one buffer for every window (the writer is done with it when write resolves).
+    const windowBytes = new Uint8Array(GTE_WINDOW * 4);
     let windowFirst = 0; // grain index of window[0]
     const flushWindow = async (upTo: number) => {
       // The window holds GTE_WINDOW entries; a jump past it (a long unallocated stretch) flushes what it holds.
@@ -181,7 +183,7 @@ class VmdkTarget implements InPlaceTarget {
       if (count <= 0) return;
       const bytes = new Uint8Array(window.buffer, 0, count * 4);
       if (!isAllZero(bytes)) {
-        const data = new Uint8Array(count * 4);
+        const data = windowBytes.subarray(0, count * 4);
         writeU32Entries(data, 0, window.subarray(0, count));
         for (const directorySector of [rgdSector, gdSector]) await out.write((directorySector + gdSectors) * SECTOR_SIZE + windowFirst * 4, data);
       }

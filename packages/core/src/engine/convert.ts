@@ -270,6 +270,12 @@ function estimatedPackBytes(granules: { bits: ClusterBitmap; size: number }, hea
 }
 
 /** Writes target metadata after checking it lies in the target's own allocations, merging adjacent writes. */
+/**
+ * The metadata writer gathers a target's consecutive writes into one write of up to this many bytes: large enough
+ * that the count of writes does not matter (128 for 128 MiB of tables), small enough to stay out of the peak RSS.
+ */
+const METADATA_WRITE_CHUNK = 1024 * 1024;
+
 class CheckedWriter implements MetadataWriter {
   private buffer = new Uint8Array(0);
   private start = 0;
@@ -295,9 +301,9 @@ class CheckedWriter implements MetadataWriter {
       if (claim !== 'now') throw new IcError('INTERNAL', `${this.name} target wanted to write ${data.length} bytes at ${offset}, outside the space it was given`);
     }
     this.bytes += data.length;
-    if (this.length > 0 && offset === this.start + this.length && this.length + data.length <= COPY_CHUNK) {
+    if (this.length > 0 && offset === this.start + this.length && this.length + data.length <= METADATA_WRITE_CHUNK) {
       if (this.buffer.length < this.length + data.length) {
-        const grown = new Uint8Array(Math.min(COPY_CHUNK, Math.max(2 * this.buffer.length, this.length + data.length)));
+        const grown = new Uint8Array(Math.min(METADATA_WRITE_CHUNK, Math.max(2 * this.buffer.length, this.length + data.length)));
         grown.set(this.buffer.subarray(0, this.length));
         this.buffer = grown;
       }
@@ -306,7 +312,7 @@ class CheckedWriter implements MetadataWriter {
       return;
     }
     await this.flush();
-    if (data.length >= COPY_CHUNK) {
+    if (data.length >= METADATA_WRITE_CHUNK) {
       await this.io.write(offset, data);
       return;
     }
