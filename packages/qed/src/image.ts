@@ -315,6 +315,13 @@ export class QedImage implements Image {
 
     const firstL1 = Math.floor(start / l2Coverage);
     const lastL1 = Math.floor((end - 1) / l2Coverage);
+    // The raw entry that would continue the last extent as a data run, that cluster's host offset, and the bytes
+    // of continuing clusters not yet added to the last extent: plain locals (no closure reads them), so the walk
+    // over an allocated table (most entries continue the run) costs little per entry.
+    let nextLow = -1;
+    let nextHigh = -1;
+    let nextHost = 0;
+    let pending = 0;
     const scratch = tableScratch(this.geometry);
     for await (const l1Chunk of readTableEntries(this.io, l1Offset, firstL1, lastL1 - firstL1 + 1)) {
       for (let i = 0; i < l1Chunk.count; i++) {
@@ -323,6 +330,7 @@ export class QedImage implements Image {
         const l2Offset = decodeEntry(l1Chunk.view, i);
         if (l2Offset === ENTRY_UNALLOCATED) {
           add('unallocated', l1Base, l1Base + l2Coverage, 0);
+          nextLow = -1;
           continue;
         }
         const problem = tableOffsetProblem(this.geometry, l2Offset);
@@ -338,6 +346,7 @@ export class QedImage implements Image {
           const chunkGuest = l1Base + l2Chunk.firstIndex * clusterSize;
           if (l2Chunk.allZero) {
             add('unallocated', chunkGuest, chunkGuest + l2Chunk.count * clusterSize, 0);
+            nextLow = -1;
             continue;
           }
           const view = l2Chunk.view;
@@ -347,13 +356,22 @@ export class QedImage implements Image {
             const low = view.getUint32(j * ENTRY_SIZE, true);
             const high = view.getUint32(j * ENTRY_SIZE + 4, true);
             // Most entries of an allocated image continue the last data run: the next host cluster, still inside
-            // the file (the run's start was validated in full).
-            if (last?.kind === 'data' && last.guestOffset + last.length === Math.max(guestOffset, start)) {
-              const next = (last as { hostOffset: number }).hostOffset + last.length;
-              if (low === next % 4294967296 && high === Math.floor(next / 4294967296) && next < validEnd && guestOffset + clusterSize <= end) {
-                last.length += clusterSize;
-                continue;
+            // the file (the run's start was validated in full). Entries are walked in guest order and every other
+            // entry resets nextLow, so the run ends right at this entry's guest offset.
+            if (low === nextLow && high === nextHigh && nextHost < validEnd && guestOffset + clusterSize <= end) {
+              pending += clusterSize;
+              nextHost += clusterSize;
+              nextLow += clusterSize;
+              if (nextLow >= 4294967296) {
+                nextLow -= 4294967296;
+                nextHigh++;
               }
+              continue;
+            }
+            nextLow = -1;
+            if (pending > 0) {
+              last!.length += pending;
+              pending = 0;
             }
             if (high === 0 && low <= ENTRY_ZERO) {
               add(low === ENTRY_ZERO ? 'zero' : 'unallocated', guestOffset, guestOffset + clusterSize, 0);
@@ -366,6 +384,17 @@ export class QedImage implements Image {
               throw new IcError('CORRUPT', `${FORMAT}: L2 entry ${l2Chunk.firstIndex + j} (host ${hex(where)}, guest ${hex(guestOffset)}) names a data cluster at ${entryHex(view, j)} that ${dataProblem}`, { format: FORMAT, offset: where });
             }
             add('data', guestOffset, guestOffset + clusterSize, entry);
+            nextHost = entry + clusterSize;
+            nextLow = low + clusterSize;
+            nextHigh = high;
+            if (nextLow >= 4294967296) {
+              nextLow -= 4294967296;
+              nextHigh++;
+            }
+          }
+          if (pending > 0) {
+            last!.length += pending;
+            pending = 0;
           }
           const batch = ready();
           if (batch) yield batch;
