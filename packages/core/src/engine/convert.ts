@@ -758,6 +758,8 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
       step('cleanup', 0, 1);
       await zeroStaleHeaderBytes(io, headOffset + headLength, Math.min(headOffset + layout.headerRegionSize, fileSize));
       let compaction: ConversionReport['compaction'];
+      /** Packing filled every hole and cut the file: every cluster is referenced, release would walk for nothing. */
+      let packedTight = false;
       if (packs) {
         // From here on packing may change header fields: the record stops comparing heads. (A torn slot leaves
         // the committing one, whose new head is still in place: both roll forward.)
@@ -782,6 +784,7 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
           await io.truncate(Math.max(fileSize, result.referencedEnd));
           await io.flush();
         }
+        packedTight = result.done && result.holesLeft === 0;
       } else {
         if (layout.unreferencedClustersLeak && leaks > 0) {
           compaction = { done: false, unitsMoved: 0, bytesMoved: 0, bytesPlanned: 0, leaksLeft: leaks, reason: 'packing was turned off (--compact never)' };
@@ -794,13 +797,15 @@ export async function convertInPlace(request: ConvertInPlaceRequest): Promise<Co
       const release =
         request.release === false
           ? undefined
-          : await releaseUnreferenced(io, {
-              driver: target,
-              header: { offset: headOffset, length: layout.headerRegionSize },
-              clusterSize: C,
-              targetEnd: fileSize,
-              ...(request.signal ? { signal: request.signal } : {}),
-            });
+          : packedTight
+            ? { bytesReleased: 0, bytesPunched: 0, bytesTruncated: 0, bytesLeft: 0, estimated: false, reason: 'nothing to release: packing left every cluster of the file referenced' }
+            : await releaseUnreferenced(io, {
+                driver: target,
+                header: { offset: headOffset, length: layout.headerRegionSize },
+                clusterSize: C,
+                targetEnd: fileSize,
+                ...(request.signal ? { signal: request.signal } : {}),
+              });
       step('cleanup', 1, 1);
       const final = { ...report(false, true, await io.size(), built.stats, built.metadataBytes, headLength, commit), ...(release ? { release } : {}) };
       return compaction ? { ...final, compaction } : final;
