@@ -46,5 +46,5 @@ export {
 export { MappingPlanner, planMapping, type Relocation, type RelocationReason, type PlanStats, type Plan, type PlanInput } from './engine/planner.js';
 export { recover, type RecoveryResult, type RecoverOptions } from './engine/recover.js';
 export { convertToIdentity, type IdentityOptions, type IdentityReport } from './engine/to-identity.js';
-export { releaseUnreferenced, estimateRelease, RELEASE_GRANULE, type ReleaseReport, type ReleaseOptions } from './engine/release.js';
+export { releaseUnreferenced, estimateRelease, RELEASE_GRANULE, RELEASE_LONG_RUN, RELEASE_SHORT_RUNS, type ReleaseReport, type ReleaseOptions } from './engine/release.js';
 export { PROBE_LENGTH, Registry, type ProbeResult } from './engine/registry.js';

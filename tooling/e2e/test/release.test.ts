@@ -57,3 +57,34 @@ describe('convert-inplace gives back what the new image does not reference', () 
     });
   }
 });
+
+describe('release bounds its system calls on scattered old tables', () => {
+  const scratch = tempDir('ic-release-short-');
+  beforeAll(() => {
+    requireQemu();
+    requireBuiltIc();
+  });
+  afterAll(() => scratch.cleanup());
+
+  it('qcow2 with 4 KiB clusters, preallocated (an old L2 table every 2 MiB) -> vmdk: the first 256 short runs punched, the rest counted as left', { timeout: 120_000 }, () => {
+    const pristine = scratch.path('pristine.qcow2');
+    // 1 GiB of 4 KiB clusters: 512 L2 tables between the data clusters, each a 4 KiB run the VMDK does not reference.
+    qemuCreate(pristine, 'qcow2', '1G', { o: 'cluster_size=4096,preallocation=metadata' });
+    qemuIo(pristine, 'qcow2', ['write -P 0x5a 0 1M', 'write -P 0x6b 700M 64k']);
+    const file = scratch.path('image.qcow2');
+    copyFileSync(pristine, file);
+    const run = icCli(['convert-inplace', '--output=json', file, 'vmdk']);
+    expect(run.status, run.stderr).toBe(0);
+    const release = (JSON.parse(run.stdout) as { release: { bytesPunched: number; bytesLeft: number; reason: string } }).release;
+    // At most 256 short runs (4 KiB each here, some merged with a neighbour) are punched; at least the other 256
+    // old L2 tables are left and said to be left.
+    expect(release.bytesPunched).toBeGreaterThan(0);
+    expect(release.bytesPunched).toBeLessThanOrEqual(256 * 2 * 4096 + 2 * MiB);
+    expect(release.bytesLeft).toBeGreaterThanOrEqual(200 * 4096);
+    expect(release.reason).toMatch(/except \d+ bytes in runs shorter than 1048576 bytes past the first 256/);
+    expect(qemuCheck(file, 'vmdk').code).toBe(0);
+    expect(qemuCompare(pristine, 'qcow2', file, 'vmdk').code).toBe(0);
+    qemuIo(file, 'vmdk', ['write -P 0x7c 300M 64k']);
+    qemuIo(file, 'vmdk', ['read -P 0x7c 300M 64k', 'read -P 0x5a 0 1M', 'read -P 0x6b 700M 64k']);
+  });
+});
