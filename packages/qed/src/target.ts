@@ -13,7 +13,7 @@ import {
   type TargetRequest,
 } from '@ic/core/sdk';
 import { encodeBackingName, geometryOptions, headerRegionBytes, newHeader, type QedGeometryOptions } from './create.js';
-import { FORMAT, isValidClusterSize, MAX_CLUSTER_SIZE, MAX_TABLE_SIZE, MIN_CLUSTER_SIZE, qemuGeometryProblem, qemuMaxImageSize, SECTOR_SIZE } from './header.js';
+import { DEFAULT_TABLE_SIZE, FORMAT, isValidClusterSize, MAX_CLUSTER_SIZE, MAX_TABLE_SIZE, MIN_CLUSTER_SIZE, qemuGeometryProblem, qemuMaxImageSize, SECTOR_SIZE } from './header.js';
 import { ENTRY_SIZE, ENTRY_ZERO, TableBuilder } from './tables.js';
 
 /** The header region an in-place QED target owns: header_size (1) clusters. */
@@ -34,7 +34,8 @@ export class QedInPlaceTarget implements InPlaceTarget {
     if (!isValidClusterSize(request.clusterSize)) {
       throw new IcError('INVALID', `${FORMAT}: cluster size ${request.clusterSize} is not a power of two from 4096 to 67108864 bytes`);
     }
-    this.geometry = geometryOptions({ ...request.options, cluster_size: request.clusterSize });
+    const table_size = request.options['table_size'] ?? fittingTableSize(request.clusterSize, request.source.virtualSize);
+    this.geometry = geometryOptions({ ...request.options, cluster_size: request.clusterSize, table_size });
     const { clusterSize, tableSize } = this.geometry;
     this.layout = {
       clusterSize,
@@ -163,6 +164,17 @@ export const QEMU_USABLE_MAX_CLUSTER_SIZE = ((): number => {
   }
   return best;
 })();
+
+/**
+ * The table_size an in-place target uses when none is asked for: qemu's default (4) when qemu 7.2 can address the
+ * virtual size with it at this cluster size, else the smallest larger one that can (with 4 KiB clusters, table_size
+ * 4 reaches 16 GiB and 16 reaches 256 GiB), else 2; so a cluster size stays a candidate and its data in place.
+ */
+export function fittingTableSize(clusterSize: number, virtualSize: number): number {
+  // 2 last: the only one qemu 7.2's size arithmetic leaves usable at 4 MiB clusters.
+  for (const table of [DEFAULT_TABLE_SIZE, 8, MAX_TABLE_SIZE, 2]) if (BigInt(virtualSize) <= qemuMaxImageSize(clusterSize, table)) return table;
+  return DEFAULT_TABLE_SIZE;
+}
 
 /** driver.inPlace for QED. */
 export const qedInPlace: InPlaceTargetFactory = {

@@ -5,6 +5,7 @@ import { alignUp, collectExtents, mergeExtents, type Extent, type SpaceAllocator
 import { FileIO } from '@ic/core/node';
 import { qemuCheck, qemuCompare, qemuConvert, qemuCreate, qemuInfo, qemuIo, requireQemu, tempDir } from '@ic/test-utils';
 import { qedDriver } from '../src/index.js';
+import { fittingTableSize } from '../src/target.js';
 import { qemuCheckJson, withImage } from './helpers.js';
 
 const KiB = 1024;
@@ -284,15 +285,21 @@ describe('in-place target: build() around data already in the file', () => {
       qedDriver.inPlace!.create({ source, clusterSize, options }).problems;
     const base = { virtualSize: GiB, clusterSize: 64 * KiB };
     expect(problems(base)).toEqual([]);
-    // 4 KiB clusters, table_size 4: (4*4096/8)^2 * 4096 = 16 GiB at most.
-    expect(problems({ ...base, virtualSize: 32 * GiB }, 4 * KiB)).toEqual([expect.stringMatching(/exceeds the 17179869184 bytes/)]);
+    // 4 KiB clusters, table_size 4: (4*4096/8)^2 * 4096 = 16 GiB at most; unasked, the target takes a larger
+    // table_size (16 reaches 256 GiB), so 4 KiB stays a candidate; asked for 4, it says why it cannot.
+    expect(problems({ ...base, virtualSize: 32 * GiB }, 4 * KiB, { table_size: 4 })).toEqual([expect.stringMatching(/exceeds the 17179869184 bytes/)]);
     expect(problems({ ...base, virtualSize: 32 * GiB }, 4 * KiB, { table_size: 8 })).toEqual([]);
+    expect(problems({ ...base, virtualSize: 32 * GiB }, 4 * KiB)).toEqual([]);
+    expect(problems({ ...base, virtualSize: 256 * GiB }, 4 * KiB)).toEqual([]);
+    expect(problems({ ...base, virtualSize: 512 * GiB }, 4 * KiB)).toEqual([expect.stringMatching(/exceeds/)]);
+    expect([fittingTableSize(4 * KiB, 16 * GiB), fittingTableSize(4 * KiB, 17 * GiB), fittingTableSize(4 * KiB, 64 * GiB), fittingTableSize(4 * KiB, 65 * GiB), fittingTableSize(64 * KiB, 64 * GiB), fittingTableSize(4 * MiB, GiB)]).toEqual([4, 8, 8, 16, 4, 2]);
     expect(problems({ ...base, virtualSize: GiB + 100 })).toEqual([expect.stringMatching(/multiple of 512/)]);
     expect(problems({ ...base, backing: { name: 'n'.repeat(4096) } })).toEqual([expect.stringMatching(/shorter than 4096/)]);
     expect(problems({ ...base, backing: { name: 'n'.repeat(4033) } }, 4 * KiB)).toEqual([expect.stringMatching(/does not fit/)]);
     expect(problems({ ...base, backing: { name: 'n'.repeat(4032) } }, 4 * KiB)).toEqual([]);
     // qemu 7.2's size arithmetic wraps at 4 MiB clusters with table_size 4: refused up front, naming the way out.
-    expect(problems({ ...base, virtualSize: GiB, clusterSize: 4 * MiB }, 4 * MiB)).toEqual([expect.stringMatching(/overflows 64 bits.*use table_size=2$/)]);
+    expect(problems({ ...base, virtualSize: GiB, clusterSize: 4 * MiB }, 4 * MiB, { table_size: 4 })).toEqual([expect.stringMatching(/overflows 64 bits.*use table_size=2$/)]);
+    expect(problems({ ...base, virtualSize: GiB, clusterSize: 4 * MiB }, 4 * MiB)).toEqual([]);
     expect(problems({ ...base, virtualSize: GiB, clusterSize: 4 * MiB }, 4 * MiB, { table_size: 2 })).toEqual([]);
     expect(problems({ ...base, virtualSize: GiB, clusterSize: 2 * MiB }, 2 * MiB, { table_size: 16 })).toEqual([expect.stringMatching(/overflows 64 bits.*use table_size=2$/)]);
     // Advertised: what qemu can use for a non-empty image (4 MiB with table_size=2; 8 to 64 MiB never).

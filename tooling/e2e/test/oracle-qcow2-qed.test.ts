@@ -37,6 +37,8 @@ const cases: Case[] = [
   { name: 'qcow2 v3, 64 KiB clusters', format: 'qcow2', size: 4 * GiB, o: 'compat=1.1', writes: scattered },
   { name: 'qcow2 v2 (compat 0.10), 64 KiB clusters', format: 'qcow2', size: 4 * GiB, o: 'compat=0.10', writes: scattered },
   { name: 'qcow2 v3, 4 KiB clusters', format: 'qcow2', size: GiB, o: 'cluster_size=4k', writes: scattered },
+  // QED's default table_size (4) reaches 16 GiB at 4 KiB clusters: the target takes 16, so nothing moves.
+  { name: 'qcow2 v3, 4 KiB clusters, 64 GiB', format: 'qcow2', size: 64 * GiB, o: 'cluster_size=4k', writes: scattered },
   { name: 'qcow2 v3, 2 MiB clusters', format: 'qcow2', size: 8 * GiB, o: 'cluster_size=2M', writes: scattered },
   { name: 'qcow2 v3, odd size', format: 'qcow2', size: 100 * 1024 * 1024 + 512, writes: (cs, size) => [`write -P 0x66 ${size - 512} 512`, `write -P 0x67 0 ${cs + 1}`] },
   { name: 'QED, 64 KiB clusters', format: 'qed', size: 8 * GiB, writes: scattered },
